@@ -1,0 +1,50 @@
+"""Installs si_jax: RL of LLM reasoning with supervision internalization, in JAX."""
+
+import setuptools
+
+# Versions are pinned to what CI and PERF_NOTES were measured with; bump them together.
+INSTALL_REQUIRES = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "transformers==5.24.0",
+    "tokenizers==0.23.3",
+    "ml-collections==1.1.0",
+    "tensorflow-datasets==4.9.10",
+    "array-record==0.8.6",
+    "safetensors==0.8.0",
+    "jinja2>=3.1",
+    "absl-py>=2.1",
+    "numpy>=2.0",
+    "math-verify==0.9.0",
+    "rapidfuzz==3.14.6",
+    "tensorboardX==2.6.5",
+]
+
+EXTRAS_REQUIRE = {
+    # torch is only the reference implementation for parity tests and benchmarks.
+    # 2.13.0 is the CPU build that installs fast on the project machines.
+    "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0"],
+}
+
+setuptools.setup(
+    name="si_jax",
+    version="0.1.0",
+    description="Supervision internalization: RL of LLM reasoning with self-generated process credit, in JAX.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=setuptools.find_packages(include=["si_jax", "si_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+    entry_points={
+        "console_scripts": [
+            "si-train=si_jax.main:run",
+            "si-eval=si_jax.evaluate:run",
+            "si-convert=si_jax.models.convert:run",
+            "si-bench=si_jax.bench:run",
+        ],
+    },
+)
