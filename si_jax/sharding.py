@@ -1,0 +1,135 @@
+"""Device mesh from config and logical-axis rules -> PartitionSpecs.
+
+Mesh axes are `data`, `fsdp`, `tensor` (any may be 1). Arrays name their dimensions with
+logical axes ('batch', 'embed', 'heads', ...); `DEFAULT_RULES` maps each logical axis to mesh
+axes. A dimension whose size the mapped mesh axes do not divide stays replicated (so a tiny
+model with 2 KV heads still runs on tensor=4), and a mesh axis is used at most once per array.
+Every jit in si_jax gets its shardings from here explicitly; nothing reads an implicit mesh.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from si_jax.models import transformer
+from si_jax.models.config import ModelConfig
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH = ("data", "fsdp")
+
+# logical axis -> mesh axes (a name, a tuple of names, or None = replicated)
+DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", BATCH),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("mlp", "tensor"),
+    ("layers", None),
+    ("norm", None),
+    ("seq", None),
+    ("head_dim", None),
+    ("cache_seq", None),
+)
+
+
+def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1,
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A (data, fsdp, tensor) mesh. One size may be -1: it takes the remaining devices."""
+  devices = list(jax.devices() if devices is None else devices)
+  sizes = [data, fsdp, tensor]
+  if sizes.count(-1) > 1:
+    raise ValueError(f"at most one mesh axis may be -1, got data={data} fsdp={fsdp} "
+                     f"tensor={tensor}")
+  if -1 in sizes:
+    known = math.prod(s for s in sizes if s != -1)
+    if len(devices) % known:
+      raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} cannot fill {len(devices)} devices")
+    sizes[sizes.index(-1)] = len(devices) // known
+  for name, s in zip(MESH_AXES, sizes):
+    if s < 1:
+      raise ValueError(f"mesh.{name} must be >= 1 (or -1), got {s}")
+  n = math.prod(sizes)
+  if n > len(devices):
+    raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {n} devices, "
+                     f"only {len(devices)} available")
+  arr = np.asarray(devices[:n], dtype=object).reshape(sizes)
+  return Mesh(arr, MESH_AXES)
+
+
+def mesh_from_config(mesh_cfg) -> Mesh:
+  """From a config with fields data, fsdp, tensor (ml_collections or dict)."""
+  get = mesh_cfg.get if hasattr(mesh_cfg, "get") else lambda k, d: getattr(mesh_cfg, k, d)
+  return make_mesh(int(get("data", 1)), int(get("fsdp", 1)), int(get("tensor", 1)))
+
+
+def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
+                    rules=DEFAULT_RULES) -> P:
+  """PartitionSpec for an array of `shape` whose dims carry logical names `axes`."""
+  if len(axes) != len(shape):
+    raise ValueError(f"logical axes {tuple(axes)} do not match shape {tuple(shape)}")
+  table = dict(rules)
+  used: set[str] = set()
+  spec = []
+  for name, dim in zip(axes, shape):
+    if name is not None and name not in table:
+      raise ValueError(f"logical axis {name!r} has no sharding rule; known: {sorted(table)}")
+    target = table.get(name) if name is not None else None
+    if target is None:
+      spec.append(None)
+      continue
+    target = (target,) if isinstance(target, str) else tuple(target)
+    chosen = []
+    for ax in target:
+      size = mesh.shape[ax]
+      if ax in used or size == 1:
+        continue
+      if dim % (math.prod(mesh.shape[a] for a in chosen) * size):
+        continue
+      chosen.append(ax)
+    used.update(chosen)
+    spec.append(None if not chosen else chosen[0] if len(chosen) == 1 else tuple(chosen))
+  return P(*spec)
+
+
+def named(mesh: Mesh, axes, shape, rules=DEFAULT_RULES) -> NamedSharding:
+  return NamedSharding(mesh, logical_to_spec(axes, shape, mesh, rules))
+
+
+def param_shardings(cfg: ModelConfig, mesh: Mesh, rules=DEFAULT_RULES):
+  """Pytree of NamedSharding matching `transformer.init_params(cfg, ...)`."""
+  shapes = transformer.param_shapes(cfg)
+  axes = transformer.param_axes(cfg)
+  return jax.tree.map(lambda a, s: named(mesh, a, s, rules), axes, shapes,
+                      is_leaf=lambda x: isinstance(x, tuple))
+
+
+def batch_sharding(mesh: Mesh, shape: Sequence[int], rules=DEFAULT_RULES) -> NamedSharding:
+  """Leading dim over the batch axes, the rest replicated."""
+  return named(mesh, ("batch",) + (None,) * (len(shape) - 1), shape, rules)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_divisor(mesh: Mesh) -> int:
+  """Number of batch shards: a global batch should be a multiple of this."""
+  return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def shard_params(params, shardings):
+  """Places a params pytree with the given shardings."""
+  return jax.tree.map(jax.device_put, params, shardings)
+
+
+def init_sharded_params(cfg: ModelConfig, mesh: Mesh, key: jax.Array, rules=DEFAULT_RULES):
+  """Random params created directly in their shardings (no replicated full copy)."""
+  shardings = param_shardings(cfg, mesh, rules)
+  init = jax.jit(transformer.init_params, static_argnums=0, out_shardings=shardings)
+  return init(cfg, key)
