@@ -1,0 +1,318 @@
+"""Tests for si_jax.checkpoint: round trips, retention, sharded restore, errors, SIGKILL mid-save."""
+
+import glob
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from si_jax.checkpoint import CheckpointMismatchError, Checkpointer
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+CHILD = os.path.join(HERE, "ckpt_child.py")
+
+_spec = importlib.util.spec_from_file_location("ckpt_child", CHILD)
+ckpt_child = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(ckpt_child)
+
+
+@flax.struct.dataclass
+class Inner:
+  codes: jax.Array
+  flags: jax.Array
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: dict
+  opt_state: optax.OptState
+  inner: Inner
+
+
+def make_train_state(scale: float = 1.0) -> TrainState:
+  params = {
+      "w": jnp.arange(24, dtype=jnp.float32).reshape(6, 4) * scale,
+      "emb": (jnp.arange(12, dtype=jnp.float32).reshape(3, 4) / 7 * scale).astype(jnp.bfloat16),
+      "half": jnp.full((5,), 0.5 * scale, jnp.float16),
+  }
+  tx = optax.adamw(1e-3)
+  opt_state = tx.init(params)
+  # One real update so mu/nu/count are not all zeros.
+  grads = jax.tree.map(lambda p: jnp.ones_like(p) * scale, params)
+  _, opt_state = tx.update(grads, opt_state, params)
+  return TrainState(
+      step=jnp.asarray(7, jnp.int32),
+      params=params,
+      opt_state=opt_state,
+      inner=Inner(codes=jnp.array([-3, 0, 5], jnp.int8),
+                  flags=jnp.array([True, False, True])),
+  )
+
+
+def assert_trees_equal(got, want):
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  for (path, g), w in zip(jax.tree_util.tree_flatten_with_path(got)[0], jax.tree.leaves(want)):
+    assert g.dtype == w.dtype, (jax.tree_util.keystr(path), g.dtype, w.dtype)
+    assert g.shape == w.shape, (jax.tree_util.keystr(path), g.shape, w.shape)
+    np.testing.assert_array_equal(np.asarray(g), np.asarray(w), err_msg=jax.tree_util.keystr(path))
+
+
+def abstract_of(tree):
+  return jax.eval_shape(lambda: tree)
+
+
+META = {"data_position": 123, "seed": 42, "config": {"rl": {"group_size": 8, "tau_r": 0.5},
+        "name": "arith_si"}, "history": [{"step": 1, "reward": 0.25}], "note": None}
+
+
+# --- round trips ------------------------------------------------------------------------------
+
+
+def test_round_trip_dataclass_state_and_meta(tmp_path):
+  state = make_train_state()
+  with Checkpointer(tmp_path / "ckpt") as ckpt:
+    assert ckpt.latest_step() is None
+    assert ckpt.save(7, state, META)
+    assert ckpt.latest_step() == 7
+    restored, meta = ckpt.restore(abstract_of(state))
+  assert isinstance(restored, TrainState) and isinstance(restored.inner, Inner)
+  assert_trees_equal(restored, state)
+  assert meta == META
+  # Several dtypes made it through as themselves.
+  assert restored.params["emb"].dtype == jnp.bfloat16
+  assert restored.params["half"].dtype == jnp.float16
+  assert restored.inner.codes.dtype == jnp.int8 and restored.inner.flags.dtype == jnp.bool_
+  assert isinstance(restored.params["w"], jax.Array)
+
+
+def test_restore_with_concrete_target_and_numpy_leaves(tmp_path):
+  state = {"a": np.arange(5, dtype=np.int64), "b": np.float32(2.5), "c": jnp.ones((2, 2))}
+  with Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, state, {"tuple": (1, 2)})
+    restored, meta = ckpt.restore(state)
+  assert isinstance(restored["a"], np.ndarray) and restored["a"].dtype == np.int64
+  np.testing.assert_array_equal(restored["a"], state["a"])
+  assert float(restored["b"]) == 2.5
+  assert isinstance(restored["c"], jax.Array)
+  assert meta == {"tuple": [1, 2]}  # JSON: tuples come back as lists
+
+
+def test_reopen_same_directory_sees_saved_steps(tmp_path):
+  with Checkpointer(tmp_path, save_every=1) as ckpt:
+    ckpt.save(3, {"x": jnp.arange(3)}, {"k": 3})
+  with Checkpointer(tmp_path) as ckpt:
+    assert ckpt.latest_step() == 3
+    restored, meta = ckpt.restore({"x": jax.ShapeDtypeStruct((3,), jnp.int32)})
+  np.testing.assert_array_equal(restored["x"], [0, 1, 2])
+  assert meta == {"k": 3}
+
+
+def test_async_save_round_trip(tmp_path):
+  state = make_train_state(scale=3.0)
+  with Checkpointer(tmp_path, async_save=True) as ckpt:
+    assert ckpt.save(1, state, META)
+    ckpt.wait()
+    assert ckpt.all_steps() == [1]
+    restored, meta = ckpt.restore(abstract_of(state))
+  assert_trees_equal(restored, state)
+  assert meta == META
+
+
+# --- step bookkeeping -------------------------------------------------------------------------
+
+
+def test_save_every_keep_last_k_and_force(tmp_path):
+  with Checkpointer(tmp_path, max_to_keep=3, save_every=2) as ckpt:
+    saved = [ckpt.save(s, {"v": jnp.full((2,), s)}, {"s": s}) for s in range(1, 11)]
+    assert saved == [s % 2 == 0 for s in range(1, 11)]
+    assert ckpt.all_steps() == [6, 8, 10]
+    assert ckpt.latest_step() == 10
+    assert ckpt.save(11, {"v": jnp.full((2,), 11)}, {"s": 11}, force=True)
+    assert ckpt.all_steps() == [8, 10, 11]
+    assert not ckpt.save(10, {"v": jnp.full((2,), 10)}, {"s": 10})  # not after the latest
+    old, meta = ckpt.restore({"v": jax.ShapeDtypeStruct((2,), jnp.int32)}, step=8)
+    np.testing.assert_array_equal(old["v"], [8, 8])
+    assert meta == {"s": 8}
+    latest, meta = ckpt.restore({"v": jax.ShapeDtypeStruct((2,), jnp.int32)})
+    np.testing.assert_array_equal(latest["v"], [11, 11])
+    assert meta == {"s": 11}
+  assert sorted(n for n in os.listdir(tmp_path) if n[0].isdigit()) == ["10", "11", "8"]
+
+
+def test_constructor_validates_arguments(tmp_path):
+  with pytest.raises(ValueError, match="max_to_keep must be None or an int >= 1, got 0"):
+    Checkpointer(tmp_path, max_to_keep=0)
+  with pytest.raises(ValueError, match="save_every must be an int >= 1, got 0"):
+    Checkpointer(tmp_path, save_every=0)
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+def test_restore_errors_name_key_path_and_both_values(tmp_path):
+  state = make_train_state()
+  with Checkpointer(tmp_path) as ckpt:
+    with pytest.raises(FileNotFoundError, match="no checkpoint to restore in"):
+      ckpt.restore(abstract_of(state))
+    ckpt.save(1, state, {})
+    with pytest.raises(FileNotFoundError, match=r"step 5 .*available steps: \[1\]"):
+      ckpt.restore(abstract_of(state), step=5)
+
+    abstract = abstract_of(state)
+    wrong_shape = abstract.replace(
+        params={**abstract.params, "w": jax.ShapeDtypeStruct((6, 5), jnp.float32)})
+    with pytest.raises(CheckpointMismatchError,
+                       match=r"shape mismatch at key path 'params/w': checkpoint has \(6, 4\), "
+                             r"restore target has \(6, 5\)"):
+      ckpt.restore(wrong_shape)
+
+    wrong_dtype = abstract.replace(
+        params={**abstract.params, "w": jax.ShapeDtypeStruct((6, 4), jnp.bfloat16)})
+    with pytest.raises(CheckpointMismatchError,
+                       match=r"dtype mismatch at key path 'params/w': checkpoint has float32, "
+                             r"restore target has bfloat16"):
+      ckpt.restore(wrong_dtype)
+
+    extra = abstract.replace(params={**abstract.params, "new": jax.ShapeDtypeStruct((2,), jnp.float32)})
+    with pytest.raises(CheckpointMismatchError,
+                       match=r"target has key path 'params/new' \(shape \(2,\)\) that the checkpoint"):
+      ckpt.restore(extra)
+
+    missing = abstract.replace(params={k: v for k, v in abstract.params.items() if k != "half"})
+    with pytest.raises(CheckpointMismatchError, match=r"checkpoint has key path '[^']*half'"):
+      ckpt.restore(missing)
+
+
+def test_meta_must_be_json(tmp_path):
+  with Checkpointer(tmp_path) as ckpt:
+    with pytest.raises(TypeError, match=r"meta\['a'\]\[1\] is a ndarray"):
+      ckpt.save(1, {"x": jnp.zeros(2)}, {"a": [1, np.zeros(2)]})
+    with pytest.raises(TypeError, match=r"meta\['r'\] is nan"):
+      ckpt.save(1, {"x": jnp.zeros(2)}, {"r": float("nan")})
+    with pytest.raises(TypeError, match="non-string key 3"):
+      ckpt.save(1, {"x": jnp.zeros(2)}, {3: "x"})
+    assert ckpt.latest_step() is None
+
+
+# --- sharded restore on 8 simulated CPU devices ----------------------------------------------
+
+
+def _sharded_round_trip(directory: str) -> None:
+  """Saves a state sharded one way, restores it onto other NamedShardings; needs 8 devices."""
+  assert jax.device_count() >= 8, jax.devices()
+  devices = np.array(jax.devices()[:8])
+  mesh = jax.sharding.Mesh(devices.reshape(2, 4), ("data", "fsdp"))
+  named = lambda *spec: jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec))
+
+  w = jnp.arange(8 * 16, dtype=jnp.float32).reshape(8, 16)
+  b = jnp.arange(16, dtype=jnp.bfloat16)
+  state = {"params": {"w": jax.device_put(w, named("fsdp", None)),
+                      "b": jax.device_put(b, named())},
+           "step": jnp.asarray(4, jnp.int32)}
+  with Checkpointer(directory) as ckpt:
+    ckpt.save(4, state, {"seed": 0})
+    # Restore onto a different sharding than the one saved.
+    target = {"params": {"w": jax.ShapeDtypeStruct((8, 16), jnp.float32, sharding=named("data", "fsdp")),
+                         "b": jax.ShapeDtypeStruct((16,), jnp.bfloat16, sharding=named("fsdp"))},
+              "step": jax.ShapeDtypeStruct((), jnp.int32, sharding=named())}
+    restored, meta = ckpt.restore(target)
+  assert meta == {"seed": 0}
+  for got, tgt, want in zip(jax.tree.leaves(restored), jax.tree.leaves(target),
+                            jax.tree.leaves({"params": {"w": w, "b": b}, "step": 4})):
+    assert got.sharding == tgt.sharding, (got.sharding, tgt.sharding)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  rw = restored["params"]["w"]
+  assert len(rw.addressable_shards) == 8
+  assert {s.data.shape for s in rw.addressable_shards} == {(4, 4)}
+  print("SHARDED_OK")
+
+
+def test_restore_onto_named_sharding_on_8_cpu_devices(tmp_path):
+  if jax.device_count() >= 8:
+    _sharded_round_trip(str(tmp_path))
+    return
+  # jax is already initialized with fewer devices in this process: run in a fresh one.
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+  env["JAX_PLATFORMS"] = "cpu"
+  env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+  proc = subprocess.run([sys.executable, os.path.abspath(__file__), "sharded", str(tmp_path)],
+                        env=env, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0 and "SHARDED_OK" in proc.stdout, proc.stdout + proc.stderr[-4000:]
+
+
+# --- SIGKILL in the middle of a save ----------------------------------------------------------
+
+
+def _wait_for(predicate, proc, timeout_s, what, poll_s):
+  deadline = time.monotonic() + timeout_s
+  while not predicate():
+    if proc.poll() is not None:
+      out = proc.stdout.read() if proc.stdout else ""
+      raise AssertionError(f"child exited ({proc.returncode}) before {what}:\n{out[-4000:]}")
+    if time.monotonic() > deadline:
+      proc.kill()
+      raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+    time.sleep(poll_s)
+
+
+@pytest.mark.parametrize("mode", ["write", "commit"])
+def test_sigkill_mid_save_keeps_previous_checkpoint(tmp_path, mode):
+  ckpt_dir, signal_dir = tmp_path / "ckpt", tmp_path / "signals"
+  signal_dir.mkdir()
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+  proc = subprocess.Popen([sys.executable, CHILD, str(ckpt_dir), str(signal_dir), mode, "64"],
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  try:
+    _wait_for(lambda: (signal_dir / "saving_2").exists(), proc, 90, "the child to start step 2",
+              0.01)
+    if mode == "write":
+      tmp_glob = str(ckpt_dir / "2.orbax-checkpoint-tmp*")
+      _wait_for(lambda: glob.glob(tmp_glob), proc, 30, "the step-2 tmp dir", 0.0005)
+    else:
+      _wait_for(lambda: (signal_dir / "committing").exists(), proc, 60, "the step-2 commit", 0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+  finally:
+    proc.kill()
+    proc.wait(timeout=30)
+    proc.stdout.close()
+  assert proc.returncode == -signal.SIGKILL
+  assert not (signal_dir / "saved_2").exists()
+  # Killed mid-save: step 2 is only a tmp dir (in commit mode a complete one, minus the rename).
+  names = sorted(os.listdir(ckpt_dir))
+  assert "1" in names and "2" not in names, names
+  assert any(n.startswith("2.orbax-checkpoint-tmp") for n in names), names
+  if mode == "commit":
+    assert (ckpt_dir / "2.orbax-checkpoint-tmp" / "commit_success.txt").exists()
+
+  small = ckpt_child.SMALL
+  with Checkpointer(ckpt_dir) as ckpt:
+    assert ckpt.latest_step() == 1 and ckpt.all_steps() == [1]
+    state, meta = ckpt.restore(abstract_of(ckpt_child.make_state(1, small)))
+    assert_trees_equal(state, ckpt_child.make_state(1, small))
+    assert meta == ckpt_child.make_meta(1)
+    # Resume: step 2 can be saved again (Orbax removed the leftover tmp dir first).
+    assert ckpt.save(2, ckpt_child.make_state(2, small), ckpt_child.make_meta(2))
+    assert sorted(n for n in os.listdir(ckpt_dir) if n[0].isdigit()) == ["1", "2"]
+    state, meta = ckpt.restore(abstract_of(ckpt_child.make_state(2, small)))
+  assert_trees_equal(state, ckpt_child.make_state(2, small))
+  assert meta == ckpt_child.make_meta(2)
+
+
+if __name__ == "__main__":
+  if sys.argv[1:2] == ["sharded"]:
+    _sharded_round_trip(sys.argv[2])
+  else:
+    raise SystemExit(f"usage: {sys.argv[0]} sharded DIR")
