@@ -12,9 +12,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from si_jax.data import arith
 from si_jax.data import sources
 from si_jax.data.builders import RecordError
 from si_jax.data.builders import math_sets
+from si_jax.data.builders.arith import row_to_example
 
 
 def _write_jsonl(path, rows, raw_lines=()):
@@ -50,19 +52,6 @@ def manual_root(tmp_path_factory):
 
 # ---------------------------------------------------------------------------------------------
 # Pure helpers.
-
-
-@pytest.mark.parametrize("text, want", [
-    (r"so \boxed{5}.", "5"),
-    (r"\boxed{1} then \boxed{\frac{1}{2}}", r"\frac{1}{2}"),
-    (r"$\boxed 7$", "7"),
-    (r"\fbox{x+1}", "x+1"),
-    (r"\boxed{\text{(A) } \{1,2\}}", r"\text{(A) } \{1,2\}"),
-    (r"no box", None),
-    (r"\boxed{unclosed", None),
-])
-def test_last_boxed(text, want):
-  assert math_sets.last_boxed(text) == want
 
 
 @pytest.mark.parametrize("answer, want", [
@@ -116,10 +105,12 @@ def test_math_accepts_original_and_math500_shapes(data_dir, manual_root):
        "level": 2, "unique_id": "test/number_theory/1.json"},
       # AIME-like integer answer, no level.
       {"problem": "Q", "answer": 12},
+      # Escaped braces inside the box; the last box wins.
+      {"problem": "S", "solution": r"First \boxed{0}, then $\boxed{\{1, 2\}}$."},
   ]
   _write_jsonl(manual / "test.jsonl", rows_in)
   rows = sources.load_split("math", "test", data_dir, manual)
-  assert len(rows) == 4
+  assert len(rows) == 5
   assert rows[0] == {"source": "test.jsonl:line 1", "problem": "Find $x$.",
                      "solution": rows_in[0]["solution"], "answer": r"\frac{1}{2}", "level": 5,
                      "subject": "Algebra", "unique_id": ""}
@@ -128,6 +119,7 @@ def test_math_accepts_original_and_math500_shapes(data_dir, manual_root):
                      "answer": "4", "level": 2, "subject": "Number Theory",
                      "unique_id": "test/number_theory/1.json"}
   assert rows[3]["answer"] == "12" and rows[3]["solution"] == "" and rows[3]["level"] == -1
+  assert rows[4]["answer"] == r"\{1, 2\}"
 
 
 def test_math500_builds_under_its_own_name(data_dir, manual_root):
@@ -213,6 +205,25 @@ def test_livecodebench_stdin_functional_and_compressed_tests(data_dir, manual_ro
   assert rows[1]["question_content"] == "Two sum." and rows[1]["func_name"] == "twoSum"
   assert rows[1]["public_tests"] == func and rows[1]["private_tests"] == []
   assert rows[1]["question_id"] == "7"
+
+
+def test_arith_builder_matches_arith_dataset(data_dir):
+  config = arith.ArithConfig(num_steps=(2, 3), modulus=7, train_size=20, test_size=5, seed=3)
+  for split in ("train", "test"):
+    rows = sources.load_split("arith", split, data_dir, config=config)
+    want = arith.ArithDataset(config, split)
+    assert len(rows) == len(want)
+    assert [row_to_example(r) for r in rows] == list(want)
+  # Another config gets its own directory; no modulus is stored as 0 and read back as None.
+  other = arith.ArithConfig(num_steps=2, modulus=None, operators=("+",), train_size=3,
+                            test_size=0)
+  rows = sources.load_split("arith", "train", data_dir, config=other)
+  assert [row_to_example(r) for r in rows] == list(arith.ArithDataset(other, "train"))
+  assert rows[0]["modulus"] == 0 and row_to_example(rows[0]).meta["modulus"] is None
+  assert (sources.get_builder("arith", data_dir, config=config).data_dir !=
+          sources.get_builder("arith", data_dir, config=other).data_dir)
+  with pytest.raises(ValueError, match="no split 'test'"):
+    sources.load_split("arith", "test", data_dir, config=other)
 
 
 # ---------------------------------------------------------------------------------------------

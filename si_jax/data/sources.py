@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 from etils import epath
 import numpy as np
@@ -26,9 +26,10 @@ import tensorflow_datasets as tfds
 from si_jax.data import builders
 from si_jax.data.builders import records
 
-__all__ = ["load_split", "get_builder", "default_manual_dir", "builder_names"]
+__all__ = ["load_split", "get_builder", "default_manual_dir", "builder_names", "MappedSequence"]
 
 FILE_FORMAT = "array_record"
+_T = TypeVar("_T")
 
 
 def builder_names() -> list[str]:
@@ -40,8 +41,11 @@ def get_builder(name: str, data_dir: epath.PathLike | None = None,
   """A builder by short name ('gsm8k', ...) writing array_record files under data_dir."""
   if name not in builders.BUILDERS:
     raise ValueError(f"unknown dataset {name!r}; known datasets: {builder_names()}")
+  cls = builders.BUILDERS[name]
   data_dir = os.path.expanduser(os.fspath(data_dir)) if data_dir is not None else None
-  return builders.BUILDERS[name](data_dir=data_dir, file_format=FILE_FORMAT, **builder_kwargs)
+  if builder_kwargs.get("config") is not None and hasattr(cls, "builder_config_for"):
+    builder_kwargs["config"] = cls.builder_config_for(builder_kwargs["config"])  # ArithConfig
+  return cls(data_dir=data_dir, file_format=FILE_FORMAT, **builder_kwargs)
 
 
 def default_manual_dir(builder: tfds.core.DatasetBuilder) -> epath.Path:
@@ -60,7 +64,7 @@ def load_split(name: str, split: str, data_dir: epath.PathLike | None = None,
     data_dir: tfds data dir (None: tfds' default, ~/tensorflow_datasets).
     manual_dir: the user's data files (None: `default_manual_dir`). Ignored by generated
       datasets (arith).
-    **builder_kwargs: passed to the builder (e.g. `config=` for arith).
+    **builder_kwargs: passed to the builder (e.g. `config=ArithConfig(...)` for arith).
 
   Raises:
     FileNotFoundError: the dataset is not built and its manual dir lacks the files (the message
@@ -168,3 +172,22 @@ def _decode(feature: tfds.features.FeatureConnector, value: Any) -> Any:
     return value.item()
   return value
 
+
+
+class MappedSequence(Sequence[_T]):
+  """`fn(i, rows[i])` for every row, computed on access (random access over large splits)."""
+
+  def __init__(self, rows: Sequence[Any], fn: Callable[[int, Any], _T]):
+    self._rows = rows
+    self._fn = fn
+
+  def __len__(self) -> int:
+    return len(self._rows)
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return [self[i] for i in range(*index.indices(len(self)))]
+    if not -len(self) <= index < len(self):
+      raise IndexError(f"index {index} out of range for {len(self)} items")
+    index %= len(self)
+    return self._fn(index, self._rows[index])

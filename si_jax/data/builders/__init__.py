@@ -4,6 +4,7 @@
 splits with `si_jax.data.sources.load_split`, which builds on first use.
 """
 
+from si_jax.data.builders.arith import SiArith
 from si_jax.data.builders.base import ManualBuilder
 from si_jax.data.builders.livecodebench import SiLivecodebench
 from si_jax.data.builders.math_sets import SiAime
@@ -22,7 +23,8 @@ BUILDERS = {
     "aime": SiAime,
     "hmmt": SiHmmt,
     "livecodebench": SiLivecodebench,
+    "arith": SiArith,
 }
 
-__all__ = ["BUILDERS", "ManualBuilder", "RecordError", "SiAime", "SiDeepmath", "SiGsm8k",
+__all__ = ["BUILDERS", "ManualBuilder", "RecordError", "SiAime", "SiArith", "SiDeepmath", "SiGsm8k",
            "SiHmmt", "SiLivecodebench", "SiMath", "SiMath500"]

@@ -15,37 +15,13 @@ import tensorflow_datasets as tfds
 
 from si_jax.data.builders import base
 from si_jax.data.builders import records
+from si_jax.verify.math import extract_boxed
 
 __all__ = ["SiGsm8k", "SiMath", "SiMath500", "SiDeepmath", "SiAime", "SiHmmt",
-           "last_boxed", "gsm8k_final_answer"]
+           "gsm8k_final_answer"]
 
 _Text = tfds.features.Text
-_BOXED_RE = re.compile(r"\\(?:boxed|fbox)\s*")
 _LEVEL_RE = re.compile(r"^\s*Level\s+(\d+|\?)\s*$")
-
-
-def last_boxed(text: str) -> str | None:
-  r"""Content of the last `\boxed{...}` (or `\fbox{...}`, or `\boxed 5`) in text; None if none.
-
-  Braces are matched, so `\boxed{\frac{1}{2}}` gives `\frac{1}{2}`. An unclosed brace gives
-  None.
-  """
-  matches = list(_BOXED_RE.finditer(text))
-  if not matches:
-    return None
-  start = matches[-1].end()
-  if start < len(text) and text[start] == "{":
-    depth = 0
-    for i in range(start, len(text)):
-      if text[i] == "{":
-        depth += 1
-      elif text[i] == "}":
-        depth -= 1
-        if depth == 0:
-          return text[start + 1:i].strip()
-    return None
-  m = re.match(r"[^\s$]+", text[start:])  # `\boxed 5$`: one token
-  return m.group(0) if m else None
 
 
 def gsm8k_final_answer(answer: str) -> str | None:
@@ -107,8 +83,9 @@ class SiMath(base.ManualBuilder):
     if row.has("answer"):
       answer = row.text("answer", allow_int=True)
     elif solution:
-      answer = last_boxed(solution)
-      if answer is None:
+      answer = extract_boxed(solution)
+      answer = answer.strip() if answer is not None else None
+      if not answer:
         raise row.error("no 'answer' column and no \\boxed{...} in the solution to take it "
                         "from", "solution")
     else:

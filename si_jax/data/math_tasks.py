@@ -1,0 +1,123 @@
+r"""Math tasks: a problem from a tfds builder, a prompt asking for the answer in \boxed{}, and
+math-verify (in a worker pool with timeouts) as the verifier.
+
+Registered: "gsm8k", "math", "math500", "deepmath", "aime", "hmmt". Each takes
+  data_dir, manual_dir: where the dataset is built / where its files are (see sources.py);
+  num_workers, timeout_s: MathVerifier options (timeout_s None: the verifier's default);
+  prompt_template: text with a `{question}` placeholder (no other braces are interpreted);
+  system_prompt: optional system message.
+
+Example.answer is the reference answer string; Example.meta holds the row's other columns
+(source file:line, level, subject, difficulty, solutions, ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Sequence
+
+from etils import epath
+
+from si_jax.data import sources
+from si_jax.data import tasks
+
+__all__ = ["MathSpec", "MathTask", "SPECS", "DEFAULT_TEMPLATE"]
+
+DEFAULT_TEMPLATE = ("{question}\n\nPlease reason step by step, and put your final answer "
+                    "within \\boxed{}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class MathSpec:
+  """Which builder a task reads and which of its columns are the question and the answer."""
+
+  dataset: str
+  question_key: str
+  answer_key: str
+
+
+SPECS: Mapping[str, MathSpec] = {
+    "gsm8k": MathSpec("gsm8k", "question", "final_answer"),
+    "math": MathSpec("math", "problem", "answer"),
+    "math500": MathSpec("math500", "problem", "answer"),
+    "deepmath": MathSpec("deepmath", "question", "final_answer"),
+    "aime": MathSpec("aime", "problem", "answer"),
+    "hmmt": MathSpec("hmmt", "problem", "answer"),
+}
+
+
+class MathTask(tasks.Task):
+  """A math dataset scored by final-answer equivalence (reward 1 or 0)."""
+
+  def __init__(self, name: str, spec: MathSpec, *, data_dir: epath.PathLike | None = None,
+               manual_dir: epath.PathLike | None = None, num_workers: int = 2,
+               timeout_s: float | None = None, prompt_template: str = DEFAULT_TEMPLATE,
+               system_prompt: str | None = None, verifier: Any = None):
+    """verifier: anything with `.score(completions, answers) -> list[Verdict]` and `.close()`;
+    None builds a MathVerifier(num_workers, timeout_s) on first use (and closes it)."""
+    if "{question}" not in prompt_template:
+      raise ValueError(f"{name}: prompt_template must contain '{{question}}', got "
+                       f"{prompt_template!r}")
+    self.name = name
+    self.spec = spec
+    self.system_prompt = system_prompt
+    self._data_dir = data_dir
+    self._manual_dir = manual_dir
+    self._template = prompt_template
+    self._verifier_kwargs = {"num_workers": num_workers}
+    if timeout_s is not None:
+      self._verifier_kwargs["timeout_s"] = timeout_s
+    self._verifier = verifier
+    self._owns_verifier = verifier is None
+    self._splits: dict[str, Sequence[tasks.Example]] = {}
+
+  def prompt(self, question: str) -> str:
+    return self._template.replace("{question}", question)
+
+  def examples(self, split: str) -> Sequence[tasks.Example]:
+    if split not in self._splits:
+      rows = sources.load_split(self.spec.dataset, split, self._data_dir, self._manual_dir)
+      self._splits[split] = sources.MappedSequence(
+          rows, lambda i, row, split=split: self._example(split, i, row))
+    return self._splits[split]
+
+  def _example(self, split: str, index: int, row: Mapping[str, Any]) -> tasks.Example:
+    q, a = self.spec.question_key, self.spec.answer_key
+    return tasks.Example(
+        id=f"{self.name}/{split}/{index}",
+        prompt=self.prompt(row[q]),
+        answer=row[a],
+        meta={k: v for k, v in row.items() if k not in (q, a)} | {"question": row[q]},
+    )
+
+  def score(self, examples: Sequence[tasks.Example],
+            completions: Sequence[str]) -> list[tasks.Verdict]:
+    if len(examples) != len(completions):
+      raise ValueError(f"{self.name}.score: {len(examples)} examples but {len(completions)} "
+                       "completions")
+    if not completions:
+      return []
+    return list(self._get_verifier().score(list(completions), [e.answer for e in examples]))
+
+  def _get_verifier(self):
+    if self._verifier is None:
+      from si_jax.verify.math import MathVerifier  # pylint: disable=g-import-not-at-top
+      self._verifier = MathVerifier(**self._verifier_kwargs)
+    return self._verifier
+
+  def close(self) -> None:
+    if self._verifier is not None and self._owns_verifier:
+      self._verifier.close()
+      self._verifier = None
+
+
+def _factory(name: str):
+  def make(**kwargs) -> MathTask:
+    return MathTask(name, SPECS[name], **kwargs)
+  make.__name__ = f"make_{name}"
+  make.__doc__ = f"The {name!r} math task; kwargs as in MathTask."
+  return make
+
+
+for _name in SPECS:
+  tasks.register(_name)(_factory(_name))
