@@ -11,6 +11,7 @@ import zlib
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import tensorflow_datasets as tfds
 
 from si_jax.data import arith
 from si_jax.data import sources
@@ -91,6 +92,9 @@ def test_gsm8k_builds_and_reads_back_every_field(data_dir, manual_root):
   assert any(".array_record-" in f for f in files), files
   assert "tensorflow" not in sys.modules
   assert builder.info.metadata["rows_in"] == {"train": 5, "test": 1}
+  # Plain tfds reads it too (raw bytes, no decoding).
+  raw = tfds.data_source("si_gsm8k", split="train", data_dir=data_dir, download=False)
+  assert len(raw) == 5 and raw[2]["question"] == train[2]["question"].encode()
 
 
 def test_math_accepts_original_and_math500_shapes(data_dir, manual_root):
@@ -267,6 +271,10 @@ class _Evil:
     ("livecodebench", [json.dumps({"question_content": "c", "public_test_cases": json.dumps(
         [{"input": "1", "output": "2", "testtype": "functional"}])})], 1, "metadata",
      "func_name"),
+    ("livecodebench", [json.dumps({"question_content": "c", "public_test_cases": json.dumps(
+        [{"input": "1", "output": "2", "testtype": "functional"}]), "private_test_cases":
+        json.dumps([{"input": "1", "output": "2"}]), "metadata": '{"func_name": "f"}'})], 1,
+     "private_test_cases", "mix test types"),
     # A compressed payload that would run code if unpickled naively: refused, not executed.
     ("livecodebench", [json.dumps({"question_content": "c", "public_test_cases": "[]",
                                    "private_test_cases": base64.b64encode(zlib.compress(

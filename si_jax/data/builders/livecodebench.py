@@ -120,8 +120,12 @@ class SiLivecodebench(base.ManualBuilder):
     if not public and not private:
       raise row.error("no test cases: a problem needs at least one test to be scored",
                       "public_test_cases")
+    kinds = {t["testtype"] for t in public + private}
+    if len(kinds) > 1:
+      raise row.error(f"tests mix test types {sorted(kinds)}; a problem is either stdin or "
+                      "functional", "private_test_cases")
     func_name = _func_name(row)
-    if not func_name and any(t["testtype"] == "functional" for t in public + private):
+    if not func_name and "functional" in kinds:
       raise row.error("functional tests need 'metadata' with a 'func_name' (the method of "
                       "class Solution to call)", "metadata")
     return {

@@ -136,7 +136,7 @@ class SiDeepmath(base.ManualBuilder):
     return {
         "question": _Text(),
         "final_answer": _Text(),
-        "difficulty": np.float32,
+        "difficulty": np.float64,
         "topic": _Text(),
         "r1_solutions": tfds.features.Sequence(_Text()),
     }
