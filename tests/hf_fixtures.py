@@ -2,8 +2,9 @@
 
 Every builder is seeded and returns `(model_dir, torch_model)`; the torch model is in fp32,
 eval mode, eager attention (the parity reference). Weights are drawn with std 1/sqrt(hidden)
-so attention is far from uniform, and RMSNorm weights / q-k-v biases are perturbed away from
-their init (all-ones norms and zero biases would hide mapping bugs).
+(unless `initializer_range` is given) so attention is far from uniform, and RMSNorm weights /
+q-k-v biases are perturbed away from their init (all-ones norms and zero biases would hide
+mapping bugs).
 
   llama: llama3 RoPE scaling (short original context so the scaling bites), tied embeddings.
   qwen2: q/k/v biases, untied.
@@ -25,33 +26,35 @@ HIDDEN = 64
 LAYERS = 2
 
 
-def _common(**kw) -> dict[str, Any]:
+def _common(family_kw: dict[str, Any], kw: dict[str, Any]) -> dict[str, Any]:
+  """Shared tiny sizes, then the family's settings, then the caller's overrides."""
   base = dict(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=96,
               num_hidden_layers=LAYERS, num_attention_heads=4, num_key_value_heads=2,
-              max_position_embeddings=512, rms_norm_eps=1e-6,
-              initializer_range=1.0 / math.sqrt(HIDDEN), bos_token_id=1, eos_token_id=2,
+              max_position_embeddings=512, rms_norm_eps=1e-6, bos_token_id=1, eos_token_id=2,
               pad_token_id=0)
+  base.update(family_kw)
   base.update(kw)
+  base.setdefault("initializer_range", 1.0 / math.sqrt(base["hidden_size"]))
   return base
 
 
 def llama_config(**kw) -> transformers.LlamaConfig:
   rope = dict(rope_type="llama3", rope_theta=10000.0, factor=8.0, low_freq_factor=1.0,
               high_freq_factor=4.0, original_max_position_embeddings=32)
-  return transformers.LlamaConfig(**_common(tie_word_embeddings=True, rope_parameters=rope,
-                                            **kw))
+  return transformers.LlamaConfig(**_common(
+      dict(tie_word_embeddings=True, rope_parameters=rope), kw))
 
 
 def qwen2_config(**kw) -> transformers.Qwen2Config:
   return transformers.Qwen2Config(**_common(
-      tie_word_embeddings=False, rope_parameters=dict(rope_type="default", rope_theta=10000.0),
-      **kw))
+      dict(tie_word_embeddings=False,
+           rope_parameters=dict(rope_type="default", rope_theta=10000.0)), kw))
 
 
 def qwen3_config(**kw) -> transformers.Qwen3Config:
   return transformers.Qwen3Config(**_common(
-      tie_word_embeddings=False, head_dim=32,
-      rope_parameters=dict(rope_type="default", rope_theta=1000000.0), **kw))
+      dict(tie_word_embeddings=False, head_dim=32,
+           rope_parameters=dict(rope_type="default", rope_theta=1000000.0)), kw))
 
 
 CONFIGS: dict[str, Callable[..., transformers.PretrainedConfig]] = {
