@@ -1,0 +1,255 @@
+"""Tests for si_jax.metrics: JSONL + TensorBoard writers, truncation on resume, progress, timer."""
+
+import glob
+import io
+import json
+import os
+import struct
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from si_jax.metrics import METRICS_FILE, MetricsWriter, Progress, Timer, read_metrics
+
+
+def _masked_crc(data: bytes) -> int:
+  from tensorboardX.crc32c import crc32c
+  crc = crc32c(data)
+  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def read_events(path: str) -> list:
+  """Event protos of one TensorBoard event file, checking the TFRecord framing and CRCs."""
+  from tensorboardX.proto.event_pb2 import Event
+  events = []
+  with open(path, "rb") as f:
+    data = f.read()
+  pos = 0
+  while pos < len(data):
+    header = data[pos:pos + 8]
+    (length,) = struct.unpack("<Q", header)
+    (length_crc,) = struct.unpack("<I", data[pos + 8:pos + 12])
+    assert length_crc == _masked_crc(header), f"{path}@{pos}: bad length crc"
+    body = data[pos + 12:pos + 12 + length]
+    (body_crc,) = struct.unpack("<I", data[pos + 12 + length:pos + 16 + length])
+    assert body_crc == _masked_crc(body), f"{path}@{pos}: bad body crc"
+    event = Event()
+    event.ParseFromString(body)
+    events.append(event)
+    pos += 16 + length
+  return events
+
+
+def tb_scalars(workdir) -> dict:
+  """{(tag, step): value} over all event files under workdir/tb."""
+  out = {}
+  files = sorted(glob.glob(os.path.join(workdir, "tb", "events.out.tfevents.*")))
+  assert files, os.listdir(workdir)
+  for path in files:
+    for event in read_events(path):
+      for value in event.summary.value:
+        out[(value.tag, event.step)] = value.simple_value
+  return out
+
+
+# --- JSONL + TensorBoard ------------------------------------------------------------------------
+
+
+def test_write_jsonl_and_tensorboard(tmp_path):
+  writer = MetricsWriter(tmp_path)
+  writer.write(1, {"reward": 0.25, "accuracy": np.float32(0.5), "tokens": 128})
+  # Flushed at every write: visible before close.
+  assert read_metrics(tmp_path) == [{"step": 1, "reward": 0.25, "accuracy": 0.5, "tokens": 128}]
+  writer.write(2, {"reward": jnp.asarray(0.75), "accuracy": np.float64(1.0), "done": True,
+                   "count": np.int64(3)})
+  writer.close()
+  writer.close()  # idempotent
+
+  with open(tmp_path / METRICS_FILE) as f:
+    lines = f.read().splitlines()
+  assert [json.loads(line) for line in lines] == [
+      {"step": 1, "reward": 0.25, "accuracy": 0.5, "tokens": 128},
+      {"step": 2, "reward": 0.75, "accuracy": 1.0, "done": 1, "count": 3},
+  ]
+  scalars = tb_scalars(tmp_path)
+  assert scalars == {
+      ("reward", 1): 0.25, ("accuracy", 1): 0.5, ("tokens", 1): 128.0,
+      ("reward", 2): 0.75, ("accuracy", 2): 1.0, ("done", 2): 1.0, ("count", 2): 3.0,
+  }
+
+
+def test_tensorboard_off_writes_no_event_files(tmp_path):
+  with MetricsWriter(tmp_path, tensorboard=False) as writer:
+    writer.write(0, {"loss": 1.5})
+  assert read_metrics(tmp_path) == [{"step": 0, "loss": 1.5}]
+  assert not os.path.exists(tmp_path / "tb")
+
+
+def test_disabled_writer_writes_nothing(tmp_path):
+  with MetricsWriter(tmp_path / "run", enabled=False) as writer:
+    writer.write(1, {"loss": 1.0})
+    assert writer.truncate_after(0) == 0
+  assert not os.path.exists(tmp_path / "run")
+  assert read_metrics(tmp_path / "run") == []
+
+
+def test_write_rejects_bad_metrics(tmp_path):
+  with MetricsWriter(tmp_path, tensorboard=False) as writer:
+    with pytest.raises(TypeError, match=r"step=3\): metric 'hist' must be a real scalar, got "
+                                        r"ndarray of shape \(2,\)"):
+      writer.write(3, {"hist": np.zeros(2)})
+    with pytest.raises(TypeError, match="metric 'name' must be a real scalar, got str"):
+      writer.write(3, {"name": "x"})
+    with pytest.raises(ValueError, match="other than 'step', got 'step'"):
+      writer.write(3, {"step": 4})
+  assert read_metrics(tmp_path) == []  # nothing half-written
+  writer_closed = MetricsWriter(tmp_path, tensorboard=False)
+  writer_closed.close()
+  with pytest.raises(RuntimeError, match="after close"):
+    writer_closed.write(1, {"a": 1.0})
+
+
+# --- resume -------------------------------------------------------------------------------------
+
+
+def test_truncate_after_drops_replayed_steps(tmp_path):
+  with MetricsWriter(tmp_path) as writer:
+    for step in range(1, 6):
+      writer.write(step, {"reward": step / 10})
+  # A new process resumes from the checkpoint of step 3 and replays steps 4, 5 with new values.
+  with MetricsWriter(tmp_path) as writer:
+    assert writer.truncate_after(3) == 2
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3]
+    for step in (4, 5):
+      writer.write(step, {"reward": step})
+  records = read_metrics(tmp_path)
+  assert [r["step"] for r in records] == [1, 2, 3, 4, 5]  # one line per step
+  assert [r["reward"] for r in records] == [0.1, 0.2, 0.3, 4, 5]
+  assert not os.path.exists(str(tmp_path / METRICS_FILE) + ".tmp")
+
+  # TensorBoard: the first run's file keeps its events; the resumed writer's file starts by
+  # purging steps >= 4, then holds the replayed values.
+  files = glob.glob(os.path.join(tmp_path, "tb", "events.out.tfevents.*"))
+  events = sorted((read_events(path) for path in files), key=lambda ev: ev[0].wall_time)
+  assert len(events) == 2, files
+  scalars = lambda evs: [(v.tag, e.step, round(v.simple_value, 6)) for e in evs
+                         for v in e.summary.value]
+  assert scalars(events[0]) == [("reward", s, s / 10) for s in range(1, 6)]
+  assert scalars(events[1]) == [("reward", 4, 4.0), ("reward", 5, 5.0)]
+  first_log = [e for e in events[1] if e.HasField("session_log")][0]
+  assert first_log.step == 4 and first_log.session_log.status == first_log.session_log.START
+  assert events[1].index(first_log) < min(i for i, e in enumerate(events[1]) if e.summary.value)
+
+
+def test_partial_last_line_is_ignored_and_repaired(tmp_path):
+  path = tmp_path / METRICS_FILE
+  path.write_text('{"step": 1, "a": 1.0}\n{"step": 2, "a": 2.0}\n{"step": 3, "a"')  # killed
+  assert read_metrics(tmp_path) == [{"step": 1, "a": 1.0}, {"step": 2, "a": 2.0}]
+  with MetricsWriter(tmp_path, tensorboard=False) as writer:
+    writer.write(3, {"a": 3.5})
+  assert read_metrics(tmp_path) == [{"step": 1, "a": 1.0}, {"step": 2, "a": 2.0},
+                                    {"step": 3, "a": 3.5}]
+
+
+def test_read_metrics_names_file_and_line_of_a_bad_line(tmp_path):
+  (tmp_path / METRICS_FILE).write_text('{"step": 1}\nnot json\n{"step": 3}\n')
+  with pytest.raises(ValueError, match=r"metrics.jsonl:2: not a JSON line"):
+    read_metrics(tmp_path)
+  (tmp_path / METRICS_FILE).write_text('{"step": 1}\n{"loss": 3}\n')
+  with pytest.raises(ValueError, match=r"metrics.jsonl:2: expected an object with a 'step' key"):
+    read_metrics(tmp_path)
+  assert read_metrics(tmp_path / "missing") == []
+
+
+# --- progress -----------------------------------------------------------------------------------
+
+
+class FakeClock:
+
+  def __init__(self):
+    self.t = 100.0
+
+  def __call__(self):
+    return self.t
+
+
+class TTYStream(io.StringIO):
+
+  def isatty(self):
+    return True
+
+
+def test_progress_plain_lines_every_k_steps():
+  clock, out = FakeClock(), io.StringIO()
+  progress = Progress(100, every=25, stream=out, clock=clock)
+  for step in range(1, 101):
+    clock.t += 0.5  # 2 steps/s
+    progress.update(step, reward=0.123456, accuracy=0.5)
+  progress.close()
+  lines = out.getvalue().splitlines()
+  assert [line.split(" | ")[0] for line in lines] == [
+      "step 1/100", "step 25/100", "step 50/100", "step 75/100", "step 100/100"]
+  assert lines[2] == "step 50/100 | 2 steps/s | ETA 0:00:25 | reward=0.1235 accuracy=0.5"
+  assert lines[-1] == "step 100/100 | 2 steps/s | ETA 0:00:00 | reward=0.1235 accuracy=0.5"
+  assert "\r" not in out.getvalue()
+
+
+def test_progress_rewrites_line_on_tty_and_counts_rate_from_resume_step():
+  clock, out = FakeClock(), TTYStream()
+  progress = Progress(10, start_step=6, stream=out, clock=clock)
+  clock.t += 4.0
+  progress.update(8, loss=12.5)  # 2 steps in 4 s since the resume at step 6
+  clock.t += 2.0
+  progress.update(9)
+  text = out.getvalue()
+  assert "\n" not in text
+  first = "\rstep 8/10 | 0.5 steps/s | ETA 0:00:04 | loss=12.5"
+  second = "\rstep 9/10 | 0.5 steps/s | ETA 0:00:02"
+  assert text == first + second + " " * (len(first) - len(second))
+  progress.close()
+  assert out.getvalue().endswith("\n")
+  progress.close()  # nothing pending: no second newline
+  assert not out.getvalue().endswith("\n\n")
+
+
+def test_progress_before_any_time_passes_shows_unknown_rate():
+  out = io.StringIO()
+  clock = FakeClock()
+  Progress(5, stream=out, clock=clock).update(0)
+  assert out.getvalue() == "step 0/5 | ? steps/s | ETA ?\n"
+  with pytest.raises(ValueError, match="total_steps must be >= 1, got 0"):
+    Progress(0)
+
+
+# --- timer --------------------------------------------------------------------------------------
+
+
+def test_timer_accumulates_sections_in_first_use_order():
+  clock = FakeClock()
+  timer = Timer(clock=clock)
+  for _ in range(2):
+    with timer("rollout"):
+      clock.t += 1.5
+      with timer("verify"):  # nested: counted in both
+        clock.t += 0.25
+    with timer("update"):
+      clock.t += 0.5
+  with pytest.raises(RuntimeError):
+    with timer("update"):
+      clock.t += 1.0
+      raise RuntimeError("boom")  # time until the exception still counts
+  assert timer.summary() == {"rollout": 3.5, "verify": 0.5, "update": 2.0}
+  assert list(timer.summary()) == ["rollout", "verify", "update"]
+  assert timer.summary(prefix="time/") == {"time/rollout": 3.5, "time/verify": 0.5,
+                                           "time/update": 2.0}
+  assert timer.counts() == {"verify": 2, "rollout": 2, "update": 3}
+  timer.reset()
+  assert timer.summary() == {} and timer.counts() == {}
+
+
+def test_timer_measures_real_time():
+  timer = Timer()
+  with timer("work"):
+    sum(range(10000))
+  assert 0.0 <= timer.summary()["work"] < 5.0
