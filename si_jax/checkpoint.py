@@ -127,7 +127,8 @@ class Checkpointer:
   def __init__(self, directory: str | os.PathLike, *, max_to_keep: int | None = 3,
                save_every: int = 1, async_save: bool = False):
     if max_to_keep is not None and (not isinstance(max_to_keep, int) or max_to_keep < 1):
-      raise ValueError(f"Checkpointer: max_to_keep must be None or an int >= 1, got {max_to_keep!r}")
+      raise ValueError(
+          f"Checkpointer: max_to_keep must be None or an int >= 1, got {max_to_keep!r}")
     if not isinstance(save_every, int) or save_every < 1:
       raise ValueError(f"Checkpointer: save_every must be an int >= 1, got {save_every!r}")
     directory = os.fspath(directory)
@@ -179,7 +180,8 @@ class Checkpointer:
     """
     step = int(step)
     if not isinstance(meta, Mapping):
-      raise TypeError(f"Checkpointer.save(step={step}): meta must be a dict, got {type(meta).__name__}")
+      raise TypeError(
+          f"Checkpointer.save(step={step}): meta must be a dict, got {type(meta).__name__}")
     if (problem := _json_problem(meta)) is not None:
       raise TypeError(f"Checkpointer.save(step={step}): meta is not JSON-able: {problem}")
     return self._manager.save(

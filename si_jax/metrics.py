@@ -48,9 +48,10 @@ def _scalar(name: str, value: Any, step: int) -> float | int:
       return int(arr)
     if arr.dtype.kind == "f":
       return float(arr)
+  shape_str = "" if shape is None else f" of shape {tuple(shape)}"
   raise TypeError(
       f"MetricsWriter.write(step={step}): metric {name!r} must be a real scalar, got "
-      f"{type(value).__name__}{'' if shape is None else f' of shape {tuple(shape)}'}: {value!r:.80}")
+      f"{type(value).__name__}{shape_str}: {value!r:.80}")
 
 
 def _repair_tail(path: str) -> None:
@@ -165,7 +166,8 @@ class MetricsWriter:
 
     The file is rewritten atomically (tmp file + rename). TensorBoard events cannot be deleted
     from event files; the next write opens a new event file with purge_step=step + 1 instead,
-    which makes TensorBoard hide the earlier events of steps > `step`. Returns the number of records dropped.
+    which makes TensorBoard hide the earlier events of steps > `step`. Returns the number of
+    records dropped.
     """
     if not self._enabled:
       return 0
