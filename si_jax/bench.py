@@ -1,0 +1,390 @@
+"""si-bench: si_jax versus transformers/PyTorch speed on CPU, fp32, same model and weights.
+
+Two workloads per model size (`--sizes`, names of `config.PRESETS`):
+
+  decode: `Sampler.generate` greedy versus `transformers` `model.generate(do_sample=False)`
+    (sdpa attention, exactly `--new_tokens` new tokens, no stop id), batch `--batch` of
+    `--prompt_len`-token prompts. tokens/s = B * N / wall time, prefill included.
+  train: one jitted fwd+bwd+AdamW step (token-mean NLL through `transformer.token_logprobs`,
+    optax.adamw, donated state) versus PyTorch eager (`loss.backward()` + `torch.optim.AdamW`)
+    on `--train_batch` x `--train_len` tokens. tokens/s = B * T / wall time.
+
+Both sides load the same weights (`init_params`, exported with `hf.hf_tensors`), and each row
+reports a parity check: the decode row the fraction of generated tokens that agree, the train
+row |loss_jax - loss_torch| at the first step.
+
+Achieved GFLOP/s counts model FLOPs analytically (the work the model needs, not what an
+implementation happens to do: masked attention columns, rematerialization and optimizer
+arithmetic are not counted). Per token, with d hidden, L layers, H / KV heads of size hd,
+F MLP width, V vocab:
+
+  body  = 2 * L * (d * hd * (2 H + 2 KV) + 3 d F)    q, k, v, o projections and the MLP
+  head  = 2 * d * V                                   lm head
+  attn(c) = 4 * L * H * hd * c                        QK^T and PV against c keys
+
+  train step (B x T):  3 * B * (T * (body + head) + sum_{t=1..T} attn(t))   fwd + 2x fwd in bwd
+  generate (B, P + N): B * (P * body + head + sum_{t=1..P} attn(t))          prefill, last logits
+                     + B * sum_{i=1..N-1} (body + head + attn(P + i))       N-1 decode steps
+
+(the first new token comes from the prefill's logits). The peak is `jnp.matmul` /
+`torch.matmul` on f32 `--peak_n`^3 matrices (2 n^3 FLOPs), best of `--repeats` after warm-up,
+measured in the same run. Timings are medians of `--repeats` calls after `--warmup` calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+# Benchmark targets from the issue: (size, workload) -> minimum si_jax / HF tokens/s ratio.
+TARGETS = {("tiny", "decode"): 2.0, ("25m", "decode"): 1.2, ("25m", "train"): 1.0}
+WORKLOADS = ("decode", "train")
+COLUMNS = ("size", "params", "workload", "shape", "si_jax tok/s", "HF tok/s", "ratio", "target",
+           "si_jax GFLOP/s", "HF GFLOP/s", "si_jax % peak", "HF % peak", "parity")
+
+
+# ----------------------------------------------------------------------------- FLOP model
+
+
+def _body_flops(cfg) -> int:
+  d, hd, f = cfg.hidden_size, cfg.head_dim, cfg.intermediate_size
+  return 2 * cfg.num_layers * (d * hd * (2 * cfg.num_heads + 2 * cfg.num_kv_heads) + 3 * d * f)
+
+
+def _head_flops(cfg) -> int:
+  return 2 * cfg.hidden_size * cfg.vocab_size
+
+
+def _attn_flops(cfg, context: int) -> int:
+  return 4 * cfg.num_layers * cfg.num_heads * cfg.head_dim * context
+
+
+def train_flops(cfg, batch: int, length: int) -> int:
+  """Model FLOPs of one fwd+bwd step on [batch, length] tokens (backward = 2x forward)."""
+  attn = sum(_attn_flops(cfg, t) for t in range(1, length + 1))
+  return 3 * batch * (length * (_body_flops(cfg) + _head_flops(cfg)) + attn)
+
+
+def generate_flops(cfg, batch: int, prompt_len: int, new_tokens: int) -> int:
+  """Model FLOPs of generating `new_tokens` after a `prompt_len` prompt, for `batch` rows."""
+  prefill = (prompt_len * _body_flops(cfg) + _head_flops(cfg)
+             + sum(_attn_flops(cfg, t) for t in range(1, prompt_len + 1)))
+  decode = sum(_body_flops(cfg) + _head_flops(cfg) + _attn_flops(cfg, prompt_len + i)
+               for i in range(1, new_tokens))
+  return batch * (prefill + decode)
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+def time_calls(fn: Callable[[], Any], repeats: int, warmup: int) -> list[float]:
+  """Wall seconds of `repeats` calls of `fn` (which must block until its result is ready),
+  after `warmup` untimed calls."""
+  for _ in range(warmup):
+    fn()
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t0)
+  return times
+
+
+def matmul_peaks(n: int, repeats: int) -> dict[str, float]:
+  """Best f32 [n, n] @ [n, n] GFLOP/s of jnp.matmul (jitted) and torch.matmul."""
+  import jax
+  import jax.numpy as jnp
+  import torch
+
+  rng = np.random.default_rng(0)
+  a = rng.standard_normal((n, n), dtype=np.float32)
+  b = rng.standard_normal((n, n), dtype=np.float32)
+  ja, jb = jnp.asarray(a), jnp.asarray(b)
+  mm = jax.jit(jnp.matmul)
+  ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+  flops = 2 * n ** 3
+  jt = time_calls(lambda: mm(ja, jb).block_until_ready(), max(3, repeats), warmup=2)
+  tt = time_calls(lambda: torch.matmul(ta, tb), max(3, repeats), warmup=2)
+  return {"n": n, "jax_gflops": flops / min(jt) / 1e9, "torch_gflops": flops / min(tt) / 1e9}
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def torch_model(params, cfg, attn_implementation: str = "sdpa"):
+  """The transformers `*ForCausalLM` of `cfg` holding `params` (fp32), through `hf.hf_tensors`."""
+  import torch
+  import transformers
+
+  from si_jax.models import hf
+  from si_jax.models.config import to_hf_config
+
+  hf_cfg = to_hf_config(cfg)
+  config = transformers.AutoConfig.for_model(hf_cfg.pop("model_type"), **hf_cfg)
+  model = transformers.AutoModelForCausalLM.from_config(
+      config, attn_implementation=attn_implementation, dtype=torch.float32)
+  state = {name: torch.from_numpy(np.array(x, np.float32))
+           for name, x in hf.hf_tensors(params, cfg)}
+  missing, unexpected = model.load_state_dict(state, strict=False)
+  tied = {"lm_head.weight"} if cfg.tie_embeddings else set()
+  if unexpected or set(missing) - tied:
+    raise ValueError(f"torch_model: the {hf_cfg['architectures'][0]} state dict does not match "
+                     f"hf.hf_tensors for this config: missing {sorted(set(missing) - tied)}, "
+                     f"unexpected {sorted(unexpected)}")
+  if cfg.tie_embeddings:
+    model.tie_weights()
+  return model
+
+
+def _prompts(cfg, batch: int, length: int, seed: int) -> np.ndarray:
+  """[batch, length] int32 random token ids in [1, vocab) (0 is the pad id)."""
+  return np.random.default_rng(seed).integers(1, cfg.vocab_size, (batch, length), np.int32)
+
+
+def bench_decode(cfg, params, model, args) -> dict[str, Any]:
+  """tokens/s of si_jax Sampler.generate and HF model.generate (greedy, N new tokens)."""
+  import jax
+  import torch
+
+  from si_jax.sampling import Sampler, SamplingParams
+
+  B, P, N = args.batch, args.prompt_len, args.new_tokens
+  prompts = _prompts(cfg, B, P, args.seed)
+  sampler = Sampler(cfg, max_len=P + N, prompt_bucket=P)
+  sp = SamplingParams(max_new_tokens=N, temperature=0.0)
+  key = jax.random.key(args.seed)
+  rows = [list(p) for p in prompts]
+  jax_out = {}
+
+  def run_jax():
+    jax_out["tokens"] = sampler.generate(params, rows, key, sp).tokens  # numpy: blocks
+
+  ids = torch.from_numpy(prompts.astype(np.int64))
+  attn_mask = torch.ones_like(ids)
+  hf_out = {}
+
+  def run_hf():
+    with torch.inference_mode():
+      hf_out["tokens"] = model.generate(
+          input_ids=ids, attention_mask=attn_mask, do_sample=False, max_new_tokens=N,
+          min_new_tokens=N, pad_token_id=0)[:, P:].numpy()
+
+  model.eval()
+  jt = time_calls(run_jax, args.repeats, args.warmup)
+  ht = time_calls(run_hf, args.repeats, args.warmup)
+  if hf_out["tokens"].shape != (B, N):
+    raise RuntimeError(f"HF generate returned {hf_out['tokens'].shape[1]} new tokens per row, "
+                       f"expected exactly {N} (max_new_tokens = min_new_tokens = {N})")
+  agree = float(np.mean(np.asarray(jax_out["tokens"]) == hf_out["tokens"]))
+  first = float(np.mean(np.asarray(jax_out["tokens"])[:, 0] == hf_out["tokens"][:, 0]))
+  return dict(shape=f"B={B} P={P} N={N}", tokens=B * N, flops=generate_flops(cfg, B, P, N),
+              jax_times=jt, hf_times=ht, parity=f"tokens agree {agree:.0%} (first {first:.0%})",
+              token_agreement=agree, first_token_agreement=first)
+
+
+def _jax_train_step(cfg, lr: float, weight_decay: float):
+  """(init_state(params), jitted step(state, tokens, mask) -> (state, loss)); state donated."""
+  import jax
+  import jax.numpy as jnp
+  import optax
+
+  from si_jax.models import transformer
+
+  opt = optax.adamw(lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=weight_decay)
+
+  def loss_fn(params, tokens, mask):
+    lp = transformer.token_logprobs(params, tokens, mask, cfg)  # [B, T]
+    w = mask[:, 1:].astype(jnp.float32)
+    return -jnp.sum(lp[:, 1:] * w) / jnp.maximum(jnp.sum(w), 1.0)
+
+  def step(state, tokens, mask):
+    params, opt_state = state
+    loss, grads = jax.value_and_grad(loss_fn)(params, tokens, mask)
+    updates, opt_state = opt.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state), loss
+
+  return (lambda params: (params, opt.init(params))), jax.jit(step, donate_argnums=0)
+
+
+def bench_train(cfg, params, model, args) -> dict[str, Any]:
+  """tokens/s of one fwd+bwd+AdamW step: jitted si_jax versus PyTorch eager."""
+  import jax
+  import torch
+
+  B, T = args.train_batch, args.train_len
+  tokens = _prompts(cfg, B, T, args.seed + 1)
+  mask = np.ones((B, T), bool)
+  lr, wd = 1e-4, 0.01
+
+  init, step = _jax_train_step(cfg, lr, wd)
+  # Private copy: the step donates its state, and `params` is still needed by the caller.
+  state = {"s": init(jax.tree.map(lambda x: x.copy(), params))}
+  jtokens, jmask = jax.device_put(tokens), jax.device_put(mask)
+  losses = {}
+
+  def run_jax():
+    state["s"], loss = step(state["s"], jtokens, jmask)
+    losses.setdefault("jax", float(loss))  # float() blocks on the whole step
+
+  model.train()
+  opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8,
+                          weight_decay=wd)
+  ids = torch.from_numpy(tokens.astype(np.int64))
+
+  def run_hf():
+    opt.zero_grad(set_to_none=True)
+    loss = model(input_ids=ids, labels=ids).loss  # token-mean NLL of tokens[:, 1:]
+    loss.backward()
+    opt.step()
+    losses.setdefault("hf", float(loss.detach()))
+
+  jt = time_calls(run_jax, args.repeats, args.warmup)
+  ht = time_calls(run_hf, args.repeats, args.warmup)
+  diff = abs(losses["jax"] - losses["hf"])
+  return dict(shape=f"B={B} T={T}", tokens=B * T, flops=train_flops(cfg, B, T), jax_times=jt,
+              hf_times=ht, parity=f"loss diff {diff:.1e}", loss_jax=losses["jax"],
+              loss_hf=losses["hf"], loss_diff=diff)
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def environment() -> dict[str, Any]:
+  import jax
+  import jaxlib
+  import torch
+  import transformers
+
+  return dict(cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(),
+              processor=platform.processor() or platform.machine(),
+              python=platform.python_version(), jax=jax.__version__, jaxlib=jaxlib.__version__,
+              jax_backend=jax.default_backend(), torch=torch.__version__,
+              transformers=transformers.__version__, loadavg=list(os.getloadavg()))
+
+
+def _row(size: str, cfg, workload: str, r: dict[str, Any], peaks: dict[str, float]):
+  jt, ht = statistics.median(r["jax_times"]), statistics.median(r["hf_times"])
+  jg, hg = r["flops"] / jt / 1e9, r["flops"] / ht / 1e9
+  return dict(
+      size=size, params=cfg.num_params(), workload=workload, shape=r["shape"],
+      jax_tok_s=r["tokens"] / jt, hf_tok_s=r["tokens"] / ht, ratio=ht / jt,
+      target=TARGETS.get((size, workload)), jax_gflops=jg, hf_gflops=hg,
+      jax_peak_frac=jg / peaks["jax_gflops"], hf_peak_frac=hg / peaks["torch_gflops"],
+      **{k: v for k, v in r.items() if k not in ("shape",)})
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+  """The rows as a markdown table with `COLUMNS`."""
+  lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+  for r in rows:
+    target = "-" if r["target"] is None else (
+        f">= {r['target']:g}x " + ("met" if r["ratio"] >= r["target"] else "MISSED"))
+    cells = [r["size"], f"{r['params'] / 1e6:.2f}M", r["workload"], r["shape"],
+             f"{r['jax_tok_s']:,.0f}", f"{r['hf_tok_s']:,.0f}", f"{r['ratio']:.2f}x", target,
+             f"{r['jax_gflops']:.1f}", f"{r['hf_gflops']:.1f}", f"{r['jax_peak_frac']:.0%}",
+             f"{r['hf_peak_frac']:.0%}", r["parity"]]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(
+      prog="si-bench", description=__doc__.split("\n\n")[0],
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--sizes", default="tiny,25m", help="comma-separated model presets")
+  p.add_argument("--workloads", default=",".join(WORKLOADS), help="decode,train or one of them")
+  p.add_argument("--repeats", type=int, default=3, help="timed calls per measurement (median)")
+  p.add_argument("--warmup", type=int, default=2, help="untimed calls before timing")
+  p.add_argument("--batch", type=int, default=32, help="decode batch")
+  p.add_argument("--prompt_len", type=int, default=128, help="decode prompt tokens")
+  p.add_argument("--new_tokens", type=int, default=128, help="decode new tokens")
+  p.add_argument("--train_batch", type=int, default=8, help="train step batch")
+  p.add_argument("--train_len", type=int, default=256, help="train step sequence length")
+  p.add_argument("--peak_n", type=int, default=2048, help="matmul size for the peak")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--json", help="also write the environment, peaks and rows here")
+  return p
+
+
+def _check_args(p: argparse.ArgumentParser, args) -> tuple[list[str], list[str]]:
+  from si_jax.models.config import PRESETS
+
+  sizes = [s for s in args.sizes.split(",") if s]
+  unknown = [s for s in sizes if s not in PRESETS]
+  if not sizes or unknown:
+    p.error(f"--sizes: unknown preset(s) {unknown or args.sizes!r}; known: {sorted(PRESETS)}")
+  workloads = [w for w in args.workloads.split(",") if w]
+  if not workloads or set(workloads) - set(WORKLOADS):
+    p.error(f"--workloads must be a comma-separated subset of {WORKLOADS}, got "
+            f"{args.workloads!r}")
+  for name in ("repeats", "batch", "prompt_len", "new_tokens", "train_batch", "peak_n"):
+    if getattr(args, name) < 1:
+      p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+  if args.train_len < 2:
+    p.error(f"--train_len must be >= 2 (the loss predicts tokens 1..T-1), got {args.train_len}")
+  if args.warmup < 0:
+    p.error(f"--warmup must be >= 0, got {args.warmup}")
+  return sizes, workloads
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+  """Runs the benchmark, prints the environment and a markdown table, returns the report."""
+  p = _parser()
+  args = p.parse_args(argv)
+  sizes, workloads = _check_args(p, args)
+
+  import jax
+  import torch
+
+  from si_jax.models import transformer
+  from si_jax.models.config import preset
+
+  jax.config.update("jax_platforms", "cpu")  # a CPU benchmark, even on a host with a GPU
+  torch.set_num_threads(os.cpu_count())
+  env = environment()
+  print("environment: " + ", ".join(f"{k}={v}" for k, v in env.items()), flush=True)
+  peaks = matmul_peaks(args.peak_n, args.repeats)
+  print(f"f32 matmul {args.peak_n}^3 peak: jax {peaks['jax_gflops']:.1f} GFLOP/s, "
+        f"torch {peaks['torch_gflops']:.1f} GFLOP/s", flush=True)
+
+  rows = []
+  for size in sizes:
+    cfg = preset(size)
+    params = jax.jit(transformer.init_params, static_argnums=0)(cfg, jax.random.key(args.seed))
+    model = torch_model(params, cfg)
+    for workload in workloads:
+      fn = bench_decode if workload == "decode" else bench_train
+      row = _row(size, cfg, workload, fn(cfg, params, model, args), peaks)
+      print(f"{size} {workload}: si_jax {row['jax_tok_s']:,.0f} tok/s, HF {row['hf_tok_s']:,.0f} "
+            f"tok/s ({row['ratio']:.2f}x); {row['parity']}", flush=True)
+      rows.append(row)
+    del model
+
+  env["loadavg_end"] = list(os.getloadavg())
+  print()
+  print(markdown_table(rows))
+  print(f"\nload average (1/5/15 min) at start {env['loadavg']}, end {env['loadavg_end']}")
+  report = dict(env=env, peaks=peaks, args=vars(args), rows=rows)
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(report, f, indent=2)
+      f.write("\n")
+  return report
+
+
+def run() -> None:
+  """Console-script entry point (`si-bench`)."""
+  main()
+  sys.exit(0)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,110 @@
+"""si-bench: the FLOP model by hand, the table's structure, and one minuscule end-to-end run.
+
+No timing assertions: timings on a shared CPU are noise. The end-to-end run checks that both
+sides computed the same model (parity columns) and that the table and JSON are well formed.
+"""
+
+import json
+import math
+
+import pytest
+
+from si_jax import bench
+from si_jax.models.config import preset
+
+
+def test_flop_model_by_hand():
+  cfg = preset("tiny")  # d=128, L=2, H=4, KV=2, hd=32, F=384, V=512
+  body = 2 * 2 * (128 * 32 * (2 * 4 + 2 * 2) + 3 * 128 * 384)  # 786,432
+  head = 2 * 128 * 512  # 131,072
+  attn = 4 * 2 * 4 * 32  # per key: 1,024
+  assert bench.train_flops(cfg, 1, 2) == 3 * (2 * (body + head) + attn * (1 + 2))
+  assert bench.train_flops(cfg, 3, 2) == 3 * bench.train_flops(cfg, 1, 2)
+  prefill = 2 * body + head + attn * (1 + 2)
+  decode = body + head + attn * 3  # one decode step: the second new token sees 3 keys
+  assert bench.generate_flops(cfg, 1, 2, 2) == prefill + decode
+  assert bench.generate_flops(cfg, 1, 2, 1) == prefill  # the first token comes from prefill
+
+
+@pytest.mark.parametrize("size", ["tiny", "25m"])
+def test_matmul_flops_are_twice_the_matmul_params(size):
+  cfg = preset(size)
+  d, L = cfg.hidden_size, cfg.num_layers
+  norms = 2 * L * d + d + (2 * L * cfg.head_dim if cfg.qk_norm else 0)
+  embed = cfg.vocab_size * d  # a lookup, not a matmul
+  assert bench._body_flops(cfg) + bench._head_flops(cfg) == 2 * (cfg.num_params() - norms - embed)
+
+
+def _row(**kw):
+  row = dict(size="25m", params=33_600_000, workload="train", shape="B=8 T=256",
+             jax_tok_s=500.0, hf_tok_s=540.0, ratio=500 / 540, target=1.0, jax_gflops=100.0,
+             hf_gflops=108.0, jax_peak_frac=0.78, hf_peak_frac=0.82, parity="loss diff 1e-07")
+  row.update(kw)
+  return row
+
+
+def _cells(line):
+  assert line.startswith("| ") and line.endswith(" |"), line
+  return [c.strip() for c in line[2:-2].split(" | ")]
+
+
+def test_markdown_table_marks_targets():
+  lines = bench.markdown_table(
+      [_row(), _row(ratio=1.3, jax_tok_s=700.0), _row(size="tiny", target=None)]).splitlines()
+  assert _cells(lines[0]) == list(bench.COLUMNS)
+  assert lines[1] == "|" + "---|" * len(bench.COLUMNS)
+  rows = [dict(zip(bench.COLUMNS, _cells(l))) for l in lines[2:]]
+  assert [r["target"] for r in rows] == [">= 1x MISSED", ">= 1x met", "-"]
+  assert rows[0]["ratio"] == "0.93x" and rows[0]["params"] == "33.60M"
+  assert rows[1]["si_jax tok/s"] == "700" and rows[0]["si_jax % peak"] == "78%"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--sizes", "tiny,huge"], "unknown preset"),
+    (["--workloads", "decode,serve"], "--workloads"),
+    (["--repeats", "0"], "--repeats must be >= 1, got 0"),
+    (["--train_len", "1"], "--train_len must be >= 2"),
+])
+def test_bad_flags_are_named(argv, message, capsys):
+  with pytest.raises(SystemExit):
+    bench.main(argv)
+  assert message in capsys.readouterr().err
+
+
+def test_minuscule_end_to_end(tmp_path, capsys):
+  out = tmp_path / "bench.json"
+  report = bench.main([
+      "--sizes", "tiny", "--repeats", "1", "--warmup", "1", "--batch", "2", "--prompt_len", "8",
+      "--new_tokens", "4", "--train_batch", "2", "--train_len", "16", "--peak_n", "64",
+      "--json", str(out)])
+  printed = capsys.readouterr().out
+
+  # The table: header, separator, one row per (size, workload), every row complete.
+  lines = printed.splitlines()
+  start = lines.index("| " + " | ".join(bench.COLUMNS) + " |")
+  body = lines[start + 2:start + 4]
+  rows = [dict(zip(bench.COLUMNS, _cells(l))) for l in body]
+  assert all(len(_cells(l)) == len(bench.COLUMNS) for l in body)
+  assert [(r["size"], r["workload"]) for r in rows] == [("tiny", "decode"), ("tiny", "train")]
+  assert rows[0]["shape"] == "B=2 P=8 N=4" and rows[1]["shape"] == "B=2 T=16"
+  assert rows[0]["target"].startswith(">= 2x ")
+  assert "cpu_count=" in printed and "torch=" in printed and "load average" in printed
+
+  # The JSON holds the same rows, with consistent numbers.
+  saved = json.loads(out.read_text())
+  assert saved["rows"] == json.loads(json.dumps(report["rows"]))
+  assert saved["env"]["jax_backend"] == "cpu"
+  assert saved["peaks"]["n"] == 64 and saved["peaks"]["jax_gflops"] > 0
+  decode, train = saved["rows"]
+  for r in saved["rows"]:
+    assert len(r["jax_times"]) == len(r["hf_times"]) == 1
+    assert math.isclose(r["ratio"], r["hf_times"][0] / r["jax_times"][0])
+    assert math.isclose(r["jax_tok_s"], r["tokens"] / r["jax_times"][0])
+    assert math.isclose(r["hf_gflops"], r["flops"] / r["hf_times"][0] / 1e9)
+  assert decode["tokens"] == 2 * 4 and train["tokens"] == 2 * 16
+
+  # Both sides ran the same model on the same weights.
+  assert decode["first_token_agreement"] == 1.0
+  assert decode["token_agreement"] == 1.0
+  assert train["loss_diff"] < 1e-4
+  assert math.isclose(train["loss_jax"], math.log(512), rel_tol=0.05)  # near-uniform at init
