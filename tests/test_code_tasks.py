@@ -25,8 +25,10 @@ ADD_BUT_ZERO = ("Here:\n```python\na, b = map(int, input().split())\n"
 TWO_SUM = """I will use a dict.
 ```python
 class Solution:
-    def twoSum(self, nums, target):
-        seen = {}
+    def twoSum(self, nums: List[int], target: int) -> List[int]:
+        seen = defaultdict(int)  # LeetCode's implicit imports
+        seen.clear()
+        assert pow(2, 5, 7) == 4  # the builtin, not math.pow
         for i, x in enumerate(nums):
             if target - x in seen:
                 return [seen[target - x], i]
@@ -109,6 +111,7 @@ def test_public_tests_only(dirs):
 
 def test_functional_program_driver():
   program = code_tasks.functional_program("class Solution:\n  def f(self, a, b): return a", "f")
+  assert program.startswith("from typing import *\n")
   assert program.endswith("print(_si_json.dumps(_si_result))\n")
   with pytest.raises(ValueError, match="identifier"):
     code_tasks.functional_program("", "f(); import os")

@@ -7,7 +7,8 @@ Two kinds of problems, as in LiveCodeBench:
   functional: LeetCode-style; the prompt shows the starter code (`class Solution` with one
               method) and asks to complete it. Each test input is one JSON value per line (the
               method's arguments) and the output is the JSON of the return value; a driver
-              appended to the model's code reads the arguments from stdin, calls
+              appended to the model's code (which gets LeetCode's implicit imports,
+              `from typing import *` and the like) reads the arguments from stdin, calls
               `Solution().<func_name>(*args)` and prints `json.dumps(result)`, so the same
               stdin/stdout sandbox runs both kinds. Expected outputs are re-serialized with
               json.dumps so that spacing differences (`[1,2]` vs `[1, 2]`) do not count.
@@ -41,6 +42,18 @@ FUNCTIONAL_TEMPLATE = (
     "definition, in a single ```python code block.\n\n```python\n{starter_code}\n```")
 TEST_SETS = ("all", "public", "private")
 
+# LeetCode runs solutions with these names already imported (starter code says `List[int]`).
+_FUNCTIONAL_HEADER = (
+    "from typing import *\n"
+    "from collections import *\n"
+    "from heapq import *\n"
+    "from bisect import *\n"
+    "from math import *\n"
+    "from itertools import *\n"
+    "from functools import *\n"
+    "from builtins import *\n"  # math's star import shadows pow(); restore the builtins
+    "import collections, heapq, bisect, math, itertools, functools, string, re\n\n")
+
 _DRIVER = '''
 
 if __name__ == "__main__":
@@ -53,10 +66,11 @@ if __name__ == "__main__":
 
 
 def functional_program(code: str, func_name: str) -> str:
-  """The model's `class Solution` code plus a driver that runs one functional test from stdin."""
+  """The model's `class Solution` code, after LeetCode's implicit imports, plus a driver that
+  runs one functional test from stdin."""
   if not func_name.isidentifier():
     raise ValueError(f"func_name must be a Python identifier, got {func_name!r}")
-  return code + _DRIVER.format(func_name=func_name)
+  return _FUNCTIONAL_HEADER + code + _DRIVER.format(func_name=func_name)
 
 
 def _normalize_json(text: str) -> str:
