@@ -144,7 +144,8 @@ class WorkerPool:
       raise ValueError(f"WorkerPool context must be 'forkserver' or 'spawn', got {context!r}")
     if soft_timeout_fraction is not None and not 0.0 < soft_timeout_fraction <= 1.0:
       raise ValueError(
-          f"WorkerPool soft_timeout_fraction must be in (0, 1] or None, got {soft_timeout_fraction}")
+          "WorkerPool soft_timeout_fraction must be in (0, 1] or None, got "
+          f"{soft_timeout_fraction}")
     self._ctx = multiprocessing.get_context(context)
     if context == "forkserver" and preload:
       # Module-level setting of the fork server, read when it starts (first worker below).
