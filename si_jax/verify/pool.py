@@ -119,6 +119,8 @@ class _Worker:
 class WorkerPool:
   """A fixed number of worker processes, reused across `map` calls.
 
+  Thread-safe: concurrent `map` calls run one after another.
+
   Args:
     num_workers: processes running calls concurrently.
     max_tasks_per_worker: a worker is replaced after this many calls (bounds memory growth).
@@ -126,6 +128,8 @@ class WorkerPool:
     context: multiprocessing start method, 'forkserver' (default) or 'spawn'. 'fork' is
       refused: forking a multithreaded (JAX) parent is unsafe.
     preload: modules the fork server imports once (forkserver only), e.g. ('math_verify',).
+      The fork server is one per process: this takes effect only if it is not running yet
+      (otherwise each new worker imports the modules itself: slower, same results).
     soft_timeout_fraction: the worker interrupts Python code at this fraction of the timeout;
       None disables the soft timer (fn may then use SIGALRM itself).
     start_timeout_s: how long a new worker may take to start (import, initializer) before the
