@@ -1,0 +1,117 @@
+"""The update step: micro-batch accumulation, NaN guard, sharded == single device."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from si_jax import sharding as shd
+from si_jax.models import config as config_lib
+from si_jax.models import transformer
+from si_jax.rl import train_state as ts
+from si_jax.rl import update
+
+CFG = config_lib.make_config(
+    "qwen3", vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
+    head_dim=8, intermediate_size=64)
+B, T = 8, 12
+
+
+def _batch(seed=0):
+  rng = np.random.default_rng(seed)
+  tokens = rng.integers(0, CFG.vocab_size, (B, T)).astype(np.int32)
+  input_mask = np.ones((B, T), bool)
+  for b in range(B):  # left padding of varying length, response of varying length
+    input_mask[b, : b % 3] = False
+  loss_mask = np.zeros((B, T), np.float32)
+  for b in range(B):
+    loss_mask[b, 6: 6 + 1 + (b * 5) % 6] = 1.0
+  old = (-2.0 + 0.3 * rng.standard_normal((B, T))).astype(np.float32) * loss_mask
+  adv = np.repeat(rng.standard_normal((B, 1)), T, 1).astype(np.float32) * loss_mask
+  policy = dict(tokens=tokens, input_mask=input_mask, loss_mask=loss_mask, old_logprobs=old,
+                advantages=adv)
+  sft = dict(tokens=tokens, input_mask=input_mask, loss_mask=loss_mask)
+  return {"policy": policy, "sft": sft}
+
+
+@pytest.fixture(scope="module")
+def params():
+  return transformer.init_params(CFG, jax.random.key(0))
+
+
+@pytest.mark.parametrize("ratio,aggregation", [
+    ("token", "token_mean"), ("sequence", "seq_mean_token_mean"),
+    ("token", "seq_mean_token_sum_norm")])
+def test_micro_batches_equal_one_big_batch(params, aggregation, ratio):
+  terms = (update.PolicyTerm(ratio=ratio, aggregation=aggregation, max_len=8, eps_low=0.1,
+                             eps_high=0.3),
+           update.NLLTerm(weight=0.5))
+  batch = _batch()
+  fn = lambda n: jax.jit(lambda p, b: update.loss_and_grads(p, b, terms=terms, cfg=CFG,
+                                                            num_micro=n, chunk_size=5))
+  l1, g1, m1 = fn(1)(params, batch)
+  for n in (4,):
+    ln, gn, mn = fn(n)(params, batch)
+    np.testing.assert_allclose(ln, l1, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(gn), jax.tree.leaves(g1)):
+      np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-7)
+    np.testing.assert_allclose(mn["policy/loss"][0] / mn["policy/loss"][1],
+                               m1["policy/loss"][0] / m1["policy/loss"][1], rtol=1e-5)
+
+
+def _run_updates(state, batches, step_fn):
+  metrics = []
+  for b in batches:
+    state, m = step_fn(state, b)
+    metrics.append(jax.device_get(m))
+  return state, metrics
+
+
+def test_nan_gradient_skips_update_and_counts(params):
+  opt = ts.make_optimizer(1e-2, 10)
+  mesh = shd.make_mesh(devices=jax.devices()[:1])
+  state = ts.create(params, opt, mesh)
+  terms = (update.PolicyTerm(),)
+  good = {"policy": _batch()["policy"]}
+  bad = {"policy": dict(good["policy"])}
+  adv = bad["policy"]["advantages"].copy()
+  adv[0, 6] = np.nan
+  bad["policy"]["advantages"] = adv
+  step = update.make_update_fn(state, good, mesh, terms=terms, cfg=CFG, optimizer=opt)
+  before = jax.device_get(state.params)
+  state, m = step(state, bad)
+  assert int(m["update_skipped"]) == 1 and not np.isfinite(float(m["loss"]))
+  assert int(state.step) == 0 and int(state.skipped) == 1 and int(state.bad_streak) == 1
+  for a, b in zip(jax.tree.leaves(jax.device_get(state.params)), jax.tree.leaves(before)):
+    np.testing.assert_array_equal(a, b)
+  state, m = step(state, bad)
+  assert int(state.bad_streak) == 2
+  state, m = step(state, good)
+  assert int(m["update_skipped"]) == 0 and int(state.step) == 1
+  assert int(state.bad_streak) == 0 and int(state.skipped) == 2
+  changed = [not np.array_equal(a, b) for a, b in
+             zip(jax.tree.leaves(jax.device_get(state.params)), jax.tree.leaves(before))]
+  assert any(changed)
+
+
+def test_update_on_fsdp4_tensor2_matches_one_device(params):
+  if jax.device_count() < 8:
+    pytest.fail("needs 8 simulated devices (tests/conftest.py)")
+  terms = (update.PolicyTerm(ratio="sequence", aggregation="seq_mean_token_mean"),
+           update.NLLTerm(weight=0.1))
+  opt = ts.make_optimizer(1e-2, 10, warmup_steps=1)
+  batches = [_batch(s) for s in range(3)]
+  results = []
+  for mesh in (shd.make_mesh(devices=jax.devices()[:1]), shd.make_mesh(fsdp=4, tensor=2)):
+    p = shd.shard_params(params, shd.param_shardings(CFG, mesh))
+    state = ts.create(p, opt, mesh)
+    step = update.make_update_fn(state, batches[0], mesh, terms=terms, cfg=CFG, optimizer=opt,
+                                 num_micro=2)
+    results.append(_run_updates(state, batches, step))
+  (s1, m1), (s8, m8) = results
+  assert any(not x.sharding.is_fully_replicated for x in jax.tree.leaves(s8.params))
+  for a, b in zip(jax.tree.leaves(jax.device_get(s8.params)),
+                  jax.tree.leaves(jax.device_get(s1.params))):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  for a, b in zip(m8, m1):
+    np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5)
