@@ -47,6 +47,13 @@ class Task(abc.ABC):
   def score(self, examples: Sequence[Example], completions: Sequence[str]) -> list[Verdict]:
     """Verdicts for completions[i] as an answer to examples[i]. Never raises on model output."""
 
+  def answer_key(self, completion: str) -> str | None:
+    """The final answer of a completion as a string, for majority voting (maj@k); None if
+    there is none. Default: a boxed answer, `#### x`, or an `Answer: x` line."""
+    from si_jax.verify.math import extract_answer  # local: keep this module light
+    ans = extract_answer(completion)
+    return None if ans is None else ans.strip()
+
   def close(self) -> None:
     """Releases worker pools and temp dirs (idempotent)."""
 

@@ -1,0 +1,169 @@
+"""Evaluation: avg@k, pass@k and maj@k of a policy on a task split; `si-eval` writes tables.
+
+  si-eval --workdir runs/arith                       # latest checkpoint of a training run
+  si-eval --hf_dir path/to/hf --task gsm8k --k 8     # any HF checkpoint directory
+
+avg@k: mean reward over k samples per problem. pass@k: unbiased estimate (Chen et al. 2021)
+from n >= k samples of the chance that one of k is correct. maj@k: the reward of the answer
+most of the k samples agree on (ties: the earliest sample's answer).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+import os
+from typing import Sequence
+
+import jax
+import numpy as np
+
+from si_jax import sampling
+from si_jax.rl import rollout
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+  """Unbiased pass@k from n samples of which c are correct."""
+  if n < k:
+    raise ValueError(f"pass@k needs n >= k samples, got n={n}, k={k}")
+  if n - c < k:
+    return 1.0
+  return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def majority_reward(answers: Sequence[str | None], rewards: Sequence[float]) -> float:
+  """Reward of the most common non-None answer (first seen wins ties); 0 if none."""
+  counts = collections.Counter(a for a in answers if a is not None)
+  if not counts:
+    return 0.0
+  top = max(counts.values())
+  for a, r in zip(answers, rewards):
+    if a is not None and counts[a] == top:
+      return float(r)
+  return 0.0
+
+
+def evaluate(sampler: sampling.Sampler, params, tokenizer, task, examples, *, k: int = 1,
+             temperature: float = 0.0, max_new_tokens: int = 64, top_p: float = 1.0,
+             key: jax.Array | None = None, batch_size: int = 256, threshold: float = 1.0
+             ) -> dict:
+  """Scores k samples per example. temperature 0 (greedy) makes the k samples identical, so
+  it is only meaningful with k = 1. Returns metrics and per-example rows."""
+  if k > 1 and temperature == 0:
+    raise ValueError("evaluate: k > 1 needs temperature > 0 (greedy samples are identical)")
+  key = jax.random.key(0) if key is None else key
+  sp = sampling.SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature,
+                               top_p=top_p, stop_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id)
+  per = max(1, batch_size // k)
+  rows, avg, passk, maj, lengths = [], [], [], [], []
+  examples = list(examples)
+  for start in range(0, len(examples), per):
+    chunk = examples[start:start + per]
+    ro = rollout.sample(sampler, params, tokenizer, task, chunk,
+                        jax.random.fold_in(key, start), sp, group_size=k)
+    for i, ex in enumerate(chunk):
+      r = ro.rewards[i]
+      texts = ro.texts[i * k:(i + 1) * k]
+      answers = [task.answer_key(t) for t in texts]
+      correct = int(np.sum(r >= threshold))
+      avg.append(float(np.mean(r)))
+      passk.append(pass_at_k(k, correct, k))
+      maj.append(majority_reward(answers, r))
+      lengths.extend(len(x) for x in ro.response_ids[i * k:(i + 1) * k])
+      rows.append(dict(id=ex.id, rewards=[float(x) for x in r], answers=answers,
+                       reasons=[v.reason for v in ro.verdicts[i * k:(i + 1) * k]],
+                       sample=texts[0]))
+  n = max(len(examples), 1)
+  return {
+      "num_examples": len(examples), "k": k, "temperature": temperature,
+      f"avg@{k}": float(np.sum(avg) / n), f"pass@{k}": float(np.sum(passk) / n),
+      f"maj@{k}": float(np.sum(maj) / n),
+      "mean_response_tokens": float(np.mean(lengths)) if lengths else 0.0,
+      "rows": rows,
+  }
+
+
+def markdown_table(results: dict[str, dict]) -> str:
+  """results: name -> evaluate() output (same k). One row per name."""
+  lines = []
+  for name, res in results.items():
+    k = res["k"]
+    if not lines:
+      lines = [f"| model | n | avg@{k} | pass@{k} | maj@{k} | mean tokens |",
+               "|---|---|---|---|---|---|"]
+    lines.append(f"| {name} | {res['num_examples']} | {res[f'avg@{k}']:.4f} | "
+                 f"{res[f'pass@{k}']:.4f} | {res[f'maj@{k}']:.4f} | "
+                 f"{res['mean_response_tokens']:.1f} |")
+  return "\n".join(lines)
+
+
+def write_tables(results: dict[str, dict], out_dir: str, name: str = "eval") -> tuple[str, str]:
+  os.makedirs(out_dir, exist_ok=True)
+  md, js = os.path.join(out_dir, f"{name}.md"), os.path.join(out_dir, f"{name}.json")
+  with open(md, "w", encoding="utf-8") as f:
+    f.write(markdown_table(results) + "\n")
+  with open(js, "w", encoding="utf-8") as f:
+    json.dump(results, f, indent=1)
+  return md, js
+
+
+def main(argv=None) -> int:
+  import argparse
+  from si_jax.data import tasks as tasks_lib
+  from si_jax.rl import trainer
+  from si_jax.tokenizer import Tokenizer
+
+  ap = argparse.ArgumentParser(prog="si-eval", description=__doc__.split("\n")[0])
+  src = ap.add_mutually_exclusive_group(required=True)
+  src.add_argument("--workdir", help="a si-train workdir (its latest checkpoint and config)")
+  src.add_argument("--hf_dir", help="an HF checkpoint directory (with its tokenizer)")
+  ap.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  ap.add_argument("--task", default=None, help="task name (default: the run's task)")
+  ap.add_argument("--split", default=None)
+  ap.add_argument("--k", type=int, default=1)
+  ap.add_argument("--num_examples", type=int, default=0, help="0 = the whole split")
+  ap.add_argument("--temperature", type=float, default=None)
+  ap.add_argument("--max_new_tokens", type=int, default=None)
+  ap.add_argument("--batch_size", type=int, default=256)
+  ap.add_argument("--out", default=None, help="output dir (default: <workdir>/eval or .)")
+  args = ap.parse_args(argv)
+
+  if args.workdir:
+    run = trainer.load_run(args.workdir, step=args.step)
+    cfg, params, tok, model_cfg = run["config"], run["params"], run["tokenizer"], run["model_cfg"]
+    task = tasks_lib.get_task(args.task or cfg.task.name,
+                              **({} if args.task else cfg.task.kwargs.to_dict()))
+    split = args.split or cfg.task.eval_split
+    temperature = cfg.eval.temperature if args.temperature is None else args.temperature
+    max_new = args.max_new_tokens or cfg.eval.max_new_tokens
+    name = f"{os.path.basename(os.path.normpath(args.workdir))}@{run['step']}"
+    out = args.out or os.path.join(args.workdir, "eval")
+  else:
+    from si_jax.models import hf
+    if not args.task:
+      ap.error("--task is required with --hf_dir")
+    model_cfg, params = hf.load_hf(args.hf_dir)
+    tok = Tokenizer.from_dir(args.hf_dir)
+    task = tasks_lib.get_task(args.task)
+    split = args.split or "test"
+    temperature = 0.0 if args.temperature is None else args.temperature
+    max_new = args.max_new_tokens or 512
+    name = os.path.basename(os.path.normpath(args.hf_dir))
+    out = args.out or "."
+  examples = task.examples(split)
+  n = len(examples) if args.num_examples <= 0 else min(args.num_examples, len(examples))
+  examples = [examples[i] for i in range(n)]
+  sampler = sampling.Sampler(model_cfg, max_len=model_cfg.max_position_embeddings)
+  res = evaluate(sampler, params, tok, task, examples, k=args.k, temperature=temperature,
+                 max_new_tokens=max_new, batch_size=args.batch_size)
+  res.update(task=task.name, split=split)
+  md, js = write_tables({name: res}, out)
+  print(markdown_table({name: res}))
+  print(f"wrote {md} and {js}")
+  task.close()
+  return 0
+
+
+def run():
+  raise SystemExit(main())
