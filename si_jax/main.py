@@ -11,6 +11,7 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -21,6 +22,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "run directory (created; resumed
 def _main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:  # keep Orbax's INFO chatter out; -v 0 restores it
+    logging.set_verbosity(logging.WARNING)
   import jax
   if os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("SLURM_JOB_ID"):
     jax.distributed.initialize()  # multi-host: launch/ sets the coordinator
@@ -30,7 +33,6 @@ def _main(argv):
 
 def run():
   flags.mark_flags_as_required(["config", "workdir"])
-  flags.FLAGS.set_default("verbosity", -1)  # absl WARNING: keep Orbax's INFO chatter out
   app.run(_main)
 
 
