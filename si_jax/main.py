@@ -25,8 +25,8 @@ def _main(argv):
   if not flags.FLAGS["verbosity"].present:  # keep Orbax's INFO chatter out; -v 0 restores it
     logging.set_verbosity(logging.WARNING)
   import jax
-  if os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("SLURM_JOB_ID"):
-    jax.distributed.initialize()  # multi-host: launch/ sets the coordinator
+  if os.environ.get("SI_MULTIHOST") == "1":
+    jax.distributed.initialize()  # multi-host: launch/ sets SI_MULTIHOST; topology auto-detected
   from si_jax.rl import trainer
   trainer.train(_CONFIG.value, _WORKDIR.value)
 

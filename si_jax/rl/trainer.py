@@ -35,7 +35,7 @@ from si_jax.tokenizer import Tokenizer
 
 # PRNG purposes: fold_in(fold_in(key(seed), step), purpose).
 ROLLOUT, EVAL, INIT, SHUFFLE = 1, 2, 3, 4
-PROMPT_BUCKET = 32
+PROMPT_BUCKET = 16
 
 
 # ----------------------------------------------------------------------------- set-up
