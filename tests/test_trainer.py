@@ -1,0 +1,106 @@
+"""The si-train job: config errors, a full smoke run, exact resume after SIGKILL."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from si_jax import configs
+from si_jax.rl import trainer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(REPO, "experiments", "configs", "arith_grpo.py")
+
+
+def _load_config(variant="smoke"):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("arith_grpo", CONFIG)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config(variant)
+
+
+def _si_train(workdir, *overrides, cache_dir=None, wait=True):
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = ""  # one CPU device, as on a laptop
+  if cache_dir:
+    env.update(JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  cmd = [sys.executable, "-m", "si_jax.main", f"--config={CONFIG}:smoke",
+         f"--workdir={workdir}", *overrides]
+  p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       text=True, cwd=REPO)
+  if not wait:
+    return p
+  out, _ = p.communicate(timeout=600)
+  return p.returncode, out
+
+
+def test_config_unknown_field_and_bad_value_are_named(tmp_path):
+  rc, out = _si_train(tmp_path / "a", "--config.rl.gruop_size=4")
+  assert rc != 0 and "gruop_size" in out
+  rc, out = _si_train(tmp_path / "b", "--config.rl.group_size=1")
+  assert rc != 0 and "config.rl.group_size must be >= 2" in out and "got 1" in out
+  c = _load_config()
+  with c.unlocked():
+    c.rl.loss = "ppo"
+  with pytest.raises(ValueError, match=r"config.rl.loss must be one of"):
+    configs.validate(c)
+  c = _load_config()
+  c.rl.loss = "gspo"
+  c.rl.eps_high = 1e-3
+  p = configs.loss_preset(c)
+  assert (p.ratio, p.eps_low, p.eps_high) == ("sequence", 3e-4, 1e-3)
+
+
+def _params(workdir):
+  run = trainer.load_run(str(workdir))
+  return run["step"], jax.device_get(run["params"])
+
+
+def _metrics(workdir):
+  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
+
+
+def test_smoke_run_then_sigkill_resume_is_the_same_run(tmp_path):
+  cache = tmp_path / "jax_cache"
+  a = tmp_path / "uninterrupted"
+  rc, out = _si_train(a, cache_dir=cache)
+  assert rc == 0, out
+  summary = json.load(open(a / "summary.json"))
+  assert summary["steps"] == 10 and summary["eval_before"] and summary["eval_after"]
+  assert "held-out avg@1" in out
+  assert os.path.exists(a / "config.json") and os.listdir(a / "tb")
+
+  # Same run, killed (SIGKILL, no clean-up) once a checkpoint inside RL exists, then restarted.
+  b = tmp_path / "killed"
+  p = _si_train(b, cache_dir=cache, wait=False)
+  deadline = time.time() + 600
+  while not os.path.exists(b / "checkpoints" / "8"):
+    assert p.poll() is None, p.stdout.read()
+    assert time.time() < deadline
+    time.sleep(0.05)
+  p.send_signal(signal.SIGKILL)
+  p.wait()
+  assert not os.path.exists(b / "summary.json")
+  rc, out = _si_train(b, cache_dir=cache)
+  assert rc == 0, out
+  assert "resumed" in out
+
+  step_a, params_a = _params(a)
+  step_b, params_b = _params(b)
+  assert step_a == step_b == 10
+  for x, y in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
+    np.testing.assert_array_equal(x, y)
+  assert _metrics(a) == _metrics(b)
+  # A different config on the same workdir is refused, naming the field.
+  rc, out = _si_train(b, "--config.rl.group_size=8", cache_dir=cache)
+  assert rc != 0 and "rl.group_size" in out
