@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from si_jax import checkpoint as ckpt_lib
@@ -168,6 +169,9 @@ class Run:
     self.root_key = jax.random.key(config.seed)
     self._update_fns: dict = {}
     self.ref_params = None
+    self.logprob_fn = jax.jit(functools.partial(
+        transformer.token_logprobs, cfg=self.model_cfg, temperature=config.rl.temperature,
+        chunk_size=config.model.logprob_chunk))
 
   def _check_config(self):
     path = os.path.join(self.workdir, "config.json")
@@ -326,9 +330,7 @@ class Run:
                      pad_id=self.tokenizer.pad_id, seq_mask=seq_mask)
     if c.recompute_logprobs or c.kl_beta > 0:
       with timer("logprobs"):
-        lp_fn = jax.jit(functools.partial(transformer.token_logprobs, cfg=self.model_cfg,
-                                          temperature=c.temperature,
-                                          chunk_size=self.config.model.logprob_chunk))
+        lp_fn = self.logprob_fn
         if c.recompute_logprobs:
           batch["old_logprobs"] = np.asarray(lp_fn(self.state.params, batch["tokens"],
                                                    batch["input_mask"])) * batch["loss_mask"]
@@ -370,7 +372,8 @@ class Run:
     stream = PromptStream(self.task.examples(self.config.task.train_split), self.config.seed,
                           self.meta["data_cursor"])
     if self.config.rl.kl_beta > 0:
-      self.ref_params = self.state.params  # the policy RL starts from
+      # The policy RL starts from; a copy, since the train state is donated to every update.
+      self.ref_params = jax.tree.map(jnp.copy, self.state.params)
     ev = self.config.eval
     while self.meta["step"] < self.total_steps:
       step = self.meta["step"]
