@@ -47,6 +47,9 @@ def test_prompt_and_solution_format():
     ("7+5=12\n13*3=39\n39-4=35\nAnswer: 35", 1),  # wrong value carried
     ("7+5=12\n12+3=15\n15-4=11\nAnswer: 11", 1),  # wrong operator
     ("7+5=12\n12*4=48\n48-4=44\nAnswer: 44", 1),  # wrong operand
+    ("7+5=12\n12+24=36\n36-4=32\nAnswer: 32", 1),  # wrong operator and operand, right value
+    ("8+4=12\n12*3=36\n36-4=32\nAnswer: 32", 0),  # wrong carry and operand, right value
+    ("7+5=12\n12*3=36\n36-4=32\nAnswer: 32\n", "none"),
     ("7+5=12\n36-4=32\nAnswer: 32", 1),  # missing step (right answer: outcome says correct)
     ("7+5=12\n12*3=36\nAnswer: 36", 2),  # missing last step
     ("7+5=12\n12*3=36\n36-4=32", 3),  # no answer line
@@ -97,12 +100,12 @@ def test_example_round_trips_to_problem_and_meta():
 
 
 def test_dataset_is_deterministic_random_access_and_splits_are_disjoint():
-  cfg = ArithConfig(num_steps=2, train_size=3000, test_size=300, seed=5)
+  cfg = ArithConfig(num_steps=3, train_size=3000, test_size=300, seed=5)
   train, test = ArithDataset(cfg, "train"), ArithDataset(cfg, "test")
   assert len(train) == 3000 and len(test) == 300
   assert train[17] == ArithDataset(cfg, "train")[17] == train[17 - 3000]
   assert [e.id for e in train[:3]] == ["arith/train/0", "arith/train/1", "arith/train/2"]
-  assert ArithDataset(ArithConfig(num_steps=2, seed=6), "train")[17] != train[17]
+  assert ArithDataset(ArithConfig(num_steps=3, seed=6), "train")[17] != train[17]
   train_prompts = {e.prompt for e in train}
   test_prompts = {e.prompt for e in test}
   assert not train_prompts & test_prompts
@@ -134,6 +137,8 @@ def test_config_errors_name_the_field():
     ArithConfig(modulus=1)
   with pytest.raises(ValueError, match=r"no operand in \(2, 2\) is coprime with 10"):
     ArithConfig(operand_range=(2, 2))
+  assert ArithConfig(modulus=7).start_range == (0, 6)  # default start: any residue
+  assert ArithConfig(modulus=None, operand_range=(1, 3)).start_range == (1, 3)
   assert ArithConfig(num_steps=[2, 3], operators=["+"]).operators == ("+",)  # from ConfigDict
 
 
@@ -217,7 +222,7 @@ def test_sft_traces_error_rate_steps_and_labels():
 
 
 def test_repair_pairs_are_minimal_edits_that_verify():
-  cfg = ArithConfig(num_steps=(2, 5))
+  cfg = ArithConfig(num_steps=(2, 5), styles=arith.STYLES)
   pairs = arith.repair_pairs(cfg, 300, seed=0)
   assert len(pairs) == 300 and pairs == arith.repair_pairs(cfg, 300, seed=0)
   kinds = set()
@@ -235,8 +240,8 @@ def test_repair_pairs_are_minimal_edits_that_verify():
     assert p.prompt == prompts.repair_prompt(p.example.prompt, p.failed, p.anchor)
     assert prompts.parse_repair(p.target) == p.repaired
   assert kinds == set(arith.ERROR_KINDS)
-  one_style = arith.repair_pairs(ArithConfig(styles=("compact",)), 5, seed=0)
-  assert all(p.anchor == p.repaired for p in one_style)
+  one_style = arith.repair_pairs(ArithConfig(), 5, seed=0)  # default: compact only
+  assert all(p.anchor == p.repaired and " " not in p.failed.split("\n")[0] for p in one_style)
 
 
 def test_garbage_never_raises():

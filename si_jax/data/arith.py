@@ -13,10 +13,12 @@ Language (fixed; all of it is spelled with `si_jax.tokenizer.DEFAULT_WORDS` and 
             6-4=2          prompt, never in the lines), so a tiny model only learns small tables
             Answer: 2      then the final answer line
 
-Solutions come in two styles that differ only in spacing: 'compact' (`7+5=2`) and 'spaced'
-(`7 + 5 = 2`). Readers accept any spacing. Two styles exist so that a correct sibling (the
-anchor of a repair) is usually not character-identical to the minimal repair of a failed
-trace, which lets an audit gate tell "fixed the failed trace" from "copied the anchor".
+Solutions come in two styles that differ only in spacing: 'compact' (`7+5=2`, the default) and
+'spaced' (`7 + 5 = 2`). Readers accept any spacing. With one style a problem has exactly one
+correct trace, so the minimal repair of a failed trace IS every correct sibling (the anchor):
+copying the anchor is then a perfect repair. With `styles=("compact", "spaced")` a sibling is
+usually spelled otherwise than the failed trace, so an audit gate / edit penalty can tell
+"fixed the failed trace" from "copied the anchor" (mixed styles slow SFT down, hence the default).
 Without a modulus values are plain integers and may be negative (`3-5=-2`).
 
 Reading a model output: lines are steps (`segment_steps(text, "lines")`: blank lines are
@@ -93,23 +95,31 @@ class ArithConfig:
 
   num_steps: chain length, an int or an inclusive (min, max) range drawn uniformly.
   operand_range: inclusive (min, max) of the operands (>= 0).
-  start_range: inclusive (min, max) of the start value; None = operand_range.
+  start_range: inclusive (min, max) of the start value; None = (0, modulus - 1) with a modulus,
+    else operand_range.
   operators: the operations used, a subset of '+', '-', '*'.
   modulus: every value is taken mod m (>= 2); None = plain integers.
   invertible_steps: multiply only by operands coprime with the modulus (nonzero without one).
-  styles: solution spellings used by generated traces ('compact', 'spaced').
+  styles: solution spellings used by generated traces ('compact', 'spaced'). One style makes
+    the anchor of every repair pair identical to its repair (the language has one correct
+    trace per problem); two make anchor copying visible at some cost in learning speed.
   seed: seeds every split.
   train_size / test_size: number of examples of each split.
   test_fraction: share of the problem space reserved for the test split (by prompt hash).
+
+  The defaults (2-4 steps mod 10, operands 0..5, start 0..9, compact) are sized for a CPU run:
+  a 2-layer d=128 model trained by SFT on correct traces (batch 32, AdamW 3e-3) reached 41%
+  greedy test accuracy after 750 steps and 51% after 1000; with operands 0..9 it was at 21%
+  after 1150 steps (the arithmetic tables, not the format, are what takes long to learn).
   """
 
   num_steps: Any = (2, 4)
-  operand_range: Any = (0, 9)
+  operand_range: Any = (0, 5)
   start_range: Any = None
   operators: Sequence[str] = OPERATORS
   modulus: int | None = 10
   invertible_steps: bool = True
-  styles: Sequence[str] = STYLES
+  styles: Sequence[str] = ("compact",)
   seed: int = 0
   train_size: int = 20000
   test_size: int = 500
@@ -119,8 +129,11 @@ class ArithConfig:
     put = functools.partial(object.__setattr__, self)
     put("num_steps", _pair(self.num_steps, "num_steps"))
     put("operand_range", _pair(self.operand_range, "operand_range"))
-    put("start_range", self.operand_range if self.start_range is None
-        else _pair(self.start_range, "start_range"))
+    if self.start_range is None:
+      put("start_range", (0, self.modulus - 1) if isinstance(self.modulus, int) and
+          self.modulus >= 2 else self.operand_range)
+    else:
+      put("start_range", _pair(self.start_range, "start_range"))
     put("operators", tuple(self.operators))
     put("styles", tuple(self.styles))
     errors = []
@@ -375,11 +388,8 @@ def first_wrong_step(problem: "Problem | Example", text: str) -> int | str:
   problem = as_problem(problem)
   if not isinstance(text, str):
     return "unparseable"
+  # Lines after the answer line (index n, or earlier = a missing step) are never looked at.
   lines = [_read_line(s.text.strip()) for s in segment(text)]
-  for i, line in enumerate(lines):
-    if line[0] == "answer":
-      lines = lines[:i + 1]
-      break
   if all(line[0] == "other" for line in lines):
     return "unparseable"
   v, n = problem.values, problem.num_steps

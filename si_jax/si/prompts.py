@@ -36,7 +36,8 @@ __all__ = [
     "reflection_prompt", "reflection_target", "parse_reflection",
 ]
 
-REPAIR_INSTRUCTION = "Repair the failed solution: fix its first wrong step, keep the steps before it."
+REPAIR_INSTRUCTION = (
+    "Repair the failed solution: fix its first wrong step, keep the steps before it.")
 REFLECTION_INSTRUCTION = (
     "The final answer is wrong. Which step is the first wrong one? Reply \\boxed{k}.")
 
