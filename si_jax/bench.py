@@ -34,6 +34,7 @@ measured in the same run. Timings are medians of `--repeats` calls after `--warm
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -234,7 +235,7 @@ def bench_train(cfg, params, model, args) -> dict[str, Any]:
     state["s"], loss = step(state["s"], jtokens, jmask)
     losses.setdefault("jax", float(loss))  # float() blocks on the whole step
 
-  model.train()
+  model = copy.deepcopy(model).train()  # the caller's model keeps its weights for other rows
   opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8,
                           weight_decay=wd)
   ids = torch.from_numpy(tokens.astype(np.int64))
