@@ -50,9 +50,6 @@ class ModelConfig:
   max_position_embeddings: int = 4096
   param_dtype: str = "float32"
   dtype: str = "float32"  # compute (activation) dtype
-  # Decode unrolls the layer loop with per-layer KV buffers (faster on CPU: no slicing of a
-  # stacked cache per step); train/prefill always scan over the stacked layers.
-  decode_unroll: bool = True
 
   def __post_init__(self):
     errors = []

@@ -16,8 +16,9 @@ Two execution paths share the same layer math:
     compile time does not grow with depth.
   * `decode_step` runs one token per row against a KV cache. The cache keeps K transposed,
     `[B, KV, hd, S]`, and V as `[B, KV, S, hd]`, so both attention products are plain batched
-    matmuls; with `cfg.decode_unroll` the layer loop is unrolled over per-layer buffers (see
-    PERF_NOTES: slicing a stacked cache inside the decode loop costs more than the matmuls).
+    matmuls; the layer loop is unrolled over per-layer buffers (PERF_NOTES: slicing a stacked
+    cache inside the decode loop cost more than the matmuls). This departs from DESIGN's
+    "scanned layers" for decode only: its compile time grows with depth.
 """
 
 from __future__ import annotations
