@@ -101,6 +101,27 @@ def test_smoke_run_then_sigkill_resume_is_the_same_run(tmp_path):
   for x, y in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
     np.testing.assert_array_equal(x, y)
   assert _metrics(a) == _metrics(b)
+  # si-eval on the finished run writes markdown and JSON tables.
+  from si_jax import evaluate
+  assert evaluate.main(["--workdir", str(a), "--k", "2", "--num_examples", "4",
+                        "--temperature", "1.0", "--out", str(tmp_path / "ev")]) == 0
+  table = json.load(open(tmp_path / "ev" / "eval.json"))
+  (res,) = table.values()
+  assert res["num_examples"] == 4 and 0 <= res["avg@2"] <= res["pass@2"] <= 1
+  assert "| avg@2 |" in open(tmp_path / "ev" / "eval.md").read()
   # A different config on the same workdir is refused, naming the field.
   rc, out = _si_train(b, "--config.rl.group_size=8", cache_dir=cache)
   assert rc != 0 and "rl.group_size" in out
+
+
+def test_pass_at_k_and_majority():
+  from si_jax import evaluate
+  assert evaluate.pass_at_k(4, 0, 1) == 0.0
+  assert evaluate.pass_at_k(4, 1, 1) == 0.25
+  assert evaluate.pass_at_k(4, 1, 4) == 1.0
+  assert abs(evaluate.pass_at_k(5, 2, 2) - (1 - 3 / 10)) < 1e-12  # 1 - C(3,2)/C(5,2)
+  with pytest.raises(ValueError, match="n >= k"):
+    evaluate.pass_at_k(2, 1, 3)
+  assert evaluate.majority_reward(["3", "4", "3", None], [1, 0, 1, 0]) == 1.0
+  assert evaluate.majority_reward(["4", "3", "4", "3"], [0, 1, 0, 1]) == 0.0  # tie: first seen
+  assert evaluate.majority_reward([None, None], [1, 1]) == 0.0

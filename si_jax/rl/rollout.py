@@ -9,6 +9,7 @@ log-prob of every response token is the one the sampler reported (no re-tokeniza
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Sequence
 
 import jax
@@ -37,6 +38,7 @@ class Rollouts:
   verdicts: list[Verdict]
   rewards: np.ndarray
   finished: np.ndarray
+  timing: dict = dataclasses.field(default_factory=dict)  # seconds: 'sample', 'verify'
 
   @property
   def lengths(self) -> np.ndarray:
@@ -70,7 +72,8 @@ class Rollouts:
         response_ids=cat("response_ids"), logprobs=cat("logprobs"), texts=cat("texts"),
         verdicts=cat("verdicts"),
         rewards=np.concatenate([p.rewards for p in parts]).reshape(-1, G),
-        finished=np.concatenate([p.finished for p in parts]))
+        finished=np.concatenate([p.finished for p in parts]),
+        timing={k: sum(p.timing.get(k, 0.0) for p in parts) for k in ("sample", "verify")})
 
 
 def encode_prompts(tokenizer, task: Task, examples: Sequence[Example]) -> list[list[int]]:
@@ -81,6 +84,7 @@ def sample(sampler: sampling.Sampler, params, tokenizer, task: Task,
            examples: Sequence[Example], key: jax.Array, sp: sampling.SamplingParams,
            group_size: int) -> Rollouts:
   """Samples `group_size` responses per example and scores them with the task's verifier."""
+  t0 = time.perf_counter()
   prompt_ids = encode_prompts(tokenizer, task, examples)
   rows = [p for p in prompt_ids for _ in range(group_size)]
   out = sampler.generate(params, rows, key, sp)
@@ -89,11 +93,14 @@ def sample(sampler: sampling.Sampler, params, tokenizer, task: Task,
   logprobs = [np.asarray(out.logprobs[i, :lengths[i]], np.float32) for i in range(len(rows))]
   texts = [tokenizer.decode(r) for r in response_ids]
   row_examples = [ex for ex in examples for _ in range(group_size)]
+  t1 = time.perf_counter()
   verdicts = task.score(row_examples, texts)
+  timing = {"sample": t1 - t0, "verify": time.perf_counter() - t1}
   rewards = np.asarray([v.reward for v in verdicts], np.float32).reshape(-1, group_size)
   return Rollouts(examples=list(examples), group_size=group_size, prompt_ids=prompt_ids,
                   response_ids=response_ids, logprobs=logprobs, texts=texts,
-                  verdicts=verdicts, rewards=rewards, finished=np.asarray(out.finished))
+                  verdicts=verdicts, rewards=rewards, finished=np.asarray(out.finished),
+                  timing=timing)
 
 
 def pack_rows(prefixes: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], *,

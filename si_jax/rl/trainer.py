@@ -165,7 +165,8 @@ class Run:
                                       save_every=max(config.checkpoint.every, 1) or 1)
     self.writer = metrics_lib.MetricsWriter(workdir, tensorboard=config.log.tensorboard)
     self.meta: dict[str, Any] = dict(step=0, phase="sft" if self.sft_steps else "rl",
-                                     data_cursor=0, eval_before=None, eval_history=[])
+                                     data_cursor=0, eval_before=None, eval_history=[],
+                                     seed=config.seed, config=configs.to_json(config))
     self.root_key = jax.random.key(config.seed)
     self._update_fns: dict = {}
     self.ref_params = None
@@ -294,10 +295,11 @@ class Run:
       ro = rollout.sample(self.sampler, params, self.tokenizer, self.task, stream.take(P),
                           self.key(step, ROLLOUT), sp, G)
       return ro, np.ones(P * G, bool)
-    kept, dropped, n_kept = [], [], 0
+    kept, dropped, n_kept, timing = [], [], 0, {"sample": 0.0, "verify": 0.0}
     for r in range(c.max_sampling_rounds):
       ro = rollout.sample(self.sampler, params, self.tokenizer, self.task, stream.take(P),
                           jax.random.fold_in(self.key(step, ROLLOUT), r), sp, G)
+      timing = {k: timing[k] + ro.timing[k] for k in timing}
       keep = np.asarray(adv_lib.dynamic_sampling_keep(ro.rewards))
       kept.append(ro.select(keep))
       dropped.append(ro.select(~keep))
@@ -311,13 +313,15 @@ class Run:
       bad = rollout.Rollouts.concat(dropped)
       parts.append(bad.select(np.arange(len(bad.examples)) < P - n_good))
     ro = rollout.Rollouts.concat(parts)
+    ro.timing = timing
     seq_mask = np.repeat(np.arange(P) < n_good, G)
     return ro, seq_mask
 
   def rl_step(self, step: int, stream: PromptStream) -> dict:
     c, timer = self.config.rl, metrics_lib.Timer()
-    with timer("rollout"):
-      ro, seq_mask = self.rollouts(step, stream)
+    t0 = time.perf_counter()
+    ro, seq_mask = self.rollouts(step, stream)
+    t_rollout = time.perf_counter() - t0
     rewards = ro.rewards.copy()
     lengths = ro.lengths
     if self.preset.overlong:
@@ -363,6 +367,7 @@ class Run:
         **{f"verdict/{k}": n / rows for k, n in reasons.items()},
         **{k: _mean([float(u[k]) for u in upd]) for k in upd[0]},
         **{f"time/{k}": v for k, v in timer.summary().items()},
+        "time/rollout": t_rollout - ro.timing["verify"], "time/verify": ro.timing["verify"],
     }
     if self.preset.dynamic_sampling:
       out["dynamic_sampling/kept_fraction"] = _mean(seq_mask)
@@ -439,11 +444,14 @@ def train(config, workdir: str) -> dict:
 
 def _print_summary(summary: dict, k: int):
   before, after = summary.get("eval_before"), summary["eval_after"]
-  key = f"avg@{k}"
-  print(f"\nheld-out {key} ({after['num_examples']} problems): "
-        f"before RL {before[key]:.3f} -> after RL {after[key]:.3f}" if before else
-        f"\nheld-out {key}: {after[key]:.3f}", flush=True)
-  print(f"wall time {summary['wall_s']:.0f} s", flush=True)
+  n, t = after["num_examples"], after["temperature"]
+  print(f"\nheld-out accuracy, {n} problems, {k} samples each at temperature {t}:", flush=True)
+  for name in (f"avg@{k}", f"pass@{k}", f"maj@{k}"):
+    line = f"  {name:8s}"
+    line += f" before RL {before[name]:.3f} ->" if before else ""
+    print(f"{line} after RL {after[name]:.3f}", flush=True)
+  print(f"held-out {k and f'avg@{k}'}: " + (f"{before[f'avg@{k}']:.3f} -> " if before else "")
+        + f"{after[f'avg@{k}']:.3f}; wall time {summary['wall_s']:.0f} s", flush=True)
 
 
 def load_run(workdir: str, step: int | None = None) -> dict:
