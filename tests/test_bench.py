@@ -64,6 +64,7 @@ def test_markdown_table_marks_targets():
     (["--workloads", "decode,serve"], "--workloads"),
     (["--repeats", "0"], "--repeats must be >= 1, got 0"),
     (["--train_len", "1"], "--train_len must be >= 2"),
+    (["--torch_adamw", "sgd"], "--torch_adamw"),
 ])
 def test_bad_flags_are_named(argv, message, capsys):
   with pytest.raises(SystemExit):
@@ -75,8 +76,8 @@ def test_minuscule_end_to_end(tmp_path, capsys):
   out = tmp_path / "bench.json"
   report = bench.main([
       "--sizes", "tiny", "--workloads", "train,decode", "--repeats", "1", "--warmup", "1", "--batch", "2", "--prompt_len", "8",
-      "--new_tokens", "4", "--train_batch", "2", "--train_len", "16", "--peak_n", "64",
-      "--json", str(out)])
+      "--new_tokens", "4", "--train_batch", "2", "--train_len", "16", "--torch_adamw", "fused",
+      "--peak_n", "64", "--json", str(out)])
   printed = capsys.readouterr().out
 
   # The table: header, separator, one row per (size, workload), every row complete.
@@ -86,7 +87,7 @@ def test_minuscule_end_to_end(tmp_path, capsys):
   rows = [dict(zip(bench.COLUMNS, _cells(l))) for l in body]
   assert all(len(_cells(l)) == len(bench.COLUMNS) for l in body)
   assert [(r["size"], r["workload"]) for r in rows] == [("tiny", "train"), ("tiny", "decode")]
-  assert rows[0]["shape"] == "B=2 T=16" and rows[1]["shape"] == "B=2 P=8 N=4"
+  assert rows[0]["shape"] == "B=2 T=16, torch AdamW fused" and rows[1]["shape"] == "B=2 P=8 N=4"
   assert rows[0]["target"] == "-" and rows[1]["target"].startswith(">= 2x ")
   assert "cpu_count=" in printed and "torch=" in printed and "load average" in printed
 
