@@ -252,9 +252,10 @@ def bench_train(cfg, params, model, args) -> dict[str, Any]:
   jt = time_calls(run_jax, args.repeats, args.warmup)
   ht = time_calls(run_hf, args.repeats, args.warmup)
   diff = abs(losses["jax"] - losses["hf"])
-  return dict(shape=f"B={B} T={T}, torch AdamW {args.torch_adamw}", tokens=B * T, flops=train_flops(cfg, B, T), jax_times=jt,
-              hf_times=ht, parity=f"loss diff {diff:.1e}", loss_jax=losses["jax"],
-              loss_hf=losses["hf"], loss_diff=diff)
+  return dict(shape=f"B={B} T={T}, torch AdamW {args.torch_adamw}", tokens=B * T,
+              flops=train_flops(cfg, B, T), jax_times=jt, hf_times=ht,
+              parity=f"loss diff {diff:.1e}", loss_jax=losses["jax"], loss_hf=losses["hf"],
+              loss_diff=diff)
 
 
 # ----------------------------------------------------------------------------- report

@@ -75,8 +75,8 @@ def test_bad_flags_are_named(argv, message, capsys):
 def test_minuscule_end_to_end(tmp_path, capsys):
   out = tmp_path / "bench.json"
   report = bench.main([
-      "--sizes", "tiny", "--workloads", "train,decode", "--repeats", "1", "--warmup", "1", "--batch", "2", "--prompt_len", "8",
-      "--new_tokens", "4", "--train_batch", "2", "--train_len", "16", "--torch_adamw", "fused",
+      "--sizes", "tiny", "--workloads", "train,decode", "--repeats", "1", "--warmup", "1",
+      "--batch", "2", "--prompt_len", "8", "--new_tokens", "4", "--train_batch", "2", "--train_len", "16", "--torch_adamw", "fused",
       "--peak_n", "64", "--json", str(out)])
   printed = capsys.readouterr().out
 
