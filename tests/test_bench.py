@@ -76,8 +76,8 @@ def test_minuscule_end_to_end(tmp_path, capsys):
   out = tmp_path / "bench.json"
   report = bench.main([
       "--sizes", "tiny", "--workloads", "train,decode", "--repeats", "1", "--warmup", "1",
-      "--batch", "2", "--prompt_len", "8", "--new_tokens", "4", "--train_batch", "2", "--train_len", "16", "--torch_adamw", "fused",
-      "--peak_n", "64", "--json", str(out)])
+      "--batch", "2", "--prompt_len", "8", "--new_tokens", "4", "--train_batch", "2",
+      "--train_len", "16", "--torch_adamw", "fused", "--peak_n", "64", "--json", str(out)])
   printed = capsys.readouterr().out
 
   # The table: header, separator, one row per (size, workload), every row complete.
