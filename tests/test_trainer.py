@@ -125,3 +125,30 @@ def test_pass_at_k_and_majority():
   assert evaluate.majority_reward(["3", "4", "3", None], [1, 0, 1, 0]) == 1.0
   assert evaluate.majority_reward(["4", "3", "4", "3"], [0, 1, 0, 1]) == 0.0  # tie: first seen
   assert evaluate.majority_reward([None, None], [1, 1]) == 0.0
+
+
+def test_dapo_with_kl_on_an_8_device_data_parallel_mesh(tmp_path):
+  """The other code paths of an RL step (dynamic sampling, overlong shaping, KL to the
+  reference, recomputed log-probs, micro-batches) on every simulated device at once."""
+  if jax.device_count() < 8:
+    pytest.fail("needs 8 simulated devices (tests/conftest.py)")
+  c = _load_config()
+  c.rl.loss = "dapo"
+  c.rl.kl_beta = 0.05
+  c.rl.recompute_logprobs = True
+  c.rl.microbatches = 2
+  c.mesh.data = 8
+  c.checkpoint.every = 0
+  summary = trainer.train(c, str(tmp_path / "dapo"))
+  assert summary["steps"] == 10
+  rows = [json.loads(l) for l in open(tmp_path / "dapo" / "metrics.jsonl")]
+  rl = [r for r in rows if r["phase"] == 1]
+  assert len(rl) == 4
+  for r in rl:
+    assert 0 <= r["dynamic_sampling/kept_fraction"] <= 1
+    assert r["time/logprobs"] > 0  # reference and recomputed log-probs ran
+    # A smoke policy rarely has a group with mixed rewards; when it has, KL is reported.
+    assert ("policy/kl_ref" in r) == (r["dynamic_sampling/kept_fraction"] > 0)
+  assert not any("NaN" in line for line in open(tmp_path / "dapo" / "metrics.jsonl"))
+  run = trainer.load_run(str(tmp_path / "dapo"))
+  assert run["step"] == 10

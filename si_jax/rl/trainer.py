@@ -164,7 +164,9 @@ class Run:
                                       max_to_keep=config.checkpoint.keep,
                                       save_every=max(config.checkpoint.every, 1) or 1)
     self.writer = metrics_lib.MetricsWriter(workdir, tensorboard=config.log.tensorboard)
-    self.meta: dict[str, Any] = dict(step=0, phase="sft" if self.sft_steps else "rl",
+    self._pending_row: dict | None = None
+    # phase 'sft' until start_rl ran (also with sft.steps = 0: it evaluates the initial policy)
+    self.meta: dict[str, Any] = dict(step=0, phase="sft",
                                      data_cursor=0, eval_before=None, eval_history=[],
                                      seed=config.seed, config=configs.to_json(config))
     self.root_key = jax.random.key(config.seed)
@@ -264,20 +266,27 @@ class Run:
       self.meta["step"] = step + 1
       out = {"phase": 0, "sft/nll": float(m["sft/nll"]), "grad_norm": float(m["grad_norm"]),
              "update_skipped": int(m["update_skipped"]), "time/update": time.perf_counter() - t0}
-      self.writer.write(step + 1, out)
       progress.update(step + 1, nll=out["sft/nll"])
       if step + 1 < self.sft_steps:
+        self.writer.write(step + 1, out)
         self.save()
+      else:  # start_rl adds the 'before RL' evaluation to the last SFT row
+        self._pending_row = out
 
   def start_rl(self):
-    """SFT -> RL hand-over: fresh optimizer, the 'before RL' evaluation, a checkpoint."""
-    self.state = ts.reset_optimizer(self.state, self.rl_opt)
+    """Hand-over to RL (after SFT, or at step 0 without SFT): fresh optimizer, the 'before RL'
+    evaluation, a checkpoint."""
+    if self.sft_steps:
+      self.state = ts.reset_optimizer(self.state, self.rl_opt)
     self.meta["phase"] = "rl"
+    row = self._pending_row or {}
+    self._pending_row = None
     if self.config.eval.num_examples:
       self.meta["eval_before"] = self.evaluate(self.meta["step"])
-      self.writer.write(self.meta["step"], {f"eval/{k}": v for k, v in
-                                            self.meta["eval_before"].items()
-                                            if isinstance(v, (int, float))})
+      row.update({f"eval/{k}": v for k, v in self.meta["eval_before"].items()
+                  if isinstance(v, (int, float))})
+    if row:
+      self.writer.write(self.meta["step"], row)
     self.save(force=True)
 
   # -- RL
@@ -389,6 +398,8 @@ class Run:
         res = self.evaluate(step + 1)
         out.update({f"eval/{k}": v for k, v in res.items() if isinstance(v, (int, float))})
         self.meta["eval_history"].append(dict(step=step + 1, **res))
+      # A metric over zero tokens (e.g. every group filtered out) is NaN: leave it out.
+      out = {k: v for k, v in out.items() if not (k.startswith("policy/") and v != v)}
       self.writer.write(step + 1, out)
       progress.update(step + 1, reward=out["reward"], acc=out["accuracy"],
                       **({"eval": out[f"eval/avg@{ev.k}"]} if f"eval/avg@{ev.k}" in out else {}))
