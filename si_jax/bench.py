@@ -285,6 +285,12 @@ def _row(size: str, cfg, workload: str, r: dict[str, Any], peaks: dict[str, floa
       **{k: v for k, v in r.items() if k not in ("shape",)})
 
 
+def contended(load_start: float, load_end: float, cpus: int) -> bool:
+  """Heuristic: did other processes compete for the CPU? (1-minute load averages; the
+  benchmark itself keeps about `cpus` threads busy, so the end value counts it.)"""
+  return load_start > cpus or load_end > cpus + 1
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
   """The rows as a markdown table with `COLUMNS`."""
   lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
@@ -379,6 +385,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   print()
   print(markdown_table(rows))
   print(f"\nload average (1/5/15 min) at start {env['loadavg']}, end {env['loadavg_end']}")
+  env["contended"] = contended(env["loadavg"][0], env["loadavg_end"][0], env["cpu_count"])
+  if env["contended"]:
+    print(f"WARNING: other processes were using the CPU (load {env['loadavg'][0]:.1f} at start, "
+          f"{env['loadavg_end'][0]:.1f} at end, {env['cpu_count']} cores). torch's OpenMP threads "
+          "slow down far more than XLA's under contention, so these ratios overstate si_jax; "
+          "rerun on an idle machine.")
   report = dict(env=env, peaks=peaks, args=vars(args), rows=rows)
   if args.json:
     with open(args.json, "w") as f:

@@ -59,6 +59,12 @@ def test_markdown_table_marks_targets():
   assert rows[1]["si_jax tok/s"] == "700" and rows[0]["si_jax % peak"] == "78%"
 
 
+def test_contended_heuristic():
+  assert not bench.contended(0.3, 2.4, cpus=2)  # idle before, only the benchmark after
+  assert bench.contended(3.0, 2.4, cpus=2)  # busy before it started
+  assert bench.contended(0.3, 3.5, cpus=2)  # someone else joined during the run
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--sizes", "tiny,huge"], "unknown preset"),
     (["--workloads", "decode,serve"], "--workloads"),
@@ -94,7 +100,7 @@ def test_minuscule_end_to_end(tmp_path, capsys):
   # The JSON holds the same rows, with consistent numbers.
   saved = json.loads(out.read_text())
   assert saved["rows"] == json.loads(json.dumps(report["rows"]))
-  assert saved["env"]["jax_backend"] == "cpu"
+  assert saved["env"]["jax_backend"] == "cpu" and isinstance(saved["env"]["contended"], bool)
   assert saved["peaks"]["n"] == 64 and saved["peaks"]["jax_gflops"] > 0
   train, decode = saved["rows"]
   for r in saved["rows"]:
