@@ -109,6 +109,18 @@ def test_smoke_run_then_sigkill_resume_is_the_same_run(tmp_path):
   (res,) = table.values()
   assert res["num_examples"] == 4 and 0 <= res["avg@2"] <= res["pass@2"] <= 1
   assert "| avg@2 |" in open(tmp_path / "ev" / "eval.md").read()
+  # si-convert exports the run's checkpoint as an HF directory transformers loads.
+  from si_jax.models import convert
+  from si_jax.models import hf
+  assert convert.main(["--to=hf", f"--from_workdir={a}", f"--out={tmp_path / 'hf'}"]) == 0
+  import transformers
+  _, info = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"),
+                                                            output_loading_info=True)
+  assert not info["missing_keys"] and not info["unexpected_keys"]
+  _, reloaded = hf.load_hf(str(tmp_path / "hf"))
+  for x, y in zip(jax.tree.leaves(params_a), jax.tree.leaves(jax.device_get(reloaded))):
+    np.testing.assert_array_equal(x, y)
+  assert transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf")).eos_token == "<|im_end|>"
   # A different config on the same workdir is refused, naming the field.
   rc, out = _si_train(b, "--config.rl.group_size=8", cache_dir=cache)
   assert rc != 0 and "rl.group_size" in out

@@ -3,6 +3,7 @@
   si-convert --to=si --hf_dir=HF_DIR --out=PARAMS_DIR [--dtype=bfloat16]
   si-convert --to=hf --from_params=PARAMS_DIR --out=HF_DIR [--dtype=bfloat16]
              [--tokenizer_dir=DIR] [--max_shard_size=5GB]
+  si-convert --to=hf --from_workdir=RUN_DIR [--step=N] --out=HF_DIR   # a si-train checkpoint
 
 A params directory (what `--to=si` writes, `load_params` reads, and a trainer can init from):
 
@@ -177,6 +178,8 @@ def _parser() -> argparse.ArgumentParser:
                  help="si: HF dir -> params dir; hf: params dir -> HF dir")
   p.add_argument("--hf_dir", help="HF model directory to import (--to=si)")
   p.add_argument("--from_params", help="params directory to export (--to=hf)")
+  p.add_argument("--from_workdir", help="si-train workdir whose checkpoint to export (--to=hf)")
+  p.add_argument("--step", type=int, default=None, help="with --from_workdir (default: latest)")
   p.add_argument("--out", required=True, help="output directory")
   p.add_argument("--dtype", choices=sorted(DTYPES), help="dtype of the written params")
   p.add_argument("--tokenizer_dir", help="tokenizer files to copy (--to=hf)")
@@ -191,9 +194,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.hf_dir or args.from_params:
       p.error("--to=si needs --hf_dir (and no --from_params)")
     cfg = hf_to_si(args.hf_dir, args.out, dtype=args.dtype)
+  elif args.from_workdir:
+    if args.from_params or args.hf_dir:
+      p.error("--from_workdir excludes --from_params and --hf_dir")
+    from si_jax.models import hf  # pylint: disable=g-import-not-at-top
+    from si_jax.rl import trainer  # pylint: disable=g-import-not-at-top
+    run = trainer.load_run(args.from_workdir, step=args.step)
+    cfg = run["model_cfg"]
+    tokenizer = run["tokenizer"]
+    ids = dict(eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id)
+    hf.save_hf(run["params"], cfg, args.out, dtype=args.dtype,
+               tokenizer_dir=args.tokenizer_dir or tokenizer.path or None,
+               max_shard_size=args.max_shard_size, extra_config=ids,
+               generation_config=dict(ids, eos_token_id=list(tokenizer.stop_ids)))
   else:
     if not args.from_params or args.hf_dir:
-      p.error("--to=hf needs --from_params (and no --hf_dir)")
+      p.error("--to=hf needs --from_params or --from_workdir (and no --hf_dir)")
     cfg = si_to_hf(args.from_params, args.out, dtype=args.dtype,
                    tokenizer_dir=args.tokenizer_dir, max_shard_size=args.max_shard_size)
   print(f"wrote {args.out}: {cfg.family}, {cfg.num_layers} layers, d={cfg.hidden_size}, "
