@@ -135,8 +135,18 @@ def rope(x: jax.Array, positions: jax.Array, cfg: ModelConfig) -> jax.Array:
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
 
+def matmul_rows(x: jax.Array, w: jax.Array) -> jax.Array:
+  """x [..., K] @ w [K, N] -> [..., N] as one 2-D GEMM over all leading rows.
+
+  XLA:CPU differentiates a [B, T, K] @ [K, N] matmul into a weight gradient that contracts two
+  batch-like axes and materializes transposed [N, B*T] copies of the activation gradient (slow
+  loop-emitted transposes); flattening the rows first gives plain [K, M] x [M, N] GEMMs.
+  """
+  return jnp.matmul(x.reshape(-1, x.shape[-1]), w).reshape(*x.shape[:-1], w.shape[-1])
+
+
 def _proj(x, p, name, dtype):
-  y = jnp.matmul(x, p[name].astype(dtype))
+  y = matmul_rows(x, p[name].astype(dtype))
   if name + "_bias" in p:
     y = y + p[name + "_bias"].astype(dtype)
   return y
@@ -158,9 +168,9 @@ def _qkv(x, p, positions, cfg):
 def _mlp(x, p, cfg):
   dt = cfg.jnp_dtype
   h = rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps)
-  g = jnp.matmul(h, p["gate"].astype(dt))
-  u = jnp.matmul(h, p["up"].astype(dt))
-  return x + jnp.matmul(jax.nn.silu(g) * u, p["down"].astype(dt))
+  g = matmul_rows(h, p["gate"].astype(dt))
+  u = matmul_rows(h, p["up"].astype(dt))
+  return x + matmul_rows(jax.nn.silu(g) * u, p["down"].astype(dt))
 
 
 def _attend(q, k_t, v, bias, cfg):
@@ -192,7 +202,7 @@ def _layer_full(x, p, positions, bias, cfg):
   probs = jax.nn.softmax(s, axis=-1).astype(v.dtype).reshape(B, KV, G * T, T)
   o = jnp.matmul(probs, v_).reshape(B, KV, G, T, hd).transpose(0, 3, 1, 2, 4)
   o = o.reshape(B, T, cfg.num_heads * hd)
-  x = x + jnp.matmul(o, p["o"].astype(cfg.jnp_dtype))
+  x = x + matmul_rows(o, p["o"].astype(cfg.jnp_dtype))
   return _mlp(x, p, cfg), (k, v)
 
 
@@ -276,7 +286,7 @@ def token_logprobs(params: Params, tokens: jax.Array, mask: jax.Array, cfg: Mode
 
   @jax.checkpoint
   def chunk(hc, tc):
-    logits = jnp.matmul(hc, w).astype(jnp.float32) * inv_t
+    logits = matmul_rows(hc, w).astype(jnp.float32) * inv_t
     lse = jax.nn.logsumexp(logits, axis=-1)
     lp = jnp.take_along_axis(logits, tc[..., None], axis=-1)[..., 0] - lse
     if not return_entropy:
