@@ -222,8 +222,9 @@ try:
       report({"error": "launcher child: %s: %s" % (type(e).__name__, e)})
       os._exit(126)
   report({"child_pid": pid})
-  _, status = os.waitpid(pid, 0)
-  report({"exit": os.waitstatus_to_exitcode(status)})
+  _, status, usage = os.wait4(pid, 0)
+  report({"exit": os.waitstatus_to_exitcode(status),
+          "cpu_s": usage.ru_utime + usage.ru_stime})
 except BaseException as e:
   report({"error": "launcher: %s: %s" % (type(e).__name__, e)})
   os._exit(125)
@@ -502,11 +503,12 @@ def _supervise(proc: subprocess.Popen, rep_r: int, limits: Limits, uid: int | No
       f.close()
     os.close(rep_r)
   # Collect what the launcher said.
-  protections, exit_code, error = {}, None, None
+  protections, exit_code, error, cpu_used = {}, None, None, 0.0
   for msg in _messages(rep):
     protections.update(msg.get("protections", {}))
     if "exit" in msg:
       exit_code = msg["exit"]
+      cpu_used = float(msg.get("cpu_s", 0.0))
     if "error" in msg:
       error = msg["error"]
   if leftover:
@@ -525,6 +527,10 @@ def _supervise(proc: subprocess.Popen, rep_r: int, limits: Limits, uid: int | No
       stderr = f"sandbox: the launcher did not start the program\n{stderr}"
   else:
     status = _status(exit_code, stderr)
+    # A SIGKILL we did not send, after the program used up its CPU seconds, is RLIMIT_CPU's
+    # hard limit (the soft limit's SIGXCPU came too late on a loaded machine): a timeout.
+    if status == "killed" and cpu_used >= limits.cpu_s:
+      status = "timeout"
   return RunResult(stdout, stderr, exit_code, status, wall, protections)
 
 
