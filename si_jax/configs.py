@@ -54,7 +54,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.eval = dict(every=50, num_examples=256, k=1, temperature=0.0, max_new_tokens=64,
                 batch_size=256)
-  c.checkpoint = dict(every=50, keep=2)
+  c.checkpoint = dict(every=50, keep=2)  # every=0: only at the SFT->RL hand-over and the end
   c.log = dict(every=1, tensorboard=True, progress_every=10)
   return c
 

@@ -162,7 +162,8 @@ class Run:
                                     max_len=self.model_cfg.max_position_embeddings)
     self.ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
                                       max_to_keep=config.checkpoint.keep,
-                                      save_every=max(config.checkpoint.every, 1) or 1)
+                                      # every=0: only the forced saves (hand-over, end)
+                                      save_every=config.checkpoint.every or 10**9)
     self.writer = metrics_lib.MetricsWriter(workdir, tensorboard=config.log.tensorboard)
     self._pending_row: dict | None = None
     # phase 'sft' until start_rl ran (also with sft.steps = 0: it evaluates the initial policy)
