@@ -1,6 +1,7 @@
 """Cold start: supervised fine-tuning on (prompt, response) pairs.
 
-Sources: the task's own generator (the synthetic task makes traces with injected mistakes, so
+Sources: the task's own generator, `Task.sft_pairs` (the synthetic task makes traces with
+injected mistakes, so
 the SFT policy is right only sometimes), or a jsonl file of {"prompt", "response"} lines. The
 response gets the tokenizer's end-of-turn id appended so the model learns to stop. Batches are
 packed with `rollout.pack_rows`, the same layout RL trains on.
@@ -14,16 +15,6 @@ from typing import Sequence
 import numpy as np
 
 from si_jax.rl import rollout
-
-
-def task_pairs(task, n: int, error_rate: float, seed: int) -> list[tuple[str, str]]:
-  """(user prompt, response) pairs from a task that can generate traces."""
-  from si_jax.data import arith
-  if isinstance(task, arith.ArithTask):
-    return [(t.example.prompt, t.trace)
-            for t in arith.sft_traces(task.config, n, error_rate, seed=seed)]
-  raise ValueError(f"task {task.name!r} has no trace generator; set config.sft.data_path to a "
-                   f"jsonl file of {{\"prompt\", \"response\"}} lines")
 
 
 def file_pairs(path: str) -> list[tuple[str, str]]:

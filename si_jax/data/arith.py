@@ -630,6 +630,10 @@ class ArithTask(Task):
                        f"completions")
     return [verify(ex, c) for ex, c in zip(examples, completions)]
 
+  def sft_pairs(self, n: int, error_rate: float, seed: int) -> list[tuple[str, str]]:
+    return [(t.example.prompt, t.trace)
+            for t in sft_traces(self.config, n, error_rate, seed=seed)]
+
   def first_wrong_step(self, example: Example, completion: str) -> int | str:
     """The true first wrong step of a completion (oracle reset, localization precision)."""
     return first_wrong_step(example, completion)

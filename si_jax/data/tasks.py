@@ -47,6 +47,12 @@ class Task(abc.ABC):
   def score(self, examples: Sequence[Example], completions: Sequence[str]) -> list[Verdict]:
     """Verdicts for completions[i] as an answer to examples[i]. Never raises on model output."""
 
+  def sft_pairs(self, n: int, error_rate: float, seed: int) -> list[tuple[str, str]]:
+    """n (user prompt, response) pairs for cold-start SFT, round(error_rate * n) of them with a
+    mistake, from a task that can generate traces. Others: ValueError (use a data file)."""
+    raise ValueError(f"task {self.name!r} has no trace generator; set config.sft.data_path to "
+                     f"a jsonl file of {{\"prompt\", \"response\"}} lines")
+
   def answer_key(self, completion: str) -> str | None:
     """The final answer of a completion as a string, for majority voting (maj@k); None if
     there is none. Default: a boxed answer, `#### x`, or an `Answer: x` line."""

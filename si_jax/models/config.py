@@ -63,7 +63,7 @@ class ModelConfig:
       errors.append(f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads "
                     f"({self.num_kv_heads})")
     if self.family != "qwen2" and self.attention_bias:
-      errors.append(f"attention_bias=True is only supported for qwen2 (q/k/v biases)")
+      errors.append("attention_bias=True is only supported for qwen2 (q/k/v biases)")
     if self.head_dim % 2:
       errors.append(f"head_dim must be even for RoPE, got {self.head_dim}")
     for name in ("param_dtype", "dtype"):

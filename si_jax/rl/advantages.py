@@ -43,6 +43,16 @@ def _check_same_shape(names: tuple[str, str], a, b, where: str) -> None:
                      f"{jnp.shape(a)} and {jnp.shape(b)}")
 
 
+def _rewards_and_valid(rewards, valid, where: str) -> tuple[jax.Array, jax.Array]:
+  """(rewards [P, G] float32 with 0 in invalid slots (NaN there is ignored), valid [P, G] bool)."""
+  r = jnp.asarray(rewards, jnp.float32)
+  if valid is None:
+    return r, jnp.ones(r.shape, bool)
+  _check_same_shape(("rewards", "valid"), rewards, valid, where)
+  v = jnp.asarray(valid, bool)
+  return jnp.where(v, r, 0.0), v
+
+
 def group_advantages(
     rewards: jax.Array,
     *,
@@ -77,13 +87,7 @@ def group_advantages(
   _check_rank("rewards", rewards, 2, where)
   if ddof not in (0, 1):
     raise ValueError(f"{where}: ddof must be 0 or 1, got {ddof}")
-  r = jnp.asarray(rewards, jnp.float32)
-  if valid is None:
-    v = jnp.ones(r.shape, bool)
-  else:
-    _check_same_shape(("rewards", "valid"), rewards, valid, where)
-    v = jnp.asarray(valid, bool)
-    r = jnp.where(v, r, 0.0)  # Whatever sits in invalid slots (NaN included) is ignored.
+  r, v = _rewards_and_valid(rewards, valid, where)
   n = v.sum(axis=1, keepdims=True).astype(jnp.float32)
   mean = r.sum(axis=1, keepdims=True) / jnp.maximum(n, 1.0)
   centred = jnp.where(v, r - mean, 0.0)
@@ -135,12 +139,7 @@ def dynamic_sampling_keep(rewards: jax.Array, *, atol: float = 0.0,
   """
   where = "dynamic_sampling_keep"
   _check_rank("rewards", rewards, 2, where)
-  r = jnp.asarray(rewards, jnp.float32)
-  if valid is None:
-    v = jnp.ones(r.shape, bool)
-  else:
-    _check_same_shape(("rewards", "valid"), rewards, valid, where)
-    v = jnp.asarray(valid, bool)
+  r, v = _rewards_and_valid(rewards, valid, where)
   hi = jnp.where(v, r, -jnp.inf).max(axis=1)
   lo = jnp.where(v, r, jnp.inf).min(axis=1)
   return (v.sum(axis=1) >= 2) & (hi - lo > atol)

@@ -86,10 +86,6 @@ def setup_model(config, tokenizer: Tokenizer, mesh):
   return cfg, params
 
 
-def _rows_div(mesh) -> int:
-  return shd.batch_divisor(mesh)
-
-
 def _bucket(n: int, b: int = PROMPT_BUCKET) -> int:
   return -(-n // b) * b
 
@@ -247,7 +243,7 @@ class Run:
   def run_sft(self, progress):
     c = self.config.sft
     pairs = (sft_lib.file_pairs(c.data_path) if c.data_path else
-             sft_lib.task_pairs(self.task, c.num_traces, c.error_rate, self.config.seed))
+             self.task.sft_pairs(c.num_traces, c.error_rate, self.config.seed))
     prompts, responses = sft_lib.encode_pairs(self.tokenizer, pairs, self.task.system_prompt)
     plen = _bucket(max(map(len, prompts)))
     rlen = max(map(len, responses))
