@@ -21,6 +21,7 @@ INSTALL_REQUIRES = [
     "math-verify==0.9.0",
     "rapidfuzz==3.14.6",
     "tensorboardX==2.6.5",
+    "tqdm==4.70.1",
 ]
 
 EXTRAS_REQUIRE = {

@@ -1,4 +1,5 @@
-"""Metrics of a run: a JSONL log, TensorBoard scalars, a progress line, and a section timer.
+"""Metrics of a run: a JSONL log, TensorBoard scalars, progress (a tqdm bar on a terminal, plain
+lines in logs), and a section timer.
 
 Files under a workdir:
   metrics.jsonl   one JSON object per line, `{"step": s, "name": value, ...}`, flushed per write;
@@ -226,18 +227,26 @@ def _format_value(v: Any) -> str:
   return f"{f:.4g}"
 
 
-class Progress:
-  """One progress line on stderr: `step 40/100 | 2.31 steps/s | ETA 0:00:26 | reward=0.4375`.
+def _values_text(values: Mapping[str, Any]) -> str:
+  return " ".join(f"{k}={_format_value(v)}" for k, v in values.items())
 
-  On a TTY the line is rewritten in place with `\\r` at every update; otherwise (CI logs) a plain
-  line is printed every `every` steps, on the first update and on the last step.
+
+class Progress:
+  """Progress of a run on stderr.
+
+  On a terminal: a tqdm bar, redrawn at every update and ended by `close()` or the last step:
+  `step:  40%|####      | 40/100 [00:17<00:26,  2.31step/s, reward=0.4375]`.
+  Otherwise (CI logs, files): a plain line every `every` steps, on the first update and on the
+  last step: `step 40/100 | 2.31 steps/s | ETA 0:00:26 | reward=0.4375`.
+  Both count the rate only over the steps done since `start_step` (a resumed run).
 
   Args:
     total_steps: the step count of the whole run.
     start_step: the step the run (re)starts from; the rate counts only steps done since then.
-    every: print interval in steps when the stream is not a TTY.
-    stream: where to print (default sys.stderr, looked up at each print).
-    clock: seconds clock (tests pass a fake one).
+    every: print interval in steps when the stream is not a terminal.
+    stream: where to print (default sys.stderr, looked up when a line is printed or the bar is
+      created).
+    clock: seconds clock of the plain lines (tests pass a fake one); the bar keeps tqdm's.
   """
 
   def __init__(self, total_steps: int, *, start_step: int = 0, every: int = 10,
@@ -252,8 +261,7 @@ class Progress:
     self._stream = stream
     self._clock = clock
     self._t0 = clock()
-    self._last_len = 0
-    self._pending_cr = False
+    self._bar = None  # the tqdm bar, created at the first update on a terminal
     self._printed_any = False
 
   @property
@@ -268,7 +276,7 @@ class Progress:
       return False
 
   def line(self, step: int, **values: Any) -> str:
-    """The text of the progress line at `step` (no newline)."""
+    """The plain progress line at `step` (no newline)."""
     done = step - self._start_step
     elapsed = self._clock() - self._t0
     rate = done / elapsed if elapsed > 0 and done > 0 else float("nan")
@@ -277,34 +285,44 @@ class Progress:
              "? steps/s" if math.isnan(rate) else f"{rate:.3g} steps/s",
              f"ETA {_format_duration(eta)}"]
     if values:
-      parts.append(" ".join(f"{k}={_format_value(v)}" for k, v in values.items()))
+      parts.append(_values_text(values))
     return " | ".join(parts)
 
   def update(self, step: int, **values: Any) -> None:
     """Shows progress after `step`; `values` (e.g. reward=..., accuracy=...) are appended."""
     step = int(step)
     last = step >= self.total_steps
-    text = self.line(step, **values)
-    out = self.stream
-    if self._is_tty():
-      pad = " " * max(0, self._last_len - len(text))
-      out.write("\r" + text + pad + ("\n" if last else ""))
-      self._last_len = 0 if last else len(text)
-      self._pending_cr = not last
-    elif last or not self._printed_any or step % self._every == 0:
-      out.write(text + "\n")
-    else:
+    if self._bar is not None or self._is_tty():
+      self._update_bar(step, values)
+      if last:
+        self.close()
       return
-    self._printed_any = True
-    out.flush()
+    if last or not self._printed_any or step % self._every == 0:
+      out = self.stream
+      out.write(self.line(step, **values) + "\n")
+      out.flush()
+      self._printed_any = True
+
+  def _update_bar(self, step: int, values: Mapping[str, Any]) -> None:
+    if self._bar is None:
+      import tqdm  # only on a terminal
+      # smoothing=0: the rate is the average since start_step, as in the plain lines;
+      # mininterval=0, miniters=1: redraw at every update (one per training step).
+      self._bar = tqdm.tqdm(total=self.total_steps, initial=self._start_step, desc="step",
+                            unit="step", file=self.stream, dynamic_ncols=True, smoothing=0,
+                            mininterval=0, miniters=1, leave=True)
+    self._bar.set_postfix_str(_values_text(values), refresh=False)
+    if step > self._bar.n:
+      self._bar.update(step - self._bar.n)
+    else:
+      self._bar.n = step
+      self._bar.refresh()
 
   def close(self) -> None:
-    """Ends a rewritten TTY line with a newline, so later output starts on its own line."""
-    if self._pending_cr:
-      self.stream.write("\n")
-      self.stream.flush()
-      self._pending_cr = False
-      self._last_len = 0
+    """Ends the terminal bar with a newline, so later output starts on its own line. Idempotent."""
+    if self._bar is not None:
+      self._bar.close()
+      self._bar = None
 
 
 class Timer:
@@ -318,11 +336,11 @@ class Timer:
     timer.summary()  # {"rollout": 1.93, "update": 0.41}
 
   Sections may nest; each one counts its own wall time. `summary()` lists sections in the order
-  they were first entered.
+  they were first entered. `clock`: seconds clock (default `time.perf_counter`).
   """
 
-  def __init__(self, clock: Callable[[], float] = time.perf_counter):
-    self._clock = clock
+  def __init__(self, clock: Callable[[], float] | None = None):
+    self._clock = clock if clock is not None else time.perf_counter
     self._seconds: dict[str, float] = {}
     self._counts: dict[str, int] = {}
 

@@ -5,6 +5,7 @@ import io
 import json
 import os
 import struct
+import time
 
 import jax.numpy as jnp
 import numpy as np
@@ -195,22 +196,42 @@ def test_progress_plain_lines_every_k_steps():
   assert "\r" not in out.getvalue()
 
 
-def test_progress_rewrites_line_on_tty_and_counts_rate_from_resume_step():
-  clock, out = FakeClock(), TTYStream()
-  progress = Progress(10, start_step=6, stream=out, clock=clock)
-  clock.t += 4.0
-  progress.update(8, loss=12.5)  # 2 steps in 4 s since the resume at step 6
-  clock.t += 2.0
+def _frames(text: str) -> list[str]:
+  """The successive redraws of a tqdm bar: the text between carriage returns."""
+  assert text.startswith("\r"), text[:80]
+  return text[1:].split("\r")
+
+
+def test_progress_on_a_terminal_is_a_tqdm_bar_counted_from_the_resume_step():
+  out = TTYStream()
+  progress = Progress(10, start_step=6, stream=out)
+  progress.update(8, loss=12.5)
   progress.update(9)
   text = out.getvalue()
-  assert "\n" not in text
-  first = "\rstep 8/10 | 0.5 steps/s | ETA 0:00:04 | loss=12.5"
-  second = "\rstep 9/10 | 0.5 steps/s | ETA 0:00:02"
-  assert text == first + second + " " * (len(first) - len(second))
+  assert "\n" not in text  # redrawn in place
+  frames = _frames(text)
+  # The bar opens at the resume step, then one redraw per update, values as the postfix.
+  assert [f.split("|")[2].split()[0] for f in frames] == ["6/10", "8/10", "9/10"]
+  assert all(f.startswith("step:") for f in frames)
+  assert frames[0].startswith("step:  60%") and frames[2].startswith("step:  90%")
+  assert "step/s, loss=12.5]" in frames[1] and "loss" not in frames[2]
   progress.close()
-  assert out.getvalue().endswith("\n")
+  assert out.getvalue().endswith("]\n")
   progress.close()  # nothing pending: no second newline
-  assert not out.getvalue().endswith("\n\n")
+  assert out.getvalue().count("\n") == 1
+
+
+def test_progress_bar_ends_its_line_at_the_last_step():
+  out = TTYStream()
+  progress = Progress(3, stream=out)
+  for step in (1, 2, 3):
+    progress.update(step, reward=0.5)
+  text = out.getvalue()
+  assert text.endswith("\n") and text.count("\n") == 1
+  last = _frames(text)[-1]
+  assert last.startswith("step: 100%") and "3/3" in last and last.endswith("reward=0.5]\n")
+  progress.close()
+  assert out.getvalue() == text
 
 
 def test_progress_before_any_time_passes_shows_unknown_rate():
@@ -248,8 +269,12 @@ def test_timer_accumulates_sections_in_first_use_order():
   assert timer.summary() == {} and timer.counts() == {}
 
 
-def test_timer_measures_real_time():
+def test_timer_default_clock_is_perf_counter(monkeypatch):
+  clock = FakeClock()
+  monkeypatch.setattr(time, "perf_counter", clock)
   timer = Timer()
   with timer("work"):
-    sum(range(10000))
-  assert 0.0 <= timer.summary()["work"] < 5.0
+    clock.t += 0.75
+  with timer("work"):
+    clock.t += 0.125
+  assert timer.summary() == {"work": 0.875} and timer.counts() == {"work": 2}
