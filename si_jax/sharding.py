@@ -13,8 +13,7 @@ import math
 from typing import Any, Sequence
 
 import jax
-import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from si_jax.models import transformer
 from si_jax.models.config import ModelConfig
@@ -40,7 +39,16 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
 
 def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1,
               devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A (data, fsdp, tensor) mesh. One size may be -1: it takes the remaining devices."""
+  """A (data, fsdp, tensor) mesh. One size may be -1: it takes the remaining devices.
+
+  Devices are placed by `jax.make_mesh`, which orders them along the physical topology (ICI
+  rings on TPU, device ids on GPU; on CPU it is the order given). `devices` (default
+  `jax.devices()`) may hold more devices than the mesh needs: the first ones are used.
+
+  Axes are `AxisType.Auto` (what `jax.sharding.Mesh` gives by default): jit follows the
+  in/out shardings we pass and GSPMD propagates the rest. `jax.make_mesh` alone would make them
+  `Explicit` (sharding-in-types), which changes how every jit in si_jax behaves.
+  """
   devices = list(jax.devices() if devices is None else devices)
   sizes = [data, fsdp, tensor]
   if sizes.count(-1) > 1:
@@ -58,8 +66,8 @@ def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1,
   if n > len(devices):
     raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {n} devices, "
                      f"only {len(devices)} available")
-  arr = np.asarray(devices[:n], dtype=object).reshape(sizes)
-  return Mesh(arr, MESH_AXES)
+  return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
+                       devices=devices[:n])
 
 
 def mesh_from_config(mesh_cfg) -> Mesh:
@@ -121,11 +129,6 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def batch_divisor(mesh: Mesh) -> int:
   """Number of batch shards: a global batch should be a multiple of this."""
   return mesh.shape["data"] * mesh.shape["fsdp"]
-
-
-def shard_params(params, shardings):
-  """Places a params pytree with the given shardings."""
-  return jax.tree.map(jax.device_put, params, shardings)
 
 
 def init_sharded_params(cfg: ModelConfig, mesh: Mesh, key: jax.Array, rules=DEFAULT_RULES):

@@ -55,6 +55,23 @@ def test_logical_to_spec_rules():
     shd.logical_to_spec(("nonsense",), (4,), mesh)
 
 
+def test_make_mesh_places_devices_with_jax_make_mesh_and_auto_axes():
+  mesh = shd.make_mesh(data=2, fsdp=2, tensor=2)
+  assert mesh.axis_names == ("data", "fsdp", "tensor")
+  assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+  # Auto axes, as jax.sharding.Mesh gives: jax.make_mesh's default (Explicit) would turn on
+  # sharding-in-types for every jit that uses the mesh.
+  assert mesh.axis_types == (jax.sharding.AxisType.Auto,) * 3
+  want = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"),
+                       axis_types=(jax.sharding.AxisType.Auto,) * 3)
+  assert mesh == want
+  # -1 fills the remaining devices; explicit devices: the first n of them are used.
+  assert shd.make_mesh(fsdp=-1, tensor=2).devices.shape == (1, jax.device_count() // 2, 2)
+  one = shd.make_mesh(devices=jax.devices()[1:])
+  assert one.devices.shape == (1, 1, 1) and one.devices.item() == jax.devices()[1]
+  assert [d.id for d in shd.make_mesh(tensor=2, devices=jax.devices()[4:]).devices.flat] == [4, 5]
+
+
 def test_make_mesh_errors():
   with pytest.raises(ValueError, match="needs 16 devices"):
     shd.make_mesh(data=4, fsdp=4)
@@ -70,7 +87,7 @@ def test_sharded_forward_logprobs_sampling_match_single_device(setup, mesh_kw):
 
   mesh = shd.make_mesh(**mesh_kw)
   psh = shd.param_shardings(CFG, mesh)
-  sparams = shd.shard_params(params, psh)
+  sparams = jax.device_put(params, psh)
   # Params are split whenever the mesh has model axes (data=8 is pure data parallelism).
   split = any(not s.is_fully_replicated for s in jax.tree.leaves(psh))
   assert split == (mesh.shape["fsdp"] * mesh.shape["tensor"] > 1)

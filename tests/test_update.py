@@ -34,6 +34,12 @@ def _batch(seed=0):
   return {"policy": policy, "sft": sft}
 
 
+def _term(**kw):
+  base = dict(ratio="token", eps_low=0.2, eps_high=0.2, aggregation="token_mean", max_len=None,
+              kl_beta=0.0, kl_estimator="k3", temperature=1.0)
+  return update.PolicyTerm(**{**base, **kw})
+
+
 @pytest.fixture(scope="module")
 def params():
   return transformer.init_params(CFG, jax.random.key(0))
@@ -43,8 +49,7 @@ def params():
     ("token", "token_mean"), ("sequence", "seq_mean_token_mean"),
     ("token", "seq_mean_token_sum_norm")])
 def test_micro_batches_equal_one_big_batch(params, aggregation, ratio):
-  terms = (update.PolicyTerm(ratio=ratio, aggregation=aggregation, max_len=8, eps_low=0.1,
-                             eps_high=0.3),
+  terms = (_term(ratio=ratio, aggregation=aggregation, max_len=8, eps_low=0.1, eps_high=0.3),
            update.NLLTerm(weight=0.5))
   batch = _batch()
   fn = lambda n: jax.jit(lambda p, b: update.loss_and_grads(p, b, terms=terms, cfg=CFG,
@@ -71,7 +76,7 @@ def test_nan_gradient_skips_update_and_counts(params):
   opt = ts.make_optimizer(1e-2, 10)
   mesh = shd.make_mesh(devices=jax.devices()[:1])
   state = ts.create(params, opt, mesh)
-  terms = (update.PolicyTerm(),)
+  terms = (_term(),)
   good = {"policy": _batch()["policy"]}
   bad = {"policy": dict(good["policy"])}
   adv = bad["policy"]["advantages"].copy()
@@ -94,16 +99,45 @@ def test_nan_gradient_skips_update_and_counts(params):
   assert any(changed)
 
 
+@pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean_token_sum_norm"])
+def test_empty_mini_batch_does_not_step_the_optimizer(params, aggregation):
+  """Every row filtered out (seq_mask 0): no AdamW step, no weight decay, no schedule move."""
+  opt = ts.make_optimizer(1e-2, 10, weight_decay=0.1, warmup_steps=2)
+  mesh = shd.make_mesh(devices=jax.devices()[:1])
+  state = ts.create(params, opt, mesh)
+  good = {"policy": dict(_batch()["policy"], seq_mask=np.ones(B, np.float32))}
+  empty = {"policy": dict(good["policy"], seq_mask=np.zeros(B, np.float32))}
+  step = update.make_update_fn(state, good, mesh, terms=(_term(aggregation=aggregation,
+                                                              max_len=8),),
+                               cfg=CFG, optimizer=opt)
+  before = jax.device_get((state.params, state.opt_state))
+  state, m = step(state, empty)
+  assert int(m["update_skipped_empty"]) == 1 and int(m["update_skipped"]) == 0
+  assert int(state.step) == 0 and int(state.skipped) == 0
+  for a, b in zip(jax.tree.leaves(jax.device_get((state.params, state.opt_state))),
+                  jax.tree.leaves(before)):
+    np.testing.assert_array_equal(a, b)
+  state, m = step(state, good)
+  assert int(m["update_skipped_empty"]) == 0 and int(state.step) == 1
+
+
+def test_policy_term_refuses_bad_fields():
+  with pytest.raises(ValueError, match="ratio must be one of"):
+    _term(ratio="seq")
+  with pytest.raises(ValueError, match="k1's gradient is zero"):
+    _term(kl_estimator="k1", kl_beta=0.1)
+
+
 def test_update_on_fsdp4_tensor2_matches_one_device(params):
   if jax.device_count() < 8:
     pytest.fail("needs 8 simulated devices (tests/conftest.py)")
-  terms = (update.PolicyTerm(ratio="sequence", aggregation="seq_mean_token_mean"),
+  terms = (_term(ratio="sequence", aggregation="seq_mean_token_mean"),
            update.NLLTerm(weight=0.1))
   opt = ts.make_optimizer(1e-2, 10, warmup_steps=1)
   batches = [_batch(s) for s in range(3)]
   results = []
   for mesh in (shd.make_mesh(devices=jax.devices()[:1]), shd.make_mesh(fsdp=4, tensor=2)):
-    p = shd.shard_params(params, shd.param_shardings(CFG, mesh))
+    p = jax.device_put(params, shd.param_shardings(CFG, mesh))
     state = ts.create(p, opt, mesh)
     step = update.make_update_fn(state, batches[0], mesh, terms=terms, cfg=CFG, optimizer=opt,
                                  num_micro=2)
