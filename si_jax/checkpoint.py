@@ -42,16 +42,9 @@ class CheckpointMismatchError(ValueError):
   """The restore target does not match what the checkpoint holds (structure, shape or dtype)."""
 
 
-def _key_str(key) -> str:
-  """One key of a jax key path as a plain string: `params`, `0`, ..."""
-  for attr in ("key", "name", "idx"):
-    if hasattr(key, attr):
-      return str(getattr(key, attr))
-  return str(key)
-
-
 def _path_str(path) -> str:
-  return "/".join(_key_str(k) for k in path) or "<root>"
+  """A jax key path as `params/layers/0/w` (dict keys, attribute names, sequence indices)."""
+  return jax.tree_util.keystr(path, simple=True, separator="/") or "<root>"
 
 
 def _flatten(tree) -> dict[str, Any]:

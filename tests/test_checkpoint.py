@@ -164,6 +164,27 @@ def test_constructor_validates_arguments(tmp_path):
 # --- errors -----------------------------------------------------------------------------------
 
 
+def test_key_paths_join_fields_dict_keys_and_indices_with_slashes(tmp_path):
+  from si_jax import checkpoint as ckpt_lib
+  state = make_train_state()
+  # Dataclass fields, dict keys, tuple indices and NamedTuple fields (optax's ScaleByAdamState).
+  names = list(ckpt_lib._flatten(state))
+  assert names == [
+      "step", "params/emb", "params/half", "params/w",
+      "opt_state/0/count", "opt_state/0/mu/emb", "opt_state/0/mu/half", "opt_state/0/mu/w",
+      "opt_state/0/nu/emb", "opt_state/0/nu/half", "opt_state/0/nu/w",
+      "inner/codes", "inner/flags"]
+  nested = {"a": [1, (2, {"b": 3})], "c": None, "d": ()}
+  assert ckpt_lib._flatten(nested) == {"a/0": 1, "a/1/0": 2, "a/1/1/b": 3}
+  assert ckpt_lib._flatten(jnp.zeros(2)).keys() == {"<root>"}
+  # Orbax's metadata tree of the saved state (plain dicts) gets the same names.
+  with Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, state, {})
+    saved = ckpt._manager.item_metadata(1)["state"]
+  assert sorted(ckpt_lib._flatten(saved.tree)) == sorted(names)
+
+
+
 def test_restore_errors_name_key_path_and_both_values(tmp_path):
   state = make_train_state()
   with Checkpointer(tmp_path) as ckpt:
@@ -193,6 +214,14 @@ def test_restore_errors_name_key_path_and_both_values(tmp_path):
     with pytest.raises(CheckpointMismatchError,
                        match=r"target has key path 'params/new' \(shape \(2,\)\) that the "):
       ckpt.restore(extra)
+
+    opt = abstract.opt_state[0]
+    wrong_moment = abstract.replace(opt_state=(opt._replace(
+        mu={**opt.mu, "w": jax.ShapeDtypeStruct((3, 4), jnp.float32)}),) + abstract.opt_state[1:])
+    with pytest.raises(CheckpointMismatchError,
+                       match=r"shape mismatch at key path 'opt_state/0/mu/w': checkpoint has "
+                             r"\(6, 4\), restore target has \(3, 4\)"):
+      ckpt.restore(wrong_moment)
 
     missing = abstract.replace(params={k: v for k, v in abstract.params.items() if k != "half"})
     with pytest.raises(CheckpointMismatchError, match=r"checkpoint has key path '[^']*half'"):
