@@ -402,6 +402,94 @@ def test_convert_cli_round_trip(tmp_path, ckpts, loaded):
     convert.main(["--to=hf", f"--hf_dir={hf_dir}", f"--out={back}"])
 
 
+def _safetensors_dtypes(model_dir):
+  """{tensor name: safetensors dtype tag} from the header of model.safetensors."""
+  with open(os.path.join(model_dir, hf.WEIGHTS_FILE), "rb") as f:
+    (n,) = np.frombuffer(f.read(8), np.uint64)
+    header = json.loads(f.read(int(n)))
+  return {k: v["dtype"] for k, v in header.items() if k != "__metadata__"}
+
+
+def test_recorded_dtype():
+  assert convert.recorded_dtype({"dtype": "bfloat16"}) == "bfloat16"
+  assert convert.recorded_dtype({"torch_dtype": "float16"}) == "float16"  # transformers 4.x
+  assert convert.recorded_dtype({"torch_dtype": "torch.bfloat16"}) == "bfloat16"
+  assert convert.recorded_dtype({"dtype": "auto"}) is None
+  assert convert.recorded_dtype({"dtype": "float64"}) is None
+  assert convert.recorded_dtype({}) is None
+
+
+def test_convert_keeps_the_recorded_bf16_dtype_both_ways(tmp_path):
+  src, _ = hf_fixtures.make_checkpoint("qwen3", str(tmp_path / "hf"), seed=3, dtype="bfloat16")
+  si_dir, back, si_again = (str(tmp_path / n) for n in ("si", "back", "si_again"))
+  # HF bf16 -> params dir: bf16, as config.json records (not load_hf's float32 default).
+  assert convert.main(["--to=si", f"--hf_dir={src}", f"--out={si_dir}"]) == 0
+  with open(os.path.join(si_dir, convert.MODEL_CONFIG_FILE)) as f:
+    assert json.load(f)["param_dtype"] == "bfloat16"
+  cfg, params = convert.load_params(si_dir)
+  assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(jnp.bfloat16)}
+  # Params dir -> HF, no --dtype: bf16 safetensors, bitwise the source tensors.
+  assert convert.main(["--to=hf", f"--from_params={si_dir}", f"--out={back}"]) == 0
+  assert set(_safetensors_dtypes(back).values()) == {"BF16"}
+  with open(os.path.join(back, hf.CONFIG_FILE)) as f:
+    assert json.load(f)["dtype"] == "bfloat16"
+  import safetensors.torch  # pylint: disable=g-import-not-at-top
+  want = safetensors.torch.load_file(os.path.join(src, hf.WEIGHTS_FILE))
+  got = safetensors.torch.load_file(os.path.join(back, hf.WEIGHTS_FILE))
+  assert sorted(got) == sorted(want)
+  for k in want:
+    assert got[k].dtype == torch.bfloat16 and torch.equal(got[k], want[k]), k
+  # ... and it reimports to the same params, bitwise.
+  assert convert.main(["--to=si", f"--hf_dir={back}", f"--out={si_again}"]) == 0
+  cfg2, params2 = convert.load_params(si_again)
+  assert cfg2 == cfg
+  _assert_trees_identical(params2, params)
+  # --dtype still overrides, both ways.
+  assert convert.main(["--to=hf", f"--from_params={si_dir}", f"--out={tmp_path / 'f32'}",
+                       "--dtype=float32"]) == 0
+  assert set(_safetensors_dtypes(tmp_path / "f32").values()) == {"F32"}
+  assert convert.main(["--to=si", f"--hf_dir={src}", f"--out={tmp_path / 'si32'}",
+                       "--dtype=float32"]) == 0
+  assert convert.load_params(str(tmp_path / "si32"))[0].param_dtype == "float32"
+
+
+# ----------------------------------------------------------------------------- generation_config
+
+
+def test_generation_config_lists_stop_ids_as_eos_and_pad_separately():
+  assert hf.generation_config([2, 3], 0) == {"eos_token_id": [2, 3], "pad_token_id": 0}
+  assert hf.generation_config((7, 5, 7), 0, bos_id=1) == {
+      "eos_token_id": [7, 5], "pad_token_id": 0, "bos_token_id": 1}
+  # A pad token that is also a stop token (Qwen's <|endoftext|>) stays a stop.
+  assert hf.generation_config([151645, 151643], 151643) == {
+      "eos_token_id": [151645, 151643], "pad_token_id": 151643}
+  assert hf.generation_config(np.array([2], np.int64), None) == {"eos_token_id": [2]}
+  assert all(type(i) is int for i in hf.generation_config(np.array([2, 4]), np.int32(0))[
+      "eos_token_id"])
+  with pytest.raises(ValueError, match="stop_ids is empty"):
+    hf.generation_config([], 0)
+
+
+def test_generation_config_of_the_arith_tokenizer_keeps_pad_out_of_eos(tmp_path):
+  from si_jax import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  tok = tokenizer_lib.Tokenizer.from_dir(tokenizer_lib.build_char_tokenizer(str(tmp_path)))
+  gen = hf.generation_config(tok.stop_ids, tok.pad_id)
+  im_end, endoftext, pad = tok.hf.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>",
+                                                         "<|pad|>"])
+  assert gen == {"eos_token_id": [im_end, endoftext], "pad_token_id": pad}
+  assert pad not in gen["eos_token_id"]
+  # Written by save_hf and read back by the tokenizer: the same stop ids, nothing added.
+  cfg = make_config("qwen3", vocab_size=-(-tok.vocab_size // 8) * 8, hidden_size=32,
+                    num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
+                    intermediate_size=64)
+  out = str(tmp_path / "hf")
+  hf.save_hf(transformer.init_params(cfg, jax.random.key(0)), cfg, out,
+             tokenizer_dir=str(tmp_path), generation_config=gen)
+  with open(os.path.join(out, hf.GENERATION_CONFIG_FILE)) as f:
+    assert json.load(f) == gen
+  assert tokenizer_lib.Tokenizer.from_dir(out).stop_ids == tok.stop_ids
+
+
 def test_load_params_casts_and_shards(tmp_path, loaded):
   cfg, params = loaded["llama"]
   d = str(tmp_path / "p")

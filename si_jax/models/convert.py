@@ -18,6 +18,10 @@ A params directory (what `--to=si` writes, `load_params` reads, and a trainer ca
 
 `--to=hf` writes an HF directory that `transformers.AutoModelForCausalLM.from_pretrained` loads,
 with the tokenizer from `--tokenizer_dir` or else PARAMS_DIR/tokenizer.
+
+Without `--dtype` both directions keep the source's dtype: `--to=si` the one config.json records
+(`dtype` / `torch_dtype`; float32 if none), `--to=hf` the saved params' (a checkpoint's params
+as trained). A bf16 model therefore round-trips HF -> si -> HF bitwise and stays bf16.
 """
 
 from __future__ import annotations
@@ -129,10 +133,27 @@ def _check_layout(saved: Params, cfg: ModelConfig, where: str) -> None:
       raise ValueError(f"{where}: params{k} has shape {got[k]}, the model config implies {shape}")
 
 
+def recorded_dtype(hf_config: Mapping[str, Any]) -> str | None:
+  """The param dtype an HF config.json records (`dtype`, or 4.x's `torch_dtype`), if it is
+  one of `DTYPES`; None when it records none (or 'auto', or one si_jax does not hold)."""
+  for key in ("dtype", "torch_dtype"):
+    name = hf_config.get(key)
+    if isinstance(name, str) and name.removeprefix("torch.") in DTYPES:
+      return name.removeprefix("torch.")
+  return None
+
+
 def hf_to_si(hf_dir: str, out_dir: str, *, dtype: Any = None) -> ModelConfig:
-  """Imports an HF model directory into a new params directory; returns its config."""
+  """Imports an HF model directory into a new params directory; returns its config.
+
+  dtype: of the written params; default: the dtype config.json records (so a bf16 checkpoint
+    stays bf16, bitwise), else float32.
+  """
+  hf_config = hf.read_hf_config(hf_dir)
+  if dtype is None:
+    dtype = recorded_dtype(hf_config)
   cfg, params = hf.load_hf(hf_dir, dtype=dtype)
-  save_params(out_dir, params, cfg, hf_config=hf.read_hf_config(hf_dir))
+  save_params(out_dir, params, cfg, hf_config=hf_config)
   gen = os.path.join(hf_dir, hf.GENERATION_CONFIG_FILE)
   if os.path.exists(gen):
     shutil.copyfile(gen, os.path.join(out_dir, hf.GENERATION_CONFIG_FILE))
@@ -143,7 +164,10 @@ def hf_to_si(hf_dir: str, out_dir: str, *, dtype: Any = None) -> ModelConfig:
 
 def si_to_hf(params_dir: str, out_dir: str, *, dtype: Any = None,
              tokenizer_dir: str | None = None, max_shard_size: int | str = "5GB") -> ModelConfig:
-  """Exports a params directory to an HF model directory; returns its config."""
+  """Exports a params directory to an HF model directory; returns its config.
+
+  dtype: of the written tensors; default: each param's dtype as the params directory holds it.
+  """
   cfg, params = load_params(params_dir)
   extra = {}
   hf_cfg_path = os.path.join(params_dir, HF_CONFIG_FILE)
@@ -181,7 +205,9 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--from_workdir", help="si-train workdir whose checkpoint to export (--to=hf)")
   p.add_argument("--step", type=int, default=None, help="with --from_workdir (default: latest)")
   p.add_argument("--out", required=True, help="output directory")
-  p.add_argument("--dtype", choices=sorted(DTYPES), help="dtype of the written params")
+  p.add_argument("--dtype", choices=sorted(DTYPES),
+                 help="dtype of the written params (default: the source's own: config.json's "
+                      "dtype for --to=si, the saved params' for --to=hf)")
   p.add_argument("--tokenizer_dir", help="tokenizer files to copy (--to=hf)")
   p.add_argument("--max_shard_size", default="5GB", help="safetensors shard size (--to=hf)")
   return p
@@ -198,15 +224,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.from_params or args.hf_dir:
       p.error("--from_workdir excludes --from_params and --hf_dir")
     from si_jax.models import hf  # pylint: disable=g-import-not-at-top
-    from si_jax.rl import trainer  # pylint: disable=g-import-not-at-top
-    run = trainer.load_run(args.from_workdir, step=args.step)
+    from si_jax import workdir  # pylint: disable=g-import-not-at-top
+    run = workdir.load_run(args.from_workdir, step=args.step)
     cfg = run["model_cfg"]
     tokenizer = run["tokenizer"]
     ids = dict(eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id)
+    # dtype None: the checkpoint's params as trained.
     hf.save_hf(run["params"], cfg, args.out, dtype=args.dtype,
                tokenizer_dir=args.tokenizer_dir or tokenizer.path or None,
                max_shard_size=args.max_shard_size, extra_config=ids,
-               generation_config=dict(ids, eos_token_id=list(tokenizer.stop_ids)))
+               generation_config=hf.generation_config(tokenizer.stop_ids, tokenizer.pad_id))
   else:
     if not args.from_params or args.hf_dir:
       p.error("--to=hf needs --from_params or --from_workdir (and no --hf_dir)")

@@ -21,7 +21,7 @@ import json
 import os
 import re
 import shutil
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -470,6 +470,31 @@ def _plan_shards(entries: list[tuple[str, int]], max_bytes: int) -> list[list[st
     shards[-1].append(name)
     size += nbytes
   return shards
+
+
+def generation_config(stop_ids: Sequence[int], pad_id: int | None = None,
+                      bos_id: int | None = None) -> dict[str, Any]:
+  """generation_config.json contents for a tokenizer's stop and pad ids.
+
+  Args:
+    stop_ids: the ids that end a response (eos, end-of-turn): `Tokenizer.stop_ids`, exactly
+      where si_jax's sampler stops, so `generate` in transformers stops at the same tokens.
+    pad_id: the padding id, written as `pad_token_id` only. It is among `eos_token_id` only
+      when it is one of `stop_ids` itself (Qwen's <|endoftext|> is both).
+    bos_id: written as `bos_token_id` when given.
+
+  Returns:
+    {"eos_token_id": [stop ids, first occurrence order], "pad_token_id": ..., "bos_token_id": ...}
+  """
+  eos = list(dict.fromkeys(int(i) for i in stop_ids))
+  if not eos:
+    raise ValueError("generation_config: stop_ids is empty; a model needs at least one eos id")
+  out: dict[str, Any] = {"eos_token_id": eos}
+  if pad_id is not None:
+    out["pad_token_id"] = int(pad_id)
+  if bos_id is not None:
+    out["bos_token_id"] = int(bos_id)
+  return out
 
 
 def save_hf(params: Params, cfg: ModelConfig, out_dir: str, *, dtype: Any = None,
