@@ -3,6 +3,7 @@ TensorFlow) and reads back every field; malformed rows are errors naming file, l
 
 import base64
 import json
+import logging
 import os
 import pickle
 import sys
@@ -352,3 +353,38 @@ def test_changed_files_are_rebuilt_and_built_data_used_without_manual_dir(tmp_pa
   assert len(rows) == 2 and rows[-1]["final_answer"] == "2"
   with pytest.raises(IndexError):
     rows[2]  # pylint: disable=pointless-statement
+
+
+# ---------------------------------------------------------------------------------------------
+# Quiet builds: nothing is downloaded, so tfds' download talk is not printed.
+
+_NOISE = ("Downloading and preparing dataset", "downloaded and prepared to",
+          "has no dataset_info.json")
+
+
+@pytest.mark.parametrize("name", ["gsm8k", "arith"])
+def test_a_build_prints_no_download_line_and_no_missing_info_warning(tmp_path, capsys, caplog,
+                                                                     name):
+  caplog.set_level(logging.INFO)
+  manual = tmp_path / "manual"
+  _write_jsonl(manual / "test.jsonl", [{"question": "q", "answer": "#### 1"}])
+  kwargs = {"config": arith.ArithConfig(train_size=0, test_size=3)} if name == "arith" else {}
+  rows = sources.load_split(name, "test", tmp_path / "data", manual, **kwargs)
+  assert len(rows) in (1, 3)
+  out, err = capsys.readouterr()
+  logged = [r.getMessage() for r in caplog.records]
+  for noise in _NOISE:
+    assert noise not in out and noise not in err, (noise, out, err)
+    assert not [m for m in logged if noise in m], (noise, logged)
+  # What tfds printed is said once, truthfully, at INFO level.
+  built = sources.get_builder(name, tmp_path / "data", **kwargs)
+  assert [m for m in logged if m.startswith(f"si_{name}: ")] == [
+      f"si_{name}: building into {built.data_dir} (nothing is downloaded)",
+      f"si_{name}: built in {built.data_dir}"]
+  # Loading the built dataset again builds nothing and says none of it.
+  caplog.clear()
+  sources.load_split(name, "test", tmp_path / "data", manual, **kwargs)
+  out, err = capsys.readouterr()
+  logged = [r.getMessage() for r in caplog.records]
+  assert not any(noise in text for noise in _NOISE for text in [out, err] + logged)
+  assert not [m for m in logged if m.startswith(f"si_{name}: ")]

@@ -24,6 +24,7 @@ import tensorflow_datasets as tfds
 
 from si_jax.data import arith
 from si_jax.data import tasks
+from si_jax.data.builders import quiet
 
 __all__ = ["ArithBuilderConfig", "SiArith", "builder_config_for", "row_to_example"]
 
@@ -60,7 +61,7 @@ def builder_config_for(config: "arith.ArithConfig | tfds.core.BuilderConfig | st
   return config
 
 
-class SiArith(tfds.core.GeneratorBasedBuilder):
+class SiArith(quiet.QuietBuild, tfds.core.GeneratorBasedBuilder):
   """Synthetic multi-step arithmetic (si_jax.data.arith), generated from an ArithConfig."""
 
   VERSION = tfds.core.Version("1.0.0")

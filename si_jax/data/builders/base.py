@@ -21,12 +21,14 @@ from typing import Any, Iterator, Mapping
 from etils import epath
 import tensorflow_datasets as tfds
 
+from si_jax.data.builders import quiet
 from si_jax.data.builders import records
 
 __all__ = ["ManualBuilder"]
 
 
-class ManualBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class ManualBuilder(quiet.QuietBuild, tfds.core.GeneratorBasedBuilder,
+                    skip_registration=True):
   """Reads `<split>.jsonl|parquet` files from the manual dir; rows keep file order."""
 
   VERSION = tfds.core.Version("1.0.0")
