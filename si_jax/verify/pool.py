@@ -20,6 +20,30 @@ stuck in C (a huge integer power) ignores it and is killed at the hard deadline.
 Processes come from the 'forkserver' context by default: the fork server is a fresh
 single-threaded process (safe next to a multithreaded JAX parent), and modules named in
 `preload` are imported there once, so replacing a killed worker costs a fork, not an import.
+
+Why not pebble (`pebble.ProcessPool`, 5.2.3, evaluated as a replacement): with a thin layer
+(an initializer that installs the soft timer and resets SIGTERM to its default action, a
+wrapper that turns exceptions into reasons in the worker, pids read from pebble's private
+`_pool_manager.worker_manager.workers`) it passed every pool test in test_verify_math.py, at the
+same answers/s (within the noise of a shared 2-core machine). It was not adopted, because these
+guarantees of this module cannot be had from it without re-implementing what it would replace:
+  * A worker that dies while idle (the OOM killer, which sympy's growing caches invite) puts
+    pebble's pool into an error state when no call is running: every later `schedule` raises
+    RuntimeError("Unexpected error within the Pool") and the pool must be rebuilt. Here the
+    dead worker is replaced and the next call runs normally (tests/test_pool.py).
+  * A call whose worker exits with code 0 (`os._exit(0)`) is not seen as a crash by pebble
+    (only nonzero exit codes are): it is reported as a timeout after the full `timeout_s`,
+    instead of "crashed" at once.
+  * pebble's workers share one task pipe and one result pipe guarded by process-shared locks;
+    a worker killed inside its receive-and-acknowledge step leaves the lock held and the pool
+    stalls (pebble issue #163; 5.2.3 still takes the lock there). Here every worker has its
+    own pipe and nothing is shared between workers.
+  * A worker that hangs while starting (initializer, import) holds its call forever: pebble's
+    clock starts when a worker acknowledges the call. Here `start_timeout_s` bounds it.
+Smaller costs: three polling threads in the (JAX) parent with 0.1 s granularity; a stuck worker
+gets SIGTERM and a 3 s grace before SIGKILL, one worker at a time (two workers stuck in C with
+a 1 s timeout took 7.0 s instead of 1.1 s, unless the initializer resets SIGTERM); no public
+worker pids or readiness wait (`pids`, `wait_ready` are used by tests and benchmarks).
 """
 
 from __future__ import annotations
