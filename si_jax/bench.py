@@ -10,6 +10,10 @@ Two workloads per model size (`--sizes`, names of `config.PRESETS`):
     on `--train_batch` x `--train_len` tokens (`--torch_adamw` picks torch's AdamW
     implementation). tokens/s = B * T / wall time.
 
+align (no model size): pairs/s of SI's alignment stage (align + edit arrays + token credit)
+  against bare rapidfuzz `editops` on `--align_pairs` pairs of `--align_len` tokens, its own
+  table (`si_jax/si/align_bench.py`).
+
 Both sides load the same weights (`init_params`, exported with `hf.hf_tensors`), and each row
 reports a parity check: the decode row the fraction of generated tokens that agree, the train
 row |loss_jax - loss_torch| at the first step.
@@ -48,7 +52,7 @@ import numpy as np
 
 # Benchmark targets from the issue: (size, workload) -> minimum si_jax / HF tokens/s ratio.
 TARGETS = {("tiny", "decode"): 2.0, ("25m", "decode"): 1.2, ("25m", "train"): 1.0}
-WORKLOADS = ("decode", "train")
+WORKLOADS = ("decode", "train", "align")
 COLUMNS = ("size", "params", "workload", "shape", "si_jax tok/s", "HF tok/s", "ratio", "target",
            "si_jax GFLOP/s", "HF GFLOP/s", "si_jax % peak", "HF % peak", "parity")
 
@@ -310,7 +314,8 @@ def _parser() -> argparse.ArgumentParser:
       prog="si-bench", description=__doc__.split("\n\n")[0],
       formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--sizes", default="tiny,25m", help="comma-separated model presets")
-  p.add_argument("--workloads", default=",".join(WORKLOADS), help="decode,train or one of them")
+  p.add_argument("--workloads", default=",".join(WORKLOADS),
+                 help="comma-separated subset of decode,train,align")
   p.add_argument("--repeats", type=int, default=3, help="timed calls per measurement (median)")
   p.add_argument("--warmup", type=int, default=2, help="untimed calls before timing")
   p.add_argument("--batch", type=int, default=32, help="decode batch")
@@ -321,6 +326,8 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--torch_adamw", default="default", choices=("default", "foreach", "fused"),
                  help="torch.optim.AdamW implementation (default: what AdamW() picks on CPU, "
                  "the per-tensor loop; fused is several times faster on CPU)")
+  p.add_argument("--align_pairs", type=int, default=1000, help="align: number of pairs")
+  p.add_argument("--align_len", type=int, default=2000, help="align: tokens per sequence")
   p.add_argument("--peak_n", type=int, default=2048, help="matmul size for the peak")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--json", help="also write the environment, peaks and rows here")
@@ -338,7 +345,8 @@ def _check_args(p: argparse.ArgumentParser, args) -> tuple[list[str], list[str]]
   if not workloads or set(workloads) - set(WORKLOADS):
     p.error(f"--workloads must be a comma-separated subset of {WORKLOADS}, got "
             f"{args.workloads!r}")
-  for name in ("repeats", "batch", "prompt_len", "new_tokens", "train_batch", "peak_n"):
+  for name in ("repeats", "batch", "prompt_len", "new_tokens", "train_batch", "peak_n",
+               "align_pairs", "align_len"):
     if getattr(args, name) < 1:
       p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
   if args.train_len < 2:
@@ -364,16 +372,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   torch.set_num_threads(os.cpu_count())
   env = environment()
   print("environment: " + ", ".join(f"{k}={v}" for k, v in env.items()), flush=True)
-  peaks = matmul_peaks(args.peak_n, args.repeats)
-  print(f"f32 matmul {args.peak_n}^3 peak: jax {peaks['jax_gflops']:.1f} GFLOP/s, "
-        f"torch {peaks['torch_gflops']:.1f} GFLOP/s", flush=True)
+  model_workloads = [w for w in workloads if w != "align"]
+  peaks = matmul_peaks(args.peak_n, args.repeats) if model_workloads else None
+  if peaks:
+    print(f"f32 matmul {args.peak_n}^3 peak: jax {peaks['jax_gflops']:.1f} GFLOP/s, "
+          f"torch {peaks['torch_gflops']:.1f} GFLOP/s", flush=True)
 
   rows = []
-  for size in sizes:
+  for size in sizes if model_workloads else []:
     cfg = preset(size)
     params = jax.jit(transformer.init_params, static_argnums=0)(cfg, jax.random.key(args.seed))
     model = torch_model(params, cfg)
-    for workload in workloads:
+    for workload in model_workloads:
       fn = bench_decode if workload == "decode" else bench_train
       row = _row(size, cfg, workload, fn(cfg, params, model, args), peaks)
       print(f"{size} {workload}: si_jax {row['jax_tok_s']:,.0f} tok/s, HF {row['hf_tok_s']:,.0f} "
@@ -381,9 +391,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       rows.append(row)
     del model
 
+  align_rows = []
+  if "align" in workloads:
+    from si_jax.si import align_bench
+    align_rows = align_bench.run(args.align_pairs, args.align_len, repeats=args.repeats,
+                                 warmup=args.warmup, seed=args.seed)
+
   env["loadavg_end"] = list(os.getloadavg())
-  print()
-  print(markdown_table(rows))
+  if rows:
+    print()
+    print(markdown_table(rows))
+  if align_rows:
+    print()
+    print(align_bench.markdown_table(align_rows))
   print(f"\nload average (1/5/15 min) at start {env['loadavg']}, end {env['loadavg_end']}")
   env["contended"] = contended(env["loadavg"][0], env["loadavg_end"][0], env["cpu_count"])
   if env["contended"]:
@@ -391,7 +411,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
           f"{env['loadavg_end'][0]:.1f} at end, {env['cpu_count']} cores). torch's OpenMP threads "
           "slow down far more than XLA's under contention, so these ratios overstate si_jax; "
           "rerun on an idle machine.")
-  report = dict(env=env, peaks=peaks, args=vars(args), rows=rows)
+  report = dict(env=env, peaks=peaks, args=vars(args), rows=rows, align_rows=align_rows)
   if args.json:
     with open(args.json, "w") as f:
       json.dump(report, f, indent=2)

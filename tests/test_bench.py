@@ -6,6 +6,7 @@ sides computed the same model (parity columns) and that the table and JSON are w
 
 import json
 import math
+import statistics
 
 import pytest
 
@@ -116,3 +117,36 @@ def test_minuscule_end_to_end(tmp_path, capsys):
   assert decode["token_agreement"] == 1.0
   assert train["loss_diff"] < 1e-4
   assert math.isclose(train["loss_jax"], math.log(512), rel_tol=0.05)  # near-uniform at init
+
+
+def test_align_workload_needs_no_model(tmp_path, capsys):
+  from si_jax.si import align_bench
+
+  with pytest.raises(SystemExit):
+    bench.main(["--workloads", "align", "--align_len", "0"])
+  assert "--align_len must be >= 1, got 0" in capsys.readouterr().err
+
+  out = tmp_path / "align.json"
+  report = bench.main(["--workloads", "align", "--align_pairs", "20", "--align_len", "200",
+                       "--repeats", "2", "--warmup", "1", "--json", str(out)])
+  printed = capsys.readouterr().out
+  assert report["rows"] == [] and report["peaks"] is None  # no model, no matmul peak
+
+  lines = printed.splitlines()
+  start = lines.index("| " + " | ".join(align_bench.COLUMNS) + " |")
+  rows = [dict(zip(align_bench.COLUMNS, _cells(l))) for l in lines[start + 2:start + 5]]
+  assert [r["call"] for r in rows] == [
+      "bare editops", "bare editops, score_hint=64", "stage: align + edit arrays + token_credit"]
+  assert all(r["shape"].startswith("20 pairs x 200 tokens, mean distance ") for r in rows)
+  assert rows[0]["vs bare"] == "1.00x" and rows[2]["target"].startswith(">= 0.8x ")
+  assert "| size |" not in printed  # no empty model table
+
+  saved = json.loads(out.read_text())
+  assert saved["align_rows"] == json.loads(json.dumps(report["align_rows"]))
+  bare, hinted, stage = saved["align_rows"]
+  for r in saved["align_rows"]:
+    assert len(r["times"]) == 2
+    assert math.isclose(r["pairs_s"], 20 / statistics.median(r["times"]))
+    assert math.isclose(r["ratio"], r["pairs_s"] / bare["pairs_s"])
+  assert math.isclose(stage["ratio_same_args"], stage["pairs_s"] / hinted["pairs_s"])
+  assert 0 < bare["mean_distance"] <= 10 * 30  # 3..10 regions of 1..30 tokens each
