@@ -41,9 +41,12 @@ guarantees of this module cannot be had from it without re-implementing what it 
   * A worker that hangs while starting (initializer, import) holds its call forever: pebble's
     clock starts when a worker acknowledges the call. Here `start_timeout_s` bounds it.
 Smaller costs: three polling threads in the (JAX) parent with 0.1 s granularity; a stuck worker
-gets SIGTERM and a 3 s grace before SIGKILL, one worker at a time (two workers stuck in C with
-a 1 s timeout took 7.0 s instead of 1.1 s, unless the initializer resets SIGTERM); no public
-worker pids or readiness wait (`pids`, `wait_ready` are used by tests and benchmarks).
+gets SIGTERM and a 3 s grace before SIGKILL, one worker at a time (two calls stuck in C, in
+`hashlib.pbkdf2_hmac`, with a 1 s timeout: 7.2 s, against 1.05 s here and 1.1 s once the
+initializer resets SIGTERM to its default); a value that fails to pickle with AttributeError
+(a local function) kills pebble's worker ("crashed"; here: an "error: ..." and the worker
+stays); no public worker pids or readiness wait (`pids`, `wait_ready` are used by tests and
+benchmarks).
 """
 
 from __future__ import annotations
