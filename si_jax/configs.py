@@ -1,22 +1,59 @@
-"""The config schema: every field a run reads, with defaults, and its validation.
+"""The config schema: every field a run reads, with its one default, and its validation.
 
 Experiment files (`experiments/configs/*.py`) start from `base_config()`, set what they need
-and return `finalize(c)`. The result is locked, so an override of a field that does not exist
-(`--config.rl.gruop_size=4`) is an error, and `validate` names any bad value by its full path.
-Loss fields left as None take the defaults of the preset named by `rl.loss`.
+and return `finalize(c)`. `finalize` fills `task.kwargs` with every option of the named task
+(so `--config.task.kwargs.manual_dir=...` overrides one option like any other field) and locks
+the config, so an override of a field that does not exist (`--config.rl.gruop_size=4`) is an
+error, and `validate` names any bad value by its full path.
+
+Algorithm defaults live here and nowhere else: `LOSS_PRESETS` is the table of GRPO-family
+presets; `rl.<field>` left as None takes the value of the preset named by `rl.loss`
+(`resolve_loss`). The loss code (`si_jax.rl.losses`) has no defaults of its own for these.
+This module imports nothing from `si_jax.rl` or `si_jax.si` (layers are one-way); choices that
+only the RL layer knows (the loss's ratio / aggregation names, registered credit functions)
+are checked when the trainer builds its pieces, with errors naming the config field.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 from typing import Any
 
 import ml_collections
 from ml_collections import config_dict
 
-from si_jax.rl import losses
-
 _P = config_dict.placeholder
+
+# GRPO-family presets (DESIGN 5.1). ratio / aggregation / eps: `losses.policy_loss` arguments;
+# normalize_std: z-score group advantages; dynamic_sampling: refill groups whose rewards are
+# all equal; overlong: DAPO's soft length penalty with a buffer of overlong_buffer_frac *
+# max_new_tokens. KL to a reference is its own field (rl.kl_beta), in none of the presets.
+LOSS_PRESETS: dict[str, dict[str, Any]] = {
+    # DeepSeekMath (Shao et al. 2024): token ratio, eps 0.2, z-score, per-sequence token mean.
+    "grpo": dict(ratio="token", aggregation="seq_mean_token_mean", eps_low=0.2, eps_high=0.2,
+                 normalize_std=True, dynamic_sampling=False, overlong=False,
+                 overlong_buffer_frac=0.2),
+    # Dr.GRPO (Liu et al. 2025): no std normalization, token sum / constant.
+    "dr_grpo": dict(ratio="token", aggregation="seq_mean_token_sum_norm", eps_low=0.2,
+                    eps_high=0.2, normalize_std=False, dynamic_sampling=False, overlong=False,
+                    overlong_buffer_frac=0.2),
+    # DAPO (Yu et al. 2025): clip-higher 0.2 / 0.28, token mean, dynamic sampling, soft
+    # overlong punishment with a 4096-token buffer on a 20480-token budget.
+    "dapo": dict(ratio="token", aggregation="token_mean", eps_low=0.2, eps_high=0.28,
+                 normalize_std=True, dynamic_sampling=True, overlong=True,
+                 overlong_buffer_frac=0.2),
+    # GSPO (Zheng et al. 2025): sequence ratio clipped to [1 - 3e-4, 1 + 4e-4], group
+    # z-score advantages, per-sequence mean.
+    "gspo": dict(ratio="sequence", aggregation="seq_mean_token_mean", eps_low=3e-4,
+                 eps_high=4e-4, normalize_std=True, dynamic_sampling=False, overlong=False,
+                 overlong_buffer_frac=0.2),
+}
+LOSS_FIELDS = tuple(LOSS_PRESETS["grpo"])
+
+CORRECTIONS = ("repair", "reset", "random_reset", "oracle_reset")
+UNREPAIRED = ("outcome", "drop")
+AUDIT_GATES = ("rule", "judge", "none")
 
 
 def _optim(lr: float) -> ml_collections.ConfigDict:
@@ -30,36 +67,87 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.mesh = dict(data=-1, fsdp=1, tensor=1)
 
+  # task.kwargs: the task's options; finalize() adds every option the task has, with its
+  # default, so each is overridable on the command line.
   c.task = dict(name="arith", kwargs={}, train_split="train", eval_split="test")
-  # tokenizer.path: an HF tokenizer dir; tokenizer.build = 'arith' builds the synthetic one
-  # into <workdir>/tokenizer when path is empty.
+  # tokenizer.path: an HF tokenizer dir; empty = model.init_from's tokenizer, or, with
+  # tokenizer.build = 'arith', the synthetic task's tokenizer built into <workdir>/tokenizer.
   c.tokenizer = dict(path="", build="")
 
   # Model: init_from (an HF dir or an si-convert params dir) or a preset + overrides
-  # (vocab_size 0 = the tokenizer's vocab, rounded up to a multiple of 8).
+  # (vocab_size 0 = the tokenizer's vocab, rounded up to a multiple of 8). With init_from,
+  # overrides may only restate the checkpoint's values.
   c.model = dict(init_from="", preset="tiny", family="qwen3", overrides={}, remat=False,
                  logprob_chunk=128)
 
+  # Cold start. Policy traces come from the task's generator (num_traces, error_rate) or from
+  # data_path, a jsonl of {"prompt": <raw user message>, "response": <raw text>} lines (the
+  # chat template and the end-of-turn token are added here). Repair-mode pairs (SI): generated
+  # for the synthetic task (repair_pairs > 0) or read from repair_data_path, a jsonl of
+  # {"problem", "failed", "anchor" (may be null), "repaired"} lines; a fraction
+  # repair_no_anchor_frac of them is shown without the anchor. reflection_pairs: reset-variant
+  # pairs (failed solution -> \boxed{first wrong step}), synthetic task only.
   c.sft = dict(steps=0, batch_size=64, num_traces=10000, error_rate=0.3, data_path="",
-               max_len=128, microbatches=1, optim=_optim(1e-3))
+               repair_pairs=0, repair_no_anchor_frac=0.5, repair_data_path="",
+               reflection_pairs=0, microbatches=1, optim=_optim(1e-3))
 
   c.rl = dict(
-      steps=100, loss="grpo", prompts_per_step=16, group_size=8, max_new_tokens=64,
-      temperature=1.0, top_p=1.0, top_k=0, epochs=1, minibatches=1, microbatches=1,
+      steps=100, loss="grpo", credit="outcome", prompts_per_step=16, group_size=8,
+      max_new_tokens=64, temperature=1.0, top_p=1.0, top_k=0, epochs=1, minibatches=1,
+      microbatches=1, success_threshold=1.0,
       ratio=_P(str), aggregation=_P(str), eps_low=_P(float), eps_high=_P(float),
       normalize_std=_P(bool), dynamic_sampling=_P(bool), overlong=_P(bool),
       overlong_buffer_frac=_P(float), max_sampling_rounds=4,
-      kl_beta=0.0, kl_estimator="k3", recompute_logprobs=False, max_bad_steps=3,
-      optim=_optim(1e-6))
+      kl_beta=0.0, kl_estimator="k3",
+      # None = auto: recompute when the ratio is sequence-level or the params are not fp32
+      recompute_logprobs=_P(bool),
+      max_bad_steps=3, optim=_optim(1e-6))
+
+  # Supervision internalization (rl.credit = "si"; DESIGN 5.2-5.4). Read si_jax/si/credit.py.
+  c.si = dict(
+      correction="repair",          # repair | reset | random_reset | oracle_reset
+      max_failed_per_prompt=2,      # m_fail: failed rollouts repaired per prompt
+      repair_samples=4,             # G_rep: repair candidates per failed rollout
+      require_anchor=True,          # repair only failures whose group has a correct rollout
+      repair_temperature=1.0,
+      repair_max_new_tokens=0,      # 0 = rl.max_new_tokens
+      lambda_edit=0.1,              # score = h * (r - lambda_edit * normalized edit distance)
+      audit="rule",                 # rule | judge | none
+      copy_margin=0.1,              # rule gate: closer to the anchor than to y by this margin
+      judge_dir="",                 # HF model dir of the judge gate
+      judge_threshold=0.0,          # judge passes iff logp(yes) - logp(no) > threshold
+      truncation_k=1,               # K of adaptive truncation (K, then 2K, then all edits)
+      adv_minus=1.0,                # advantage -adv_minus on g_minus tokens of the failure
+      adv_plus=1.0,                 # advantage +adv_plus on g_plus tokens of the repair
+      train_correct_base=False,     # outcome credit on correct rollouts too
+      unrepaired="outcome",         # failures without a kept repair: outcome | drop
+      lambda_rep=0.5,               # weight of the repair-mode NLL term (internalization)
+      repair_rl=False,              # group-relative RL term over the repair candidates
+      repair_rl_weight=0.5,
+      reset_samples=4,              # M continuations per reset
+      reflection_temperature=1.0,
+      probe_examples=64,            # held-out counterfactual repair probe at each evaluation
+  )
 
   c.eval = dict(every=50, num_examples=256, k=1, temperature=0.0, max_new_tokens=64,
-                batch_size=256)
+                batch_size=256, num_samples_logged=8)
   c.checkpoint = dict(every=50, keep=2)  # every=0: only at the SFT->RL hand-over and the end
-  c.log = dict(every=1, tensorboard=True, progress_every=10)
+  c.log = dict(tensorboard=True, progress_every=10)
   return c
 
 
 def finalize(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Adds the task's options to task.kwargs (keeping the values set) and locks the config."""
+  from si_jax.data import tasks  # local: the task registry imports the task modules
+  options = tasks.task_options(c.task.name)
+  unknown = sorted(set(c.task.kwargs) - set(options)) if options else []
+  if unknown:
+    raise _err(f"task.kwargs.{unknown[0]}", f"is not an option of task {c.task.name!r}; "
+               f"its options: {sorted(options)}")
+  for k, v in options.items():
+    if k not in c.task.kwargs:
+      # None (unset) options may take a value of any type on the command line
+      c.task.kwargs[k] = (_P(object) if v is None else list(v) if isinstance(v, tuple) else v)
   c.lock()
   return c
 
@@ -74,65 +162,108 @@ def _err(path: str, msg: str) -> ValueError:
   return ValueError(f"config.{path} {msg}")
 
 
+def field_paths(c, prefix: str = "") -> list[str]:
+  """Every leaf field of a ConfigDict as a dotted path ('rl.group_size', ...)."""
+  out = []
+  for k in c.keys():
+    v = c[k]
+    p = f"{prefix}{k}"
+    if isinstance(v, ml_collections.ConfigDict) and v.keys():
+      out += field_paths(v, p + ".")
+    else:
+      out.append(p)
+  return out
+
+
+def unknown_field_message(c, path: str) -> str | None:
+  """None if `path` (dotted, without 'config.') is a field of c, else a one-line message naming
+  it and the closest valid field."""
+  fields = field_paths(c)
+  if path in fields or any(f.startswith(path + ".") for f in fields):
+    return None
+  close = difflib.get_close_matches(path, fields, n=1, cutoff=0.6)
+  hint = f"; did you mean config.{close[0]}?" if close else ""
+  return f"unknown config field config.{path}{hint}"
+
+
 def validate(c: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the first bad field."""
   def pos(path, allow_zero=False):
     v = _get(c, path)
     if not isinstance(v, int) or isinstance(v, bool) or v < (0 if allow_zero else 1):
       raise _err(path, f"must be an int >= {0 if allow_zero else 1}, got {v!r}")
+
+  def frac(path, lo=0.0, hi=1.0):
+    v = _get(c, path)
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not lo <= v <= hi:
+      raise _err(path, f"must be a number in [{lo}, {hi}], got {v!r}")
+
+  def choice(path, options):
+    v = _get(c, path)
+    if v not in options:
+      raise _err(path, f"must be one of {list(options)}, got {v!r}")
+
   for p in ("rl.prompts_per_step", "rl.max_new_tokens", "rl.epochs", "rl.minibatches",
             "rl.microbatches", "sft.batch_size", "sft.microbatches", "eval.k",
-            "eval.max_new_tokens", "eval.batch_size", "checkpoint.keep", "log.every",
-            "rl.max_sampling_rounds"):
+            "eval.max_new_tokens", "eval.batch_size", "checkpoint.keep",
+            "rl.max_sampling_rounds", "log.progress_every", "si.repair_samples",
+            "si.reset_samples", "si.max_failed_per_prompt", "si.truncation_k"):
     pos(p)
-  for p in ("rl.steps", "sft.steps", "eval.every", "checkpoint.every", "eval.num_examples"):
+  for p in ("rl.steps", "sft.steps", "eval.every", "checkpoint.every", "eval.num_examples",
+            "eval.num_samples_logged", "sft.repair_pairs", "sft.reflection_pairs",
+            "si.repair_max_new_tokens", "si.probe_examples", "rl.top_k"):
     pos(p, allow_zero=True)
   if c.rl.group_size < 2:
     raise _err("rl.group_size", f"must be >= 2 (group-relative advantages), got "
                f"{c.rl.group_size}")
-  if c.rl.loss not in losses.LOSS_PRESETS:
-    raise _err("rl.loss", f"must be one of {sorted(losses.LOSS_PRESETS)}, got {c.rl.loss!r}")
+  choice("rl.loss", LOSS_PRESETS)
   if not 0 < c.rl.top_p <= 1:
     raise _err("rl.top_p", f"must be in (0, 1], got {c.rl.top_p}")
   if c.rl.temperature <= 0:
     raise _err("rl.temperature", f"must be > 0 for RL sampling, got {c.rl.temperature}")
   if c.rl.kl_beta < 0:
     raise _err("rl.kl_beta", f"must be >= 0, got {c.rl.kl_beta}")
-  rows = c.rl.prompts_per_step * c.rl.group_size
-  if rows % c.rl.minibatches:
-    raise _err("rl.minibatches", f"({c.rl.minibatches}) must divide prompts_per_step * "
-               f"group_size = {rows}")
-  if (rows // c.rl.minibatches) % c.rl.microbatches:
-    raise _err("rl.microbatches", f"({c.rl.microbatches}) must divide the mini-batch of "
-               f"{rows // c.rl.minibatches} rows")
-  if c.sft.batch_size % c.sft.microbatches:
-    raise _err("sft.microbatches", f"({c.sft.microbatches}) must divide sft.batch_size "
-               f"{c.sft.batch_size}")
-  if not 0 <= c.sft.error_rate <= 1:
-    raise _err("sft.error_rate", f"must be in [0, 1], got {c.sft.error_rate}")
+  frac("rl.success_threshold")
+  frac("sft.error_rate")
+  frac("sft.repair_no_anchor_frac")
   for phase in ("sft", "rl"):
     o = c[phase].optim
     if o.lr < 0:
       raise _err(f"{phase}.optim.lr", f"must be >= 0, got {o.lr}")
-    if o.schedule not in ("cosine", "constant"):
-      raise _err(f"{phase}.optim.schedule", f"must be 'cosine' or 'constant', got "
-                 f"{o.schedule!r}")
+    choice(f"{phase}.optim.schedule", ("cosine", "constant"))
   if not c.model.init_from and not c.model.preset:
     raise _err("model.preset", "must name a preset when model.init_from is empty")
-  if not c.tokenizer.path and not c.tokenizer.build:
-    raise _err("tokenizer.path", "is empty and tokenizer.build is not set")
-  loss_preset(c)  # validates the loss overrides
+  if not c.tokenizer.path and not c.tokenizer.build and not c.model.init_from:
+    raise _err("tokenizer.path", "is empty, and neither tokenizer.build nor model.init_from "
+               "(whose tokenizer would be used) is set")
+  choice("si.correction", CORRECTIONS)
+  choice("si.unrepaired", UNREPAIRED)
+  choice("si.audit", AUDIT_GATES)
+  if c.si.audit == "judge" and not c.si.judge_dir:
+    raise _err("si.judge_dir", "must name an HF model directory when si.audit = 'judge'")
+  for p in ("si.lambda_edit", "si.copy_margin"):
+    frac(p)
+  for p in ("si.adv_minus", "si.adv_plus", "si.lambda_rep", "si.repair_rl_weight"):
+    frac(p, 0.0, 100.0)
+  for p in ("si.repair_temperature", "si.reflection_temperature"):
+    if _get(c, p) <= 0:
+      raise _err(p, f"must be > 0 (repairs are sampled), got {_get(c, p)}")
+  resolve_loss(c)
 
 
-def loss_preset(c: ml_collections.ConfigDict) -> losses.LossPreset:
-  """The loss preset `rl.loss` with any non-None rl.<field> override applied."""
-  fields = ("ratio", "aggregation", "eps_low", "eps_high", "normalize_std",
-            "dynamic_sampling", "overlong", "overlong_buffer_frac")
-  over = {f: c.rl[f] for f in fields if c.rl[f] is not None}
-  try:
-    return losses.get_loss_preset(c.rl.loss, **over)
-  except ValueError as e:
-    raise ValueError(f"config.rl: {e}") from None
+def resolve_loss(c: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The loss fields of preset `rl.loss`, each replaced by `rl.<field>` where that is set."""
+  if c.rl.loss not in LOSS_PRESETS:
+    raise _err("rl.loss", f"must be one of {sorted(LOSS_PRESETS)}, got {c.rl.loss!r}")
+  out = dict(LOSS_PRESETS[c.rl.loss])
+  out.update({f: c.rl[f] for f in LOSS_FIELDS if c.rl[f] is not None})
+  if not 0.0 <= out["eps_low"] < 1.0:
+    raise _err("rl.eps_low", f"must be in [0, 1), got {out['eps_low']}")
+  if out["eps_high"] < 0:
+    raise _err("rl.eps_high", f"must be >= 0, got {out['eps_high']}")
+  if not 0.0 <= out["overlong_buffer_frac"] <= 1.0:
+    raise _err("rl.overlong_buffer_frac", f"must be in [0, 1], got {out['overlong_buffer_frac']}")
+  return out
 
 
 def to_json(c: ml_collections.ConfigDict) -> str:
@@ -141,3 +272,10 @@ def to_json(c: ml_collections.ConfigDict) -> str:
 
 def to_dict(c: ml_collections.ConfigDict) -> dict[str, Any]:
   return json.loads(to_json(c))
+
+
+def from_json(text: str) -> ml_collections.ConfigDict:
+  """A locked config from `to_json` output (a workdir's config.json)."""
+  c = ml_collections.ConfigDict(json.loads(text))
+  c.lock()
+  return c

@@ -4,8 +4,9 @@
   si-eval --hf_dir path/to/hf --task gsm8k --k 8     # any HF checkpoint directory
 
 avg@k: mean reward over k samples per problem. pass@k: unbiased estimate (Chen et al. 2021)
-from n >= k samples of the chance that one of k is correct. maj@k: the reward of the answer
-most of the k samples agree on (ties: the earliest sample's answer).
+from n >= k samples of the chance that one of k is correct (correct: reward >= the success
+threshold, config rl.success_threshold for a run). maj@k: the reward of the answer most of the
+k samples agree on (ties: the earliest sample's answer).
 """
 
 from __future__ import annotations
@@ -60,8 +61,8 @@ def evaluate(sampler: sampling.Sampler, params, tokenizer, task, examples, *, k:
   examples = list(examples)
   for start in range(0, len(examples), per):
     chunk = examples[start:start + per]
-    ro = rollout.sample(sampler, params, tokenizer, task, chunk,
-                        jax.random.fold_in(key, start), sp, group_size=k)
+    ro = rollout.sample_and_score(sampler, params, tokenizer, task, chunk,
+                                  jax.random.fold_in(key, start), sp, group_size=k)
     for i, ex in enumerate(chunk):
       r = ro.rewards[i]
       texts = ro.texts[i * k:(i + 1) * k]
@@ -71,7 +72,8 @@ def evaluate(sampler: sampling.Sampler, params, tokenizer, task, examples, *, k:
       passk.append(pass_at_k(k, correct, k))
       maj.append(majority_reward(answers, r))
       lengths.extend(len(x) for x in ro.response_ids[i * k:(i + 1) * k])
-      rows.append(dict(id=ex.id, rewards=[float(x) for x in r], answers=answers,
+      rows.append(dict(id=ex.id, prompt=ex.prompt, rewards=[float(x) for x in r],
+                       answers=answers,
                        reasons=[v.reason for v in ro.verdicts[i * k:(i + 1) * k]],
                        sample=texts[0]))
   n = max(len(examples), 1)
@@ -110,8 +112,8 @@ def write_tables(results: dict[str, dict], out_dir: str, name: str = "eval") -> 
 
 def main(argv=None) -> int:
   import argparse
+  from si_jax import workdir as workdir_lib
   from si_jax.data import tasks as tasks_lib
-  from si_jax.rl import trainer
   from si_jax.tokenizer import Tokenizer
 
   ap = argparse.ArgumentParser(prog="si-eval", description=__doc__.split("\n")[0])
@@ -120,6 +122,9 @@ def main(argv=None) -> int:
   src.add_argument("--hf_dir", help="an HF checkpoint directory (with its tokenizer)")
   ap.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   ap.add_argument("--task", default=None, help="task name (default: the run's task)")
+  ap.add_argument("--task_kwargs", default=None,
+                  help='task options as JSON, e.g. \'{"manual_dir": "data/gsm8k"}\' (default: '
+                       "the run's options for its own task, else the task's defaults)")
   ap.add_argument("--split", default=None)
   ap.add_argument("--k", type=int, default=1)
   ap.add_argument("--num_examples", type=int, default=0, help="0 = the whole split")
@@ -128,12 +133,20 @@ def main(argv=None) -> int:
   ap.add_argument("--batch_size", type=int, default=256)
   ap.add_argument("--out", default=None, help="output dir (default: <workdir>/eval or .)")
   args = ap.parse_args(argv)
+  try:
+    task_kwargs = json.loads(args.task_kwargs) if args.task_kwargs else None
+  except json.JSONDecodeError as e:
+    ap.error(f"--task_kwargs is not valid JSON ({e.msg}): {args.task_kwargs!r}")
+  if task_kwargs is not None and not isinstance(task_kwargs, dict):
+    ap.error(f"--task_kwargs must be a JSON object, got {args.task_kwargs!r}")
+  threshold = 1.0
 
   if args.workdir:
-    run = trainer.load_run(args.workdir, step=args.step)
+    run = workdir_lib.load_run(args.workdir, step=args.step)
     cfg, params, tok, model_cfg = run["config"], run["params"], run["tokenizer"], run["model_cfg"]
-    task = tasks_lib.get_task(args.task or cfg.task.name,
-                              **({} if args.task else cfg.task.kwargs.to_dict()))
+    own = {} if args.task else cfg.task.kwargs.to_dict()
+    task = tasks_lib.get_task(args.task or cfg.task.name, **{**own, **(task_kwargs or {})})
+    threshold = cfg.rl.success_threshold
     split = args.split or cfg.task.eval_split
     temperature = cfg.eval.temperature if args.temperature is None else args.temperature
     max_new = args.max_new_tokens or cfg.eval.max_new_tokens
@@ -145,7 +158,7 @@ def main(argv=None) -> int:
       ap.error("--task is required with --hf_dir")
     model_cfg, params = hf.load_hf(args.hf_dir)
     tok = Tokenizer.from_dir(args.hf_dir)
-    task = tasks_lib.get_task(args.task)
+    task = tasks_lib.get_task(args.task, **(task_kwargs or {}))
     split = args.split or "test"
     temperature = 0.0 if args.temperature is None else args.temperature
     max_new = args.max_new_tokens or 512
@@ -156,7 +169,7 @@ def main(argv=None) -> int:
   examples = [examples[i] for i in range(n)]
   sampler = sampling.Sampler(model_cfg, max_len=model_cfg.max_position_embeddings)
   res = evaluate(sampler, params, tok, task, examples, k=args.k, temperature=temperature,
-                 max_new_tokens=max_new, batch_size=args.batch_size)
+                 max_new_tokens=max_new, batch_size=args.batch_size, threshold=threshold)
   res.update(task=task.name, split=split)
   md, js = write_tables({name: res}, out)
   print(markdown_table({name: res}))

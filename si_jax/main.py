@@ -1,12 +1,20 @@
-"""si-train: the main job. `si-train --config experiments/configs/arith_grpo.py --workdir DIR`.
+"""si-train: the main job. `si-train --config experiments/configs/arith_si.py --workdir DIR`.
 
-Any config field can be overridden (`--config.rl.loss=gspo`, `--config.rl.group_size=16`);
-an unknown field is an error. Running again on an existing workdir resumes the run.
+Any config field can be overridden (`--config.rl.loss=gspo`, `--config.rl.group_size=16`,
+`--config.task.kwargs.manual_dir=data/gsm8k`). Running again on an existing workdir resumes
+the run.
+
+Mistakes in the command or the config stop the run before any work with one line on stderr and
+exit code 2: an unknown field (`unknown config field config.rl.grop_size; did you mean
+config.rl.group_size?`), a bad value, a missing data file or column. Set SI_TRACEBACK=1 to see
+the traceback instead. Errors after the run has started keep their traceback.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import re
 import sys
 
 from absl import app
@@ -18,6 +26,42 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "experiment config file, optionally with :variant", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory (created; resumed if it exists)")
 
+_OVERRIDE_RE = re.compile(r"^--config\.([A-Za-z0-9_.]+)(=.*)?$")
+
+
+def _fail(msg: str) -> None:
+  print(f"si-train: error: {msg}", file=sys.stderr, flush=True)
+  raise SystemExit(2)
+
+
+def _load_config_file(spec: str):
+  path, _, arg = spec.partition(":")
+  if not os.path.exists(path):
+    _fail(f"--config: no such file {path!r}")
+  module_spec = importlib.util.spec_from_file_location("_si_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
+def check_overrides(argv: list[str]) -> None:
+  """Refuses `--config.<path>` overrides of fields the config does not have, in one line."""
+  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if spec is None and "--config" in argv[:-1]:
+    spec = argv[argv.index("--config") + 1]
+  paths = [m.group(1) for a in argv if (m := _OVERRIDE_RE.match(a))]
+  if spec is None or not paths:
+    return
+  from si_jax import configs
+  try:
+    config = _load_config_file(spec)
+  except ValueError as e:
+    _fail(f"--config={spec}: {e}")
+  for path in paths:
+    msg = configs.unknown_field_message(config, path)
+    if msg:
+      _fail(msg)
+
 
 def _main(argv):
   if len(argv) > 1:
@@ -28,10 +72,18 @@ def _main(argv):
   if os.environ.get("SI_MULTIHOST") == "1":
     jax.distributed.initialize()  # multi-host: launch/ sets SI_MULTIHOST; topology auto-detected
   from si_jax.rl import trainer
-  trainer.train(_CONFIG.value, _WORKDIR.value)
+  try:
+    run = trainer.Run(_CONFIG.value, _WORKDIR.value)
+  except (ValueError, FileNotFoundError, KeyError) as e:
+    if os.environ.get("SI_TRACEBACK") == "1":
+      raise
+    _fail(str(e).strip("'\""))
+  trainer.train(_CONFIG.value, _WORKDIR.value, run=run)
 
 
 def run():
+  if os.environ.get("SI_TRACEBACK") != "1":
+    check_overrides(sys.argv[1:])
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(_main)
 

@@ -162,6 +162,15 @@ class MetricsWriter:
         self._tb.add_scalar(name, value, global_step=step)
       self._tb.flush()
 
+  def write_text(self, step: int, tag: str, text: str) -> None:
+    """Logs markdown `text` under `tag` at `step` to TensorBoard (no-op without it)."""
+    if not self._enabled or not self._tensorboard:
+      return
+    if self._tb is None:
+      self._tb = self._open_tb()
+    self._tb.add_text(tag, text, global_step=int(step))
+    self._tb.flush()
+
   def truncate_after(self, step: int) -> int:
     """Drops JSONL records with record step > `step` (before replaying those steps on resume).
 

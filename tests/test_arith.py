@@ -149,7 +149,11 @@ def test_task_registry_and_score():
   assert len(exs) == 4 and all(arith.as_problem(e).num_steps == 3 for e in exs)
   verdicts = task.score(exs, [e.meta["solution"] for e in exs[:2]] + ["", "Answer: 99"])
   assert [v.reason for v in verdicts] == ["correct", "correct", "no_answer", "wrong_answer"]
-  assert task.first_wrong_step(exs[0], exs[0].meta["solution"]) == "none"
+  assert task.first_wrong_step(exs[0], exs[0].meta["solution"]) is None
+  assert task.trace_correct(exs[0], exs[0].meta["solution"])
+  wrong = arith.inject_error(exs[0], 1, 0)
+  assert task.first_wrong_step(exs[0], wrong) == 1 and not task.trace_correct(exs[0], wrong)
+  assert task.first_wrong_step(exs[0], "gibberish") is None
   assert len(task.segment(exs[0].meta["solution"])) == 4
   with pytest.raises(ValueError, match="unknown split 'validation'"):
     task.examples("validation")
@@ -236,9 +240,7 @@ def test_repair_pairs_are_minimal_edits_that_verify():
     k = p.first_wrong
     assert failed[:k] == repaired[:k] and failed[k] != repaired[k]
     assert _style(p.failed) == _style(p.repaired) != _style(p.anchor)  # anchor is not a copy
-    assert p.target == p.repaired
-    assert p.prompt == prompts.repair_prompt(p.example.prompt, p.failed, p.anchor)
-    assert prompts.parse_repair(p.target) == p.repaired
+    assert prompts.parse_repair(p.repaired + "\n") == p.repaired
   assert kinds == set(arith.ERROR_KINDS)
   one_style = arith.repair_pairs(ArithConfig(), 5, seed=0)  # default: compact only
   assert all(p.anchor == p.repaired and " " not in p.failed.split("\n")[0] for p in one_style)
@@ -296,7 +298,8 @@ def test_every_word_of_the_language_is_one_token_and_prompts_are_short(tmp_path)
   texts += [prompts.reflection_prompt(p.example.prompt, p.failed, "lines") for p in pairs[:5]]
   words = {w for t in texts for w in re.findall(r"[A-Za-z]{2,}", t)}
   assert words <= set(DEFAULT_WORDS), sorted(words - set(DEFAULT_WORDS))
-  lengths = [len(tok.prompt_ids(p.prompt)) for p in pairs]
+  rendered = [prompts.repair_prompt(p.example.prompt, p.failed, p.anchor) for p in pairs]
+  lengths = [len(tok.prompt_ids(r)) for r in rendered]
   assert max(lengths) < 200, max(lengths)
-  for p in pairs[:10]:
-    assert tok.decode(tok.encode(p.prompt)) == p.prompt
+  for r in rendered[:10]:
+    assert tok.decode(tok.encode(r)) == r

@@ -22,9 +22,13 @@ CFG = config_lib.make_config("qwen3", vocab_size=16, hidden_size=32, num_layers=
                              num_kv_heads=1, head_dim=16, intermediate_size=64)
 
 
+_COMMON = dict(aggregation="seq_mean_token_mean", max_len=None, kl_beta=0.0, kl_estimator="k3",
+               temperature=1.0)
+
+
 @pytest.mark.parametrize("term", [
-    update.PolicyTerm(aggregation="seq_mean_token_mean"),
-    update.PolicyTerm(ratio="sequence", eps_low=3e-4, eps_high=4e-4),
+    update.PolicyTerm(ratio="token", eps_low=0.2, eps_high=0.2, **_COMMON),
+    update.PolicyTerm(ratio="sequence", eps_low=3e-4, eps_high=4e-4, **_COMMON),
 ], ids=["grpo", "gspo"])
 def test_policy_gradient_learns_a_token_bandit(term):
   mesh = shd.make_mesh(devices=jax.devices()[:1])

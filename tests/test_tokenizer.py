@@ -9,6 +9,7 @@ import pytest
 import transformers
 
 from si_jax.data import arith
+from si_jax.si import prompts
 from si_jax.data.steps import segment_steps, token_step_index
 from si_jax.tokenizer import (CHATML_TEMPLATE, DEFAULT_ALPHABET, IM_END, IM_START, PAD, UNK,
                               Tokenizer, build_char_tokenizer)
@@ -46,7 +47,8 @@ def test_ids_and_attributes(tok):
 def test_round_trip_of_the_arith_language(tok):
   cfg = arith.ArithConfig(modulus=None, num_steps=(1, 6), operand_range=(0, 99))
   pairs = arith.repair_pairs(cfg, 30, seed=3)
-  texts = [t for p in pairs for t in (p.example.prompt, p.failed, p.anchor, p.prompt)]
+  texts = [t for p in pairs for t in (p.example.prompt, p.failed, p.anchor,
+                                      prompts.repair_prompt(p.example.prompt, p.failed, p.anchor))]
   texts += [arith.solve(ex, style) for ex in arith.ArithDataset(cfg, "test")[:50]
             for style in arith.STYLES]
   for text in texts:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from si_jax import configs
+from si_jax import workdir as workdir_lib
 from si_jax.rl import trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,11 +44,16 @@ def _si_train(workdir, *overrides, cache_dir=None, wait=True):
   return p.returncode, out
 
 
-def test_config_unknown_field_and_bad_value_are_named(tmp_path):
-  rc, out = _si_train(tmp_path / "a", "--config.rl.gruop_size=4")
-  assert rc != 0 and "gruop_size" in out
+def test_config_errors_are_one_line_naming_the_field(tmp_path):
+  rc, out = _si_train(tmp_path / "a", "--config.rl.grop_size=4")
+  assert rc == 2 and out.strip() == ("si-train: error: unknown config field config.rl.grop_size;"
+                                     " did you mean config.rl.group_size?"), out
   rc, out = _si_train(tmp_path / "b", "--config.rl.group_size=1")
-  assert rc != 0 and "config.rl.group_size must be >= 2" in out and "got 1" in out
+  assert rc == 2 and len(out.strip().splitlines()) == 1, out
+  assert "config.rl.group_size must be >= 2" in out and "got 1" in out
+  # a bad value found while building the run (a tokenizer that is not a directory)
+  rc, out = _si_train(tmp_path / "c", f"--config.tokenizer.path={tmp_path / 'nope'}")
+  assert rc == 2 and len(out.strip().splitlines()) == 1 and "nope" in out, out
   c = _load_config()
   with c.unlocked():
     c.rl.loss = "ppo"
@@ -56,12 +62,12 @@ def test_config_unknown_field_and_bad_value_are_named(tmp_path):
   c = _load_config()
   c.rl.loss = "gspo"
   c.rl.eps_high = 1e-3
-  p = configs.loss_preset(c)
-  assert (p.ratio, p.eps_low, p.eps_high) == ("sequence", 3e-4, 1e-3)
+  p = configs.resolve_loss(c)
+  assert (p["ratio"], p["eps_low"], p["eps_high"]) == ("sequence", 3e-4, 1e-3)
 
 
-def _params(workdir):
-  run = trainer.load_run(str(workdir))
+def _params(workdir, step=None):
+  run = workdir_lib.load_run(str(workdir), step)
   return run["step"], jax.device_get(run["params"])
 
 
@@ -71,9 +77,15 @@ def _metrics(workdir):
 
 
 def test_smoke_run_then_sigkill_resume_is_the_same_run(tmp_path):
+  """With a KL term: the resumed run must regularize toward the policy RL started from (the
+  reference saved at the hand-over), not toward the policy at the resume step."""
   cache = tmp_path / "jax_cache"
   a = tmp_path / "uninterrupted"
-  rc, out = _si_train(a, cache_dir=cache)
+  # The smoke policy never answers right; a length penalty over the whole budget gives every
+  # group a learning signal, so the policy moves away from the reference and KL matters.
+  kl = ("--config.rl.kl_beta=0.5", "--config.rl.overlong=True",
+        "--config.rl.overlong_buffer_frac=1.0")
+  rc, out = _si_train(a, *kl, cache_dir=cache)
   assert rc == 0, out
   summary = json.load(open(a / "summary.json"))
   assert summary["steps"] == 10 and summary["eval_before"] and summary["eval_after"]
@@ -82,7 +94,7 @@ def test_smoke_run_then_sigkill_resume_is_the_same_run(tmp_path):
 
   # Same run, killed (SIGKILL, no clean-up) once a checkpoint inside RL exists, then restarted.
   b = tmp_path / "killed"
-  p = _si_train(b, cache_dir=cache, wait=False)
+  p = _si_train(b, *kl, cache_dir=cache, wait=False)
   deadline = time.time() + 600
   while not os.path.exists(b / "checkpoints" / "8"):
     assert p.poll() is None, p.stdout.read()
@@ -91,9 +103,10 @@ def test_smoke_run_then_sigkill_resume_is_the_same_run(tmp_path):
   p.send_signal(signal.SIGKILL)
   p.wait()
   assert not os.path.exists(b / "summary.json")
-  rc, out = _si_train(b, cache_dir=cache)
+  rc, out = _si_train(b, *kl, cache_dir=cache)
   assert rc == 0, out
   assert "resumed" in out
+  assert any(r.get("policy/kl_ref", 0) > 0 for r in _metrics(a))  # the KL term was active
 
   step_a, params_a = _params(a)
   step_b, params_b = _params(b)
@@ -122,8 +135,8 @@ def test_smoke_run_then_sigkill_resume_is_the_same_run(tmp_path):
     np.testing.assert_array_equal(x, y)
   assert transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf")).eos_token == "<|im_end|>"
   # A different config on the same workdir is refused, naming the field.
-  rc, out = _si_train(b, "--config.rl.group_size=8", cache_dir=cache)
-  assert rc != 0 and "rl.group_size" in out
+  rc, out = _si_train(b, *kl, "--config.rl.group_size=8", cache_dir=cache)
+  assert rc == 2 and "config.rl.group_size" in out
 
 
 def test_pass_at_k_and_majority():
@@ -141,7 +154,9 @@ def test_pass_at_k_and_majority():
 
 def test_dapo_with_kl_on_an_8_device_data_parallel_mesh(tmp_path):
   """The other code paths of an RL step (dynamic sampling, overlong shaping, KL to the
-  reference, recomputed log-probs, micro-batches) on every simulated device at once."""
+  reference, recomputed log-probs, micro-batches) on every simulated device at once. The smoke
+  policy (6 SFT steps) never gets a reward, so dynamic sampling keeps no group: every update
+  must be skipped as empty and the params must stay those of the hand-over, bitwise."""
   if jax.device_count() < 8:
     pytest.fail("needs 8 simulated devices (tests/conftest.py)")
   c = _load_config()
@@ -151,16 +166,20 @@ def test_dapo_with_kl_on_an_8_device_data_parallel_mesh(tmp_path):
   c.rl.microbatches = 2
   c.mesh.data = 8
   c.checkpoint.every = 0
+  c.checkpoint.keep = 3
   summary = trainer.train(c, str(tmp_path / "dapo"))
   assert summary["steps"] == 10
   rows = [json.loads(l) for l in open(tmp_path / "dapo" / "metrics.jsonl")]
   rl = [r for r in rows if r["phase"] == 1]
-  assert len(rl) == 4
+  assert [r["step"] for r in rl] == [7, 8, 9, 10]
   for r in rl:
-    assert 0 <= r["dynamic_sampling/kept_fraction"] <= 1
-    assert r["time/logprobs"] > 0  # reference and recomputed log-probs ran
-    # A smoke policy rarely has a group with mixed rewards; when it has, KL is reported.
-    assert ("policy/kl_ref" in r) == (r["dynamic_sampling/kept_fraction"] > 0)
+    assert r["reward"] == 0 and r["dynamic_sampling/kept_fraction"] == 0
+    assert r["update_skipped_empty"] == c.rl.minibatches and r["update_skipped"] == 0
+    assert r["time/pack"] > 0 and "policy/sampler_logprob_gap" in r
   assert not any("NaN" in line for line in open(tmp_path / "dapo" / "metrics.jsonl"))
-  run = trainer.load_run(str(tmp_path / "dapo"))
-  assert run["step"] == 10
+  _, handover = _params(tmp_path / "dapo", 6)
+  step, final = _params(tmp_path / "dapo")
+  assert step == 10
+  for x, y in zip(jax.tree.leaves(handover), jax.tree.leaves(final)):
+    np.testing.assert_array_equal(x, y)
+  assert os.listdir(tmp_path / "dapo" / "reference")  # the KL reference, saved at hand-over

@@ -52,7 +52,6 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 from si_jax.data.steps import Step, segment_steps
 from si_jax.data.tasks import Example, Task, register
-from si_jax.si.prompts import repair_prompt
 from si_jax.verify.types import Verdict
 
 __all__ = [
@@ -487,9 +486,8 @@ class RepairPair:
 
   failed: a trace with one mistake at step first_wrong (0-based) that propagates.
   anchor: a correct solution (in another style than failed where the config has two).
-  repaired: the minimal repair of failed: the same lines before first_wrong, right from there.
-  prompt: the repair-mode user message (si_jax.si.prompts.repair_prompt).
-  target: what the repair mode should answer (= repaired).
+  repaired: the minimal repair of failed: the same lines before first_wrong, right from there
+    (what the repair mode should answer; `si_jax.si.prompts.repair_prompt` renders its prompt).
   """
 
   example: Example
@@ -498,8 +496,6 @@ class RepairPair:
   repaired: str
   first_wrong: int
   kind: str
-  prompt: str
-  target: str
 
 
 def _step_weights(step_dist, n: int) -> list[float]:
@@ -596,15 +592,44 @@ def repair_pairs(config: ArithConfig, n: int, seed: int = 0, step_dist="uniform"
     repaired = solve(problem, style)
     out.append(RepairPair(
         example=_example(problem, f"arith/repair{seed}/{len(out)}"), failed=failed,
-        anchor=anchor, repaired=repaired, first_wrong=step, kind=kind,
-        prompt=repair_prompt(problem.prompt, failed, anchor), target=repaired))
+        anchor=anchor, repaired=repaired, first_wrong=step, kind=kind))
   return out
+
+
+def probe_failures(config: ArithConfig, n: int, seed: int = 0, split: str = "test",
+                   kinds: Sequence[str] = ERROR_KINDS) -> list[dict]:
+  """n held-out failures for probing a repair mode: for a problem of `split`, a trace with one
+  injected mistake ('failed'), a correct trace in the same style ('anchor') and a second
+  failed trace with a mistake at another step or of another kind ('wrong_anchor')."""
+  kinds = _check_kinds(kinds)
+  rng = random.Random(f"arith-probe/{config.seed}/{seed}/{split}")
+  data = ArithDataset(config, split)
+  out = []
+  for i in range(len(data)):
+    if len(out) == n:
+      break
+    example = data[i]
+    problem = as_problem(example)
+    style = rng.choice(config.styles)
+    first = _draw_error(problem, rng, "uniform", kinds, style)
+    second = _draw_error(problem, rng, "uniform", kinds, style)
+    if first is None or second is None or first[0] == second[0]:
+      continue
+    out.append(dict(example=example, failed=first[0], first_wrong=first[1],
+                    anchor=solve(problem, style), wrong_anchor=second[0]))
+  return out
+
+
+def options() -> dict[str, Any]:
+  """ArithConfig's fields and defaults: the task's options (config task.kwargs)."""
+  return {f.name: getattr(ArithConfig, f.name, None) if f.default is dataclasses.MISSING
+          else f.default for f in dataclasses.fields(ArithConfig)}
 
 
 # ----------------------------------------------------------------------------- the task
 
 
-@register("arith")
+@register("arith", options=options)
 class ArithTask(Task):
   """The synthetic arithmetic task: `ArithTask(**ArithConfig fields)` or `ArithTask(config)`."""
 
@@ -634,9 +659,24 @@ class ArithTask(Task):
     return [(t.example.prompt, t.trace)
             for t in sft_traces(self.config, n, error_rate, seed=seed)]
 
-  def first_wrong_step(self, example: Example, completion: str) -> int | str:
-    """The true first wrong step of a completion (oracle reset, localization precision)."""
-    return first_wrong_step(example, completion)
+  def first_wrong_step(self, example: Example, completion: str) -> int | None:
+    """The true first wrong step of a completion (oracle reset, localization precision); None
+    when it is all right or unparseable."""
+    k = first_wrong_step(example, completion)
+    return k if isinstance(k, int) else None
+
+  def trace_correct(self, example: Example, completion: str) -> bool:
+    """Every line right and the answer line right (a repair that splices an anchor's values
+    into a wrong trace can still state the right answer)."""
+    return first_wrong_step(example, completion) == "none"
+
+  def probe_failures(self, n: int, seed: int) -> list[dict]:
+    return probe_failures(self.config, n, seed)
+
+  def repair_pairs(self, n: int, seed: int) -> list[dict]:
+    return [dict(problem=p.example.prompt, failed=p.failed, anchor=p.anchor,
+                 repaired=p.repaired, first_wrong=p.first_wrong)
+            for p in repair_pairs(self.config, n, seed=seed)]
 
   def segment(self, text: str) -> list[Step]:
     return segment(text)

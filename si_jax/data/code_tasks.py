@@ -173,7 +173,15 @@ class CodeTask(tasks.Task):
       self._verifier = None
 
 
-@tasks.register("livecodebench")
+def _options() -> dict[str, Any]:
+  """CodeTask's keyword options (the config's task.kwargs); `verifier` is for tests only."""
+  opts = tasks.signature_options(CodeTask)
+  for k in ("verifier", "name"):
+    opts.pop(k)
+  return opts
+
+
+@tasks.register("livecodebench", options=_options)
 def make_livecodebench(**kwargs) -> CodeTask:
   """LiveCodeBench-style code generation; kwargs as in CodeTask."""
   return CodeTask("livecodebench", **kwargs)

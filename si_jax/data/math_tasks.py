@@ -119,5 +119,12 @@ def _factory(name: str):
   return make
 
 
+def _options() -> dict[str, Any]:
+  """MathTask's keyword options (the config's task.kwargs); `verifier` is for tests only."""
+  opts = tasks.signature_options(MathTask)
+  opts.pop("verifier")
+  return opts
+
+
 for _name in SPECS:
-  tasks.register(_name)(_factory(_name))
+  tasks.register(_name, options=_options)(_factory(_name))

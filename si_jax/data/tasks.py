@@ -1,8 +1,12 @@
 """Tasks: a prompt format paired with a verifier, looked up by name from config.
 
-A task module registers a factory with `@register("name")`; `get_task(name, **kwargs)` builds
-it. Modules that register tasks are imported by `_import_task_modules` so that the registry is
-complete whenever it is read.
+A task module registers a factory with `@register("name", options=...)`; `get_task(name,
+**kwargs)` builds it. `options` is the task's keyword options with their defaults (a dict, or a
+callable returning one): the config layer copies them into `config.task.kwargs`, so each option
+is overridable field by field (`--config.task.kwargs.manual_dir=...`). Without `options`, the
+keyword parameters of the factory's signature that have defaults are the options. Modules that
+register tasks are imported by `_import_task_modules` so that the registry is complete whenever
+it is read.
 """
 
 from __future__ import annotations
@@ -10,11 +14,12 @@ from __future__ import annotations
 import abc
 import dataclasses
 import importlib
+import inspect
 from typing import Any, Callable, Mapping, Sequence
 
 from si_jax.verify.types import Verdict
 
-__all__ = ["Example", "Task", "Verdict", "register", "get_task", "task_names"]
+__all__ = ["Example", "Task", "Verdict", "register", "get_task", "task_names", "task_options"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +43,7 @@ class Task(abc.ABC):
 
   name: str = ""
   system_prompt: str | None = None
+  step_mode: str = "auto"  # how `si_jax.data.steps.segment_steps` cuts its responses
 
   @abc.abstractmethod
   def examples(self, split: str) -> Sequence[Example]:
@@ -53,6 +59,15 @@ class Task(abc.ABC):
     raise ValueError(f"task {self.name!r} has no trace generator; set config.sft.data_path to "
                      f"a jsonl file of {{\"prompt\", \"response\"}} lines")
 
+  def repair_pairs(self, n: int, seed: int) -> list[dict]:
+    """n error -> repair pairs for the repair mode's cold start, from a task that can make
+    them: dicts with 'problem' (the user message), 'failed', 'anchor' (a correct solution),
+    'repaired' (the minimal repair of failed) and 'first_wrong' (0-based step, or None).
+    Others: ValueError (use a data file)."""
+    raise ValueError(f"task {self.name!r} cannot generate repair pairs; set "
+                     f"config.sft.repair_data_path to a jsonl of {{\"problem\", \"failed\", "
+                     f"\"anchor\", \"repaired\"}} lines")
+
   def answer_key(self, completion: str) -> str | None:
     """The final answer of a completion as a string, for majority voting (maj@k); None if
     there is none. Default: a boxed answer, `#### x`, or an `Answer: x` line."""
@@ -60,23 +75,65 @@ class Task(abc.ABC):
     ans = extract_answer(completion)
     return None if ans is None else ans.strip()
 
+  def trace_correct(self, example: Example, completion: str) -> bool | None:
+    """Whether every step of `completion` is right, where the task knows its steps' truth
+    (the synthetic task); None where only the outcome can be checked."""
+    return None
+
+  def first_wrong_step(self, example: Example, completion: str) -> int | None:
+    """0-based index (into `segment_steps(completion, step_mode)`) of the first wrong step,
+    where the task knows it; None when all steps are right, it cannot tell, or the text does
+    not parse."""
+    return None
+
+  def probe_failures(self, n: int, seed: int) -> list[dict]:
+    """Held-out failed solutions for probing a repair mode, where the task can make them:
+    dicts with 'example', 'failed' (a wrong solution), 'anchor' (a correct one) and
+    'wrong_anchor' (another wrong solution of the same problem). Default: none."""
+    return []
+
   def close(self) -> None:
     """Releases worker pools and temp dirs (idempotent)."""
 
 
 _REGISTRY: dict[str, Callable[..., Task]] = {}
+_OPTIONS: dict[str, Any] = {}
 # Modules whose import registers tasks. Append when you add a task module.
 _TASK_MODULES = ("si_jax.data.arith", "si_jax.data.math_tasks", "si_jax.data.code_tasks",
                  "si_jax.data.humaneval")
 
 
-def register(name: str):
+def register(name: str, options: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None
+             = None):
+  """Registers a task factory under `name`, with its options (see the module docstring)."""
   def deco(factory: Callable[..., Task]):
     if name in _REGISTRY and _REGISTRY[name] is not factory:
       raise ValueError(f"task {name!r} is registered twice")
     _REGISTRY[name] = factory
+    _OPTIONS[name] = options
     return factory
   return deco
+
+
+def signature_options(factory) -> dict[str, Any]:
+  target = factory.__init__ if inspect.isclass(factory) else factory
+  out = {}
+  for p in inspect.signature(target).parameters.values():
+    if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is not p.empty and \
+        p.name != "self":
+      out[p.name] = p.default
+  return out
+
+
+def task_options(name: str) -> dict[str, Any]:
+  """The options of task `name` with their defaults (see the module docstring)."""
+  _import_task_modules()
+  if name not in _REGISTRY:
+    raise ValueError(f"unknown task {name!r}; registered tasks: {sorted(_REGISTRY)}")
+  opts = _OPTIONS.get(name)
+  if opts is None:
+    return signature_options(_REGISTRY[name])
+  return dict(opts() if callable(opts) else opts)
 
 
 def _import_task_modules() -> None:

@@ -24,7 +24,6 @@ tokens, and max_len is a constant such as the generation budget.
 
 from __future__ import annotations
 
-import dataclasses
 import numbers
 from typing import Literal, Mapping
 
@@ -35,14 +34,10 @@ from si_jax.rl import advantages as adv_lib
 
 __all__ = [
     "AGGREGATIONS",
-    "LOSS_PRESETS",
-    "LossPreset",
     "MAX_LOG_RATIO",
     "RATIOS",
     "aggregate",
     "finalize_metrics",
-    "get_loss_preset",
-    "normalize_loss",
     "policy_loss",
     "sft_loss",
 ]
@@ -176,7 +171,9 @@ def policy_loss(
     max_len: constant for 'seq_mean_token_sum_norm'.
     ref_logprobs: optional [B, T] reference-policy log-probs, for the KL term and metric.
     kl_beta: KL coefficient (a Python float or a traced scalar); needs ref_logprobs if != 0.
-    kl_estimator: 'k1', 'k2' or 'k3' (see `si_jax.rl.advantages.kl_penalty`).
+    kl_estimator: 'k2' or 'k3' as a loss (see `si_jax.rl.advantages.kl_penalty` for what the
+      gradient of each optimizes); 'k1' is refused when kl_beta != 0, because its gradient on
+      sampled tokens is zero in expectation, and allowed with kl_beta = 0 (a metric only).
     seq_mask: optional [B], 0 for padding rows (no loss, not counted as sequences).
     entropy: optional [B, T] per-token policy entropy, only for the 'entropy' metric.
 
@@ -211,6 +208,11 @@ def policy_loss(
                      f"got {eps_low}")
   if ref_logprobs is None and isinstance(kl_beta, numbers.Number) and kl_beta != 0:
     raise ValueError(f"{where}: kl_beta={kl_beta} needs ref_logprobs, got None")
+  if kl_estimator == "k1" and not (isinstance(kl_beta, numbers.Number) and kl_beta == 0):
+    raise ValueError(
+        f"{where}: kl_estimator='k1' cannot be a loss: on tokens sampled from the policy its "
+        f"gradient E[grad log pi] is zero in expectation, so it regularizes nothing. Use 'k2' "
+        f"(gradient of KL(pi || ref)) or 'k3' (gradient of KL(ref || pi)).")
 
   m, _ = _effective_mask(mask, seq_mask, where)
   shape = m.shape
@@ -292,15 +294,6 @@ def sft_loss(logprobs: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array
   return -(m * lp).sum(), m.sum()
 
 
-def normalize_loss(loss_sum: jax.Array, denominator: jax.Array) -> jax.Array:
-  """loss_sum / denominator, and 0 (with zero gradient) when the denominator is 0.
-
-  Call it once, on the totals over micro-batches and hosts.
-  """
-  pos = denominator > 0
-  return jnp.where(pos, loss_sum / jnp.where(pos, denominator, 1.0), 0.0)
-
-
 def finalize_metrics(metrics: Mapping[str, tuple[jax.Array, jax.Array]]) -> dict[str, jax.Array]:
   """Turns accumulated (sum, count) metrics into values sum / count (NaN where count is 0)."""
   out = {}
@@ -311,74 +304,3 @@ def finalize_metrics(metrics: Mapping[str, tuple[jax.Array, jax.Array]]) -> dict
     s, c = pair
     out[name] = jnp.where(c > 0, s / jnp.where(c > 0, c, 1.0), jnp.nan)
   return out
-
-
-@dataclasses.dataclass(frozen=True)
-class LossPreset:
-  """Defaults of one algorithm, as the trainer reads them (`rl.loss = 'gspo'`).
-
-  ratio, aggregation, eps_low, eps_high: arguments of `policy_loss`.
-  normalize_std: `group_advantages(normalize_std=...)`.
-  dynamic_sampling: refill groups whose rewards are all equal (`dynamic_sampling_keep`).
-  overlong: add `overlong_penalty(lengths, max_new_tokens,
-    buffer=int(overlong_buffer_frac * max_new_tokens))` to the rewards.
-  KL to a reference is not part of a preset: it is its own config field (kl_beta = 0 in
-  all of these; the original GRPO used k3 with beta 0.04).
-  """
-
-  ratio: str
-  aggregation: str
-  eps_low: float
-  eps_high: float
-  normalize_std: bool
-  dynamic_sampling: bool
-  overlong: bool
-  overlong_buffer_frac: float = 0.2
-
-  def __post_init__(self):
-    if self.ratio not in RATIOS:
-      raise ValueError(f"LossPreset.ratio must be one of {RATIOS}, got {self.ratio!r}")
-    if self.aggregation not in AGGREGATIONS:
-      raise ValueError(f"LossPreset.aggregation must be one of {AGGREGATIONS}, "
-                       f"got {self.aggregation!r}")
-    if not 0.0 <= self.eps_low < 1.0:
-      raise ValueError(f"LossPreset.eps_low must be in [0, 1), got {self.eps_low}")
-    if not 0.0 <= self.eps_high:
-      raise ValueError(f"LossPreset.eps_high must be >= 0, got {self.eps_high}")
-    if not 0.0 <= self.overlong_buffer_frac <= 1.0:
-      raise ValueError("LossPreset.overlong_buffer_frac must be in [0, 1], "
-                       f"got {self.overlong_buffer_frac}")
-
-
-LOSS_PRESETS: dict[str, LossPreset] = {
-    # DeepSeekMath (Shao et al. 2024): token ratio, eps 0.2, z-score, per-sequence token mean.
-    "grpo": LossPreset(ratio="token", aggregation="seq_mean_token_mean", eps_low=0.2,
-                       eps_high=0.2, normalize_std=True, dynamic_sampling=False,
-                       overlong=False),
-    # Dr.GRPO (Liu et al. 2025): no std normalization, token sum / constant.
-    "dr_grpo": LossPreset(ratio="token", aggregation="seq_mean_token_sum_norm", eps_low=0.2,
-                          eps_high=0.2, normalize_std=False, dynamic_sampling=False,
-                          overlong=False),
-    # DAPO (Yu et al. 2025): clip-higher 0.2 / 0.28, token mean, dynamic sampling, soft
-    # overlong punishment with a 4096-token buffer on a 20480-token budget.
-    "dapo": LossPreset(ratio="token", aggregation="token_mean", eps_low=0.2, eps_high=0.28,
-                       normalize_std=True, dynamic_sampling=True, overlong=True,
-                       overlong_buffer_frac=0.2),
-    # GSPO (Zheng et al. 2025): sequence ratio clipped to [1 - 3e-4, 1 + 4e-4], group
-    # z-score advantages, per-sequence mean.
-    "gspo": LossPreset(ratio="sequence", aggregation="seq_mean_token_mean", eps_low=3e-4,
-                       eps_high=4e-4, normalize_std=True, dynamic_sampling=False,
-                       overlong=False),
-}
-
-
-def get_loss_preset(name: str, **overrides) -> LossPreset:
-  """The preset `name` with some fields replaced, e.g. get_loss_preset('gspo', eps_high=1e-3)."""
-  if name not in LOSS_PRESETS:
-    raise ValueError(f"unknown loss preset {name!r}; known: {sorted(LOSS_PRESETS)}")
-  fields = {f.name for f in dataclasses.fields(LossPreset)}
-  unknown = sorted(set(overrides) - fields)
-  if unknown:
-    raise ValueError(f"get_loss_preset({name!r}): unknown field(s) {unknown}; "
-                     f"LossPreset fields: {sorted(fields)}")
-  return dataclasses.replace(LOSS_PRESETS[name], **overrides)

@@ -1,9 +1,10 @@
-"""Rollout groups: prompts -> G sampled responses each -> verdicts -> packed training rows.
+"""Rollout groups: prompts -> G sampled responses each (`sample`) -> verdicts (`score`) ->
+packed training rows (`pack_rows`).
 
 Everything stays in token ids: a response is the sampler's ids up to and including its stop
 token, and its training row is `prompt ids (left-padded) + response ids (right-padded)`, so the
 log-prob of every response token is the one the sampler reported (no re-tokenization).
-`pack_rows` is shared by RL, SFT and (next) the repair mode of SI.
+`pack_rows` is shared by RL, SFT and the repair mode of SI.
 """
 
 from __future__ import annotations
@@ -80,27 +81,45 @@ def encode_prompts(tokenizer, task: Task, examples: Sequence[Example]) -> list[l
   return [tokenizer.prompt_ids(ex.prompt, task.system_prompt) for ex in examples]
 
 
+def generate(sampler: sampling.Sampler, params, prompts: Sequence[Sequence[int]],
+             key: jax.Array, sp: sampling.SamplingParams
+             ) -> tuple[list[list[int]], list[np.ndarray], np.ndarray]:
+  """(response ids, their sampler log-probs [len] float32, finished [N] bool) per prompt."""
+  out = sampler.generate(params, prompts, key, sp)
+  lengths = np.asarray(out.lengths)
+  ids = [list(map(int, out.tokens[i, :lengths[i]])) for i in range(len(prompts))]
+  lps = [np.asarray(out.logprobs[i, :lengths[i]], np.float32) for i in range(len(prompts))]
+  return ids, lps, np.asarray(out.finished)
+
+
 def sample(sampler: sampling.Sampler, params, tokenizer, task: Task,
            examples: Sequence[Example], key: jax.Array, sp: sampling.SamplingParams,
            group_size: int) -> Rollouts:
-  """Samples `group_size` responses per example and scores them with the task's verifier."""
+  """Samples `group_size` responses per example (not yet scored: see `score`)."""
   t0 = time.perf_counter()
   prompt_ids = encode_prompts(tokenizer, task, examples)
   rows = [p for p in prompt_ids for _ in range(group_size)]
-  out = sampler.generate(params, rows, key, sp)
-  lengths = np.asarray(out.lengths)
-  response_ids = [list(map(int, out.tokens[i, :lengths[i]])) for i in range(len(rows))]
-  logprobs = [np.asarray(out.logprobs[i, :lengths[i]], np.float32) for i in range(len(rows))]
+  response_ids, logprobs, finished = generate(sampler, params, rows, key, sp)
   texts = [tokenizer.decode(r) for r in response_ids]
-  row_examples = [ex for ex in examples for _ in range(group_size)]
-  t1 = time.perf_counter()
-  verdicts = task.score(row_examples, texts)
-  timing = {"sample": t1 - t0, "verify": time.perf_counter() - t1}
-  rewards = np.asarray([v.reward for v in verdicts], np.float32).reshape(-1, group_size)
   return Rollouts(examples=list(examples), group_size=group_size, prompt_ids=prompt_ids,
-                  response_ids=response_ids, logprobs=logprobs, texts=texts,
-                  verdicts=verdicts, rewards=rewards, finished=np.asarray(out.finished),
-                  timing=timing)
+                  response_ids=response_ids, logprobs=logprobs, texts=texts, verdicts=[],
+                  rewards=np.zeros((len(examples), group_size), np.float32), finished=finished,
+                  timing={"sample": time.perf_counter() - t0})
+
+
+def score(ro: Rollouts, task: Task) -> Rollouts:
+  """Scores every response with the task's verifier: fills verdicts and rewards [P, G]."""
+  t0 = time.perf_counter()
+  ro.verdicts = task.score(ro.row_examples(), ro.texts)
+  ro.rewards = np.asarray([v.reward for v in ro.verdicts], np.float32).reshape(
+      -1, ro.group_size)
+  ro.timing["verify"] = ro.timing.get("verify", 0.0) + time.perf_counter() - t0
+  return ro
+
+
+def sample_and_score(sampler, params, tokenizer, task, examples, key, sp, group_size
+                     ) -> Rollouts:
+  return score(sample(sampler, params, tokenizer, task, examples, key, sp, group_size), task)
 
 
 def pack_rows(prefixes: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], *,
@@ -140,16 +159,3 @@ def pack_rows(prefixes: Sequence[Sequence[int]], completions: Sequence[Sequence[
                          f"({len(c)},) like its completion")
       out_values[k][i, prefix_len:prefix_len + len(c)] = v
   return dict(tokens=tokens, input_mask=input_mask, loss_mask=loss_mask, **out_values)
-
-
-def pad_rows(batch: dict[str, np.ndarray], multiple: int) -> dict[str, np.ndarray]:
-  """Appends all-zero rows (no loss: seq_mask 0) so the row count is a multiple of `multiple`."""
-  B = next(iter(batch.values())).shape[0]
-  extra = (-B) % multiple
-  seq_mask = np.concatenate([np.ones(B, np.float32), np.zeros(extra, np.float32)])
-  out = {k: np.concatenate([v, np.zeros((extra,) + v.shape[1:], v.dtype)]) for k, v in
-         batch.items()}
-  if extra:
-    out["input_mask"][B:, -1] = True  # one valid token keeps attention rows well defined
-  out["seq_mask"] = seq_mask
-  return out

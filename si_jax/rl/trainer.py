@@ -1,9 +1,20 @@
-"""The RL run: cold-start SFT, then GRPO-family RL, with evaluation, metrics and checkpoints.
+"""The RL run: cold-start SFT, then RL with a pluggable credit stage, evaluation, checkpoints.
 
-`train(config, workdir)` reads as the story of a run. Global step g counts completed updates:
-g in [0, sft.steps) are SFT steps, g in [sft.steps, sft.steps + rl.steps) are RL iterations.
-Everything random is derived from (seed, g, purpose) and the data order from (seed, epoch), so
-a run restarted from its checkpoint at step g continues exactly as if it had never stopped.
+`train(config, workdir)` reads as the story of a run, and `Run.rl_step` as the algorithm:
+
+    sample -> score -> assign credit -> pack -> update -> log
+
+Each stage is a function with typed inputs and outputs (`rollout.sample` / `rollout.score`,
+`credit.Scored`, the registered credit function `config.rl.credit` -> `credit.Credit`,
+`batching.prepare` / `batching.minibatches`, `update.make_update_fn`). Assign credit is the one
+place an algorithm plugs in (`si_jax/rl/credit.py`).
+
+Global step g counts completed updates: g in [0, sft.steps) are SFT steps, g in
+[sft.steps, sft.steps + rl.steps) are RL iterations. Everything random is derived from
+(seed, g, purpose) and the data order from (seed, epoch), so a run restarted from its checkpoint
+at step g continues exactly as if it had never stopped. The KL reference (rl.kl_beta > 0) is
+the policy RL started from, saved once at the hand-over (`<workdir>/reference`) and restored
+from there on resume.
 """
 
 from __future__ import annotations
@@ -15,7 +26,6 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from si_jax import checkpoint as ckpt_lib
@@ -25,65 +35,19 @@ from si_jax import metrics as metrics_lib
 from si_jax import sampling
 from si_jax import sft as sft_lib
 from si_jax import sharding as shd
+from si_jax import workdir as workdir_lib
 from si_jax.data import tasks as tasks_lib
-from si_jax.models import config as model_config
-from si_jax.models import transformer
 from si_jax.rl import advantages as adv_lib
+from si_jax.rl import batching
+from si_jax.rl import credit as credit_lib
 from si_jax.rl import rollout
 from si_jax.rl import train_state as ts
 from si_jax.rl import update as update_lib
-from si_jax.tokenizer import Tokenizer
 
-# PRNG purposes: fold_in(fold_in(key(seed), step), purpose).
-ROLLOUT, EVAL, INIT, SHUFFLE = 1, 2, 3, 4
+# PRNG purposes: fold_in(fold_in(key(seed), step), purpose). Credit functions use >= 10.
+ROLLOUT, EVAL, INIT, SHUFFLE = 1, 2, workdir_lib.INIT_PURPOSE, 4
 PROMPT_BUCKET = 16
-
-
-# ----------------------------------------------------------------------------- set-up
-
-
-def setup_tokenizer(config, workdir: str) -> Tokenizer:
-  if config.tokenizer.path:
-    return Tokenizer.from_dir(config.tokenizer.path)
-  if config.tokenizer.build == "arith":
-    from si_jax.tokenizer import build_char_tokenizer
-    path = os.path.join(workdir, "tokenizer")
-    if not os.path.exists(os.path.join(path, "tokenizer.json")):
-      build_char_tokenizer(path)
-    return Tokenizer.from_dir(path)
-  raise ValueError(f"config.tokenizer.build: unknown tokenizer {config.tokenizer.build!r} "
-                   f"(known: 'arith'); or set config.tokenizer.path")
-
-
-def model_config_for(config, tokenizer: Tokenizer) -> model_config.ModelConfig:
-  over = dict(config.model.overrides)
-  if over.get("vocab_size", 0) in (0, None):
-    over["vocab_size"] = -(-tokenizer.vocab_size // 8) * 8
-  try:
-    return model_config.preset(config.model.preset, config.model.family, **over)
-  except TypeError as e:
-    raise ValueError(f"config.model.overrides: {e}") from None
-
-
-def setup_model(config, tokenizer: Tokenizer, mesh):
-  """(model config, params placed on the mesh)."""
-  if config.model.init_from:
-    path = config.model.init_from
-    shard = lambda c: shd.param_shardings(c, mesh)
-    if os.path.exists(os.path.join(path, "model_config.json")):
-      from si_jax.models import convert
-      cfg, params = convert.load_params(path, shardings=shard)
-    else:
-      from si_jax.models import hf
-      cfg, params = hf.load_hf(path, shardings=shard)
-  else:
-    cfg = model_config_for(config, tokenizer)
-    key = jax.random.fold_in(jax.random.key(config.seed), INIT)
-    params = shd.init_sharded_params(cfg, mesh, key)
-  if cfg.vocab_size < tokenizer.vocab_size:
-    raise ValueError(f"model vocab_size {cfg.vocab_size} < tokenizer vocab "
-                     f"{tokenizer.vocab_size} ({tokenizer.path})")
-  return cfg, params
+SAMPLES_FILE = "samples.jsonl"
 
 
 def _bucket(n: int, b: int = PROMPT_BUCKET) -> int:
@@ -112,24 +76,22 @@ def _perm(seed: int, epoch: int, size: int) -> np.ndarray:
   return np.random.default_rng([seed, SHUFFLE, epoch]).permutation(size)
 
 
-# ----------------------------------------------------------------------------- RL batch
-
-
-def rl_batch(ro: rollout.Rollouts, seq_adv: np.ndarray, *, prompt_len: int, max_new: int,
-             pad_id: int, seq_mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
-  """Packs rollouts into the policy term's sub-batch with [B, T] token advantages."""
-  adv = [np.full(len(r), a, np.float32) for r, a in zip(ro.response_ids, seq_adv)]
-  b = rollout.pack_rows(ro.row_prompt_ids(), ro.response_ids, prefix_len=prompt_len,
-                        completion_len=max_new, pad_id=pad_id,
-                        values={"old_logprobs": ro.logprobs, "advantages": adv})
-  b["seq_mask"] = (np.ones(len(adv), np.float32) if seq_mask is None
-                   else seq_mask.astype(np.float32))
-  return b
-
-
 def _mean(x) -> float:
   x = np.asarray(x, np.float64)
   return float(x.mean()) if x.size else float("nan")
+
+
+def _mean_updates(upd: list[dict]) -> dict[str, float]:
+  """Mean over the step's updates of each metric (NaN entries, e.g. a term without tokens in
+  one mini-batch, left out); skip counters are summed."""
+  out = {}
+  for k in upd[0] if upd else ():
+    vals = np.asarray([float(u[k]) for u in upd], np.float64)
+    if k.startswith("update_skipped"):
+      out[k] = int(vals.sum())
+    elif np.isfinite(vals).any():
+      out[k] = float(vals[np.isfinite(vals)].mean())
+  return out
 
 
 # ----------------------------------------------------------------------------- the run
@@ -141,22 +103,26 @@ class Run:
   def __init__(self, config, workdir: str):
     configs.validate(config)
     self.config, self.workdir = config, workdir
-    os.makedirs(workdir, exist_ok=True)
-    self._check_config()
-    self.tokenizer = setup_tokenizer(config, workdir)
+    self.credit_fn = credit_lib.get_credit(config.rl.credit)
+    self.loss = configs.resolve_loss(config)
+    self.policy_term = credit_lib.policy_term(config)
+    workdir_lib.claim(config, workdir)
+    self.tokenizer = workdir_lib.setup_tokenizer(config, workdir)
     self.task = tasks_lib.get_task(config.task.name, **config.task.kwargs.to_dict())
+    for split in (config.task.train_split, config.task.eval_split):  # fail fast on bad data
+      if len(self.task.examples(split)) == 0:
+        raise ValueError(f"config.task: split {split!r} of task {config.task.name!r} is empty")
     self.mesh = shd.mesh_from_config(config.mesh)
-    self.model_cfg, params = setup_model(config, self.tokenizer, self.mesh)
+    self.model_cfg, params = workdir_lib.setup_model(config, self.tokenizer, self.mesh)
     self.sft_steps, self.rl_steps = config.sft.steps, config.rl.steps
     self.total_steps = self.sft_steps + self.rl_steps
     self.sft_opt = ts.optimizer_from_config(config.sft.optim, max(self.sft_steps, 1))
     rl_updates = self.rl_steps * config.rl.epochs * config.rl.minibatches
     self.rl_opt = ts.optimizer_from_config(config.rl.optim, max(rl_updates, 1))
     self.state = ts.create(params, self.sft_opt if self.sft_steps else self.rl_opt, self.mesh)
-    self.preset = configs.loss_preset(config)
     self.sampler = sampling.Sampler(self.model_cfg, self.mesh,
                                     max_len=self.model_cfg.max_position_embeddings)
-    self.ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
+    self.ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, workdir_lib.CHECKPOINTS),
                                       max_to_keep=config.checkpoint.keep,
                                       # every=0: only the forced saves (hand-over, end)
                                       save_every=config.checkpoint.every or 10**9)
@@ -169,24 +135,18 @@ class Run:
     self.root_key = jax.random.key(config.seed)
     self._update_fns: dict = {}
     self.ref_params = None
-    self.logprob_fn = jax.jit(functools.partial(
-        transformer.token_logprobs, cfg=self.model_cfg, temperature=config.rl.temperature,
-        chunk_size=config.model.logprob_chunk))
-
-  def _check_config(self):
-    path = os.path.join(self.workdir, "config.json")
-    new = configs.to_dict(self.config)
-    if os.path.exists(path):
-      with open(path, encoding="utf-8") as f:
-        old = json.load(f)
-      diff = _diff(old, new)
-      if diff:
-        raise ValueError(
-            f"{self.workdir} holds a run with a different config ({path}); differing fields: "
-            f"{', '.join(diff[:10])}. Resume with the same config or use a new --workdir.")
-    else:
-      with open(path, "w", encoding="utf-8") as f:
-        f.write(configs.to_json(self.config))
+    param_sh = jax.tree.map(lambda x: x.sharding, self.state.params)
+    self.logprob_fn = batching.make_logprob_fn(
+        self.model_cfg, self.mesh, param_sh, temperature=config.rl.temperature,
+        chunk_size=config.model.logprob_chunk)
+    self.recompute = batching.needs_recompute(config.rl.recompute_logprobs,
+                                              self.policy_term.ratio, self.model_cfg.param_dtype)
+    c = config.rl
+    self.sp = sampling.SamplingParams(max_new_tokens=c.max_new_tokens, temperature=c.temperature,
+                                      top_p=c.top_p, top_k=c.top_k,
+                                      stop_ids=self.tokenizer.stop_ids,
+                                      pad_id=self.tokenizer.pad_id)
+    self.unit = c.minibatches * c.microbatches * shd.batch_divisor(self.mesh)
 
   # -- checkpoints
 
@@ -205,9 +165,14 @@ class Run:
   def key(self, step: int, purpose: int) -> jax.Array:
     return jax.random.fold_in(jax.random.fold_in(self.root_key, step), purpose)
 
-  def update_fn(self, name: str, terms: tuple, batch: dict, optimizer, num_micro: int):
-    shapes = tuple(sorted((k, tuple(v.shape)) for sub in batch.values() for k, v in sub.items()))
-    key = (name, shapes)
+  def _reference(self) -> ckpt_lib.Checkpointer:
+    return ckpt_lib.Checkpointer(os.path.join(self.workdir, "reference"), max_to_keep=1,
+                                 async_save=False)
+
+  def update_fn(self, terms: tuple, batch: dict, optimizer, num_micro: int):
+    shapes = tuple(sorted((name, k, tuple(v.shape)) for name, sub in batch.items()
+                          for k, v in sub.items()))
+    key = (terms, shapes, id(optimizer), num_micro)
     if key not in self._update_fns:
       self._update_fns[key] = update_lib.make_update_fn(
           self.state, batch, self.mesh, terms=terms, cfg=self.model_cfg, optimizer=optimizer,
@@ -235,16 +200,33 @@ class Run:
     res = eval_lib.evaluate(self.sampler, self.state.params, self.tokenizer, self.task,
                             [examples[i] for i in range(n)], k=c.k, temperature=c.temperature,
                             max_new_tokens=c.max_new_tokens, key=self.key(step, EVAL),
-                            batch_size=c.batch_size)
-    return {k: v for k, v in res.items() if k != "rows"}
+                            batch_size=c.batch_size, threshold=self.config.rl.success_threshold)
+    self._log_samples(step, res["rows"][:c.num_samples_logged])
+    out = {k: v for k, v in res.items() if k != "rows"}
+    probe = getattr(self.credit_fn, "evaluate", None)
+    if probe is not None:  # a credit function's own held-out metrics (SI's repair probe)
+      out.update(probe(self.credit_context(step), self.key(step, EVAL)))
+    return out
+
+  def _log_samples(self, step: int, rows: list[dict]):
+    """A few prompts, completions and verdicts per evaluation: samples.jsonl and TensorBoard."""
+    if not rows:
+      return
+    with open(os.path.join(self.workdir, SAMPLES_FILE), "a", encoding="utf-8") as f:
+      for r in rows:
+        f.write(json.dumps(dict(step=step, id=r["id"], prompt=r["prompt"],
+                                completion=r["sample"], reward=r["rewards"][0],
+                                verdict=r["reasons"][0])) + "\n")
+    text = "\n\n".join(f"**{r['id']}** (reward {r['rewards'][0]}, {r['reasons'][0]})\n\n"
+                       f"    {r['prompt']}\n\n    " + r["sample"].replace("\n", "\n    ")
+                       for r in rows)
+    self.writer.write_text(step, "samples", text)
 
   # -- SFT
 
   def run_sft(self, progress):
     c = self.config.sft
-    pairs = (sft_lib.file_pairs(c.data_path) if c.data_path else
-             self.task.sft_pairs(c.num_traces, c.error_rate, self.config.seed))
-    prompts, responses = sft_lib.encode_pairs(self.tokenizer, pairs, self.task.system_prompt)
+    prompts, responses = sft_lib.build(self.config, self.task, self.tokenizer)
     plen = _bucket(max(map(len, prompts)))
     rlen = max(map(len, responses))
     if plen + rlen > self.model_cfg.max_position_embeddings:
@@ -258,23 +240,27 @@ class Run:
       step = self.meta["step"]
       t0 = time.perf_counter()
       batch = {"sft": next(it)}
-      fn = self.update_fn("sft", terms, batch, self.sft_opt, c.microbatches)
+      fn = self.update_fn(terms, batch, self.sft_opt, c.microbatches)
       m = self._apply_update(fn, batch)
       self.meta["step"] = step + 1
       out = {"phase": 0, "sft/nll": float(m["sft/nll"]), "grad_norm": float(m["grad_norm"]),
              "update_skipped": int(m["update_skipped"]), "time/update": time.perf_counter() - t0}
       progress.update(step + 1, nll=out["sft/nll"])
-      if step + 1 < self.sft_steps:
+      if step + 1 < self.sft_steps or not self.rl_steps:
         self.writer.write(step + 1, out)
-        self.save()
+        self.save(force=step + 1 == self.total_steps)
       else:  # start_rl adds the 'before RL' evaluation to the last SFT row
         self._pending_row = out
 
   def start_rl(self):
-    """Hand-over to RL (after SFT, or at step 0 without SFT): fresh optimizer, the 'before RL'
-    evaluation, a checkpoint."""
+    """Hand-over to RL (after SFT, or at step 0 without SFT): fresh optimizer, the KL
+    reference, the 'before RL' evaluation, a checkpoint."""
     if self.sft_steps:
       self.state = ts.reset_optimizer(self.state, self.rl_opt)
+    if self.config.rl.kl_beta > 0:
+      with self._reference() as ref:
+        ref.save(self.meta["step"], {"params": self.state.params}, {"step": self.meta["step"]},
+                 force=True)
     self.meta["phase"] = "rl"
     row = self._pending_row or {}
     self._pending_row = None
@@ -286,105 +272,125 @@ class Run:
       self.writer.write(self.meta["step"], row)
     self.save(force=True)
 
-  # -- RL
+  def load_reference(self):
+    """The KL reference: the params RL started from (saved by start_rl)."""
+    with self._reference() as ref:
+      step = ref.latest_step()
+      if step is None:
+        raise FileNotFoundError(f"{self.workdir}/reference holds no KL reference policy; it is "
+                                f"written when RL starts with rl.kl_beta > 0")
+      target = {"params": ts.abstract_state(self.state).params}
+      self.ref_params = ref.restore(target, step)[0]["params"]
 
-  def rollouts(self, step: int, stream: PromptStream) -> tuple[rollout.Rollouts, np.ndarray]:
-    """Samples a batch of groups; with dynamic sampling, refills groups whose rewards are all
-    equal (up to rl.max_sampling_rounds rounds). Returns (rollouts, seq_mask [rows])."""
+  # -- RL: the stages
+
+  def credit_context(self, step: int) -> credit_lib.CreditContext:
+    return credit_lib.CreditContext(
+        config=self.config, step=step, key=functools.partial(self.key, step),
+        params=self.state.params, sampler=self.sampler, tokenizer=self.tokenizer,
+        task=self.task, mesh=self.mesh, loss=self.loss, policy_term=self.policy_term,
+        sampling_params=self.sp)
+
+  def sample_and_score(self, step: int, stream: PromptStream) -> credit_lib.Scored:
+    """sample -> score, with DAPO's refill of groups whose rewards are all equal (up to
+    rl.max_sampling_rounds rounds; groups still missing are kept as filler, group_mask 0)."""
     c = self.config.rl
-    sp = sampling.SamplingParams(max_new_tokens=c.max_new_tokens, temperature=c.temperature,
-                                 top_p=c.top_p, top_k=c.top_k, stop_ids=self.tokenizer.stop_ids,
-                                 pad_id=self.tokenizer.pad_id)
     P, G = c.prompts_per_step, c.group_size
     params = self.state.params
-    if not self.preset.dynamic_sampling:
+    if not self.loss["dynamic_sampling"]:
       ro = rollout.sample(self.sampler, params, self.tokenizer, self.task, stream.take(P),
-                          self.key(step, ROLLOUT), sp, G)
-      return ro, np.ones(P * G, bool)
-    kept, dropped, n_kept, timing = [], [], 0, {"sample": 0.0, "verify": 0.0}
+                          self.key(step, ROLLOUT), self.sp, G)
+      return self.score(rollout.score(ro, self.task), np.ones(P, bool))
+    kept, dropped, n_kept = [], [], 0
     for r in range(c.max_sampling_rounds):
       ro = rollout.sample(self.sampler, params, self.tokenizer, self.task, stream.take(P),
-                          jax.random.fold_in(self.key(step, ROLLOUT), r), sp, G)
-      timing = {k: timing[k] + ro.timing[k] for k in timing}
+                          jax.random.fold_in(self.key(step, ROLLOUT), r), self.sp, G)
+      ro = rollout.score(ro, self.task)
       keep = np.asarray(adv_lib.dynamic_sampling_keep(ro.rewards))
       kept.append(ro.select(keep))
       dropped.append(ro.select(~keep))
       n_kept += int(keep.sum())
       if n_kept >= P:
         break
-    good = rollout.Rollouts.concat(kept).select(np.arange(n_kept) < P) if n_kept else None
+    timing = {k: sum(p.timing.get(k, 0.0) for p in kept) for k in ("sample", "verify")}
     n_good = min(n_kept, P)
-    parts = [good] if good is not None else []
-    if n_good < P:  # fill with zero-signal groups, masked out of the loss
+    parts = [rollout.Rollouts.concat(kept).select(np.arange(n_kept) < P)] if n_kept else []
+    if n_good < P:
       bad = rollout.Rollouts.concat(dropped)
       parts.append(bad.select(np.arange(len(bad.examples)) < P - n_good))
     ro = rollout.Rollouts.concat(parts)
     ro.timing = timing
-    seq_mask = np.repeat(np.arange(P) < n_good, G)
-    return ro, seq_mask
+    return self.score(ro, np.arange(P) < n_good)
+
+  def score(self, ro: rollout.Rollouts, group_mask: np.ndarray) -> credit_lib.Scored:
+    """Reward shaping and the correct / failed split of scored rollouts."""
+    rewards = ro.rewards.copy()
+    if self.loss["overlong"]:
+      n = self.config.rl.max_new_tokens
+      buf = int(self.loss["overlong_buffer_frac"] * n)
+      rewards = rewards + np.asarray(adv_lib.overlong_penalty(ro.lengths, n, buf)).reshape(
+          rewards.shape)
+    return credit_lib.Scored(
+        rollouts=ro, rewards=rewards, success=ro.rewards >= self.config.rl.success_threshold,
+        group_mask=np.asarray(group_mask, bool), prompt_len=_bucket(max(map(len, ro.prompt_ids))))
+
+  def pack(self, credit: credit_lib.Credit) -> tuple[list[credit_lib.TermRows], dict]:
+    return batching.prepare(credit.terms, unit=self.unit, params=self.state.params,
+                            ref_params=self.ref_params, logprob_fn=self.logprob_fn,
+                            recompute=self.recompute)
+
+  def update(self, step: int, terms: list[credit_lib.TermRows]) -> list[dict]:
+    """rl.epochs x rl.minibatches optimizer updates over every term's rows."""
+    c = self.config.rl
+    if not terms:  # nothing to train on this step
+      return [{"update_skipped_empty": c.epochs * c.minibatches}]
+    term_tuple = tuple(t.term for t in terms)
+    out = []
+    for epoch in range(c.epochs):
+      rng = np.random.default_rng([self.config.seed, step, SHUFFLE, epoch])
+      for mb in batching.minibatches(terms, c.minibatches, rng):
+        fn = self.update_fn(term_tuple, mb, self.rl_opt, c.microbatches)
+        out.append(self._apply_update(fn, mb))
+    return out
 
   def rl_step(self, step: int, stream: PromptStream) -> dict:
-    c, timer = self.config.rl, metrics_lib.Timer()
-    t0 = time.perf_counter()
-    ro, seq_mask = self.rollouts(step, stream)
-    t_rollout = time.perf_counter() - t0
-    rewards = ro.rewards.copy()
-    lengths = ro.lengths
-    if self.preset.overlong:
-      buf = int(self.preset.overlong_buffer_frac * c.max_new_tokens)
-      rewards = rewards + np.asarray(adv_lib.overlong_penalty(
-          lengths, c.max_new_tokens, buf)).reshape(rewards.shape)
-    adv = np.asarray(adv_lib.group_advantages(rewards, normalize_std=self.preset.normalize_std))
-    plen = _bucket(max(map(len, ro.prompt_ids)))
-    batch = rl_batch(ro, adv.reshape(-1), prompt_len=plen, max_new=c.max_new_tokens,
-                     pad_id=self.tokenizer.pad_id, seq_mask=seq_mask)
-    if c.recompute_logprobs or c.kl_beta > 0:
-      with timer("logprobs"):
-        lp_fn = self.logprob_fn
-        if c.recompute_logprobs:
-          batch["old_logprobs"] = np.asarray(lp_fn(self.state.params, batch["tokens"],
-                                                   batch["input_mask"])) * batch["loss_mask"]
-        if c.kl_beta > 0:
-          batch["ref_logprobs"] = np.asarray(lp_fn(self.ref_params, batch["tokens"],
-                                                   batch["input_mask"])) * batch["loss_mask"]
-    term = update_lib.PolicyTerm(
-        ratio=self.preset.ratio, eps_low=self.preset.eps_low, eps_high=self.preset.eps_high,
-        aggregation=self.preset.aggregation, max_len=c.max_new_tokens, kl_beta=c.kl_beta,
-        kl_estimator=c.kl_estimator, temperature=c.temperature)
-    rows = len(ro.response_ids)
-    mb = rows // c.minibatches
-    upd = []
+    timer = metrics_lib.Timer()
+    scored = self.sample_and_score(step, stream)
+    with timer("credit"):
+      credit = self.credit_fn(self.credit_context(step), scored)
+    with timer("pack"):
+      terms, pack_metrics = self.pack(credit)
     with timer("update"):
-      for epoch in range(c.epochs):
-        order = np.random.default_rng([self.config.seed, step, SHUFFLE, epoch]).permutation(rows)
-        for i in range(c.minibatches):
-          idx = order[i * mb:(i + 1) * mb]
-          sub = {"policy": {k: v[idx] for k, v in batch.items()}}
-          fn = self.update_fn("rl", (term,), sub, self.rl_opt, c.microbatches)
-          upd.append(self._apply_update(fn, sub))
-    correct = (ro.rewards >= 1.0).reshape(-1)
+      upd = self.update(step, terms)
+    return self.log_row(scored, credit, pack_metrics, upd, timer)
+
+  def log_row(self, scored: credit_lib.Scored, credit: credit_lib.Credit, pack_metrics: dict,
+              upd: list[dict], timer: metrics_lib.Timer) -> dict:
+    ro = scored.rollouts
+    rows = len(ro.response_ids)
     reasons: dict[str, int] = {}
     for v in ro.verdicts:
       reasons[v.reason] = reasons.get(v.reason, 0) + 1
     out = {
-        "phase": 1, "reward": _mean(ro.rewards), "accuracy": _mean(correct),
-        "response_tokens": _mean(lengths), "finished": _mean(ro.finished),
+        "phase": 1, "reward": _mean(ro.rewards), "accuracy": _mean(scored.success),
+        "response_tokens": _mean(ro.lengths), "finished": _mean(ro.finished),
         "groups_with_signal": _mean(np.asarray(adv_lib.dynamic_sampling_keep(ro.rewards))),
         **{f"verdict/{k}": n / rows for k, n in reasons.items()},
-        **{k: _mean([float(u[k]) for u in upd]) for k in upd[0]},
+        **_mean_updates(upd), **pack_metrics, **credit.metrics,
+        "time/rollout": ro.timing["sample"], "time/verify": ro.timing["verify"],
+        **{f"time/{k}": v for k, v in credit.timing.items()},
         **{f"time/{k}": v for k, v in timer.summary().items()},
-        "time/rollout": t_rollout - ro.timing["verify"], "time/verify": ro.timing["verify"],
     }
-    if self.preset.dynamic_sampling:
-      out["dynamic_sampling/kept_fraction"] = _mean(seq_mask)
-    return out
+    if self.loss["dynamic_sampling"]:
+      out["dynamic_sampling/kept_fraction"] = _mean(scored.group_mask)
+    # A metric over zero tokens (e.g. every group filtered out) is NaN: leave it out.
+    return {k: v for k, v in out.items() if not (isinstance(v, float) and v != v)}
 
   def run_rl(self, progress):
     stream = PromptStream(self.task.examples(self.config.task.train_split), self.config.seed,
                           self.meta["data_cursor"])
     if self.config.rl.kl_beta > 0:
-      # The policy RL starts from; a copy, since the train state is donated to every update.
-      self.ref_params = jax.tree.map(jnp.copy, self.state.params)
+      self.load_reference()
     ev = self.config.eval
     while self.meta["step"] < self.total_steps:
       step = self.meta["step"]
@@ -395,8 +401,6 @@ class Run:
         res = self.evaluate(step + 1)
         out.update({f"eval/{k}": v for k, v in res.items() if isinstance(v, (int, float))})
         self.meta["eval_history"].append(dict(step=step + 1, **res))
-      # A metric over zero tokens (e.g. every group filtered out) is NaN: leave it out.
-      out = {k: v for k, v in out.items() if not (k.startswith("policy/") and v != v)}
       self.writer.write(step + 1, out)
       progress.update(step + 1, reward=out["reward"], acc=out["accuracy"],
                       **({"eval": out[f"eval/avg@{ev.k}"]} if f"eval/avg@{ev.k}" in out else {}))
@@ -409,19 +413,12 @@ class Run:
     self.task.close()
 
 
-def _diff(a, b, prefix="") -> list[str]:
-  if isinstance(a, dict) and isinstance(b, dict):
-    out = []
-    for k in sorted(set(a) | set(b)):
-      out += _diff(a.get(k), b.get(k), f"{prefix}{k}.")
-    return out
-  return [] if a == b else [prefix.rstrip(".")]
-
-
-def train(config, workdir: str) -> dict:
-  """Runs (or resumes) the whole job. Returns the final summary (also in summary.json)."""
+def train(config, workdir: str, run: Run | None = None) -> dict:
+  """Runs (or resumes) the whole job. Returns the final summary (also in summary.json).
+  `run`: an already built `Run(config, workdir)` (si-train builds it first to report set-up
+  errors in one line)."""
   t_start = time.perf_counter()
-  run = Run(config, workdir)
+  run = run or Run(config, workdir)
   try:
     resumed = run.restore()
     if resumed:
@@ -435,9 +432,11 @@ def train(config, workdir: str) -> dict:
     if run.rl_steps:
       run.run_rl(progress)
     progress.close()
+    if run.ckpt.latest_step() != run.meta["step"]:  # the end of a run is always saved
+      run.save(force=True)
     summary = dict(workdir=workdir, steps=run.meta["step"], resumed=resumed,
                    wall_s=time.perf_counter() - t_start, eval_before=run.meta["eval_before"])
-    if config.eval.num_examples:
+    if config.eval.num_examples and run.rl_steps:
       hist = run.meta["eval_history"]
       last = hist[-1] if hist and hist[-1]["step"] == run.meta["step"] else None
       summary["eval_after"] = ({k: v for k, v in last.items() if k != "step"} if last
@@ -454,33 +453,12 @@ def _print_summary(summary: dict, k: int):
   before, after = summary.get("eval_before"), summary["eval_after"]
   n, t = after["num_examples"], after["temperature"]
   print(f"\nheld-out accuracy, {n} problems, {k} samples each at temperature {t}:", flush=True)
-  for name in (f"avg@{k}", f"pass@{k}", f"maj@{k}"):
-    line = f"  {name:8s}"
-    line += f" before RL {before[name]:.3f} ->" if before else ""
+  names = [f"avg@{k}", f"pass@{k}", f"maj@{k}"] + sorted(x for x in after if x.startswith("si/"))
+  for name in names:
+    if not isinstance(after.get(name), (int, float)):
+      continue
+    line = f"  {name:28s}"
+    line += f" before RL {before[name]:.3f} ->" if before and name in before else ""
     print(f"{line} after RL {after[name]:.3f}", flush=True)
   print(f"held-out {k and f'avg@{k}'}: " + (f"{before[f'avg@{k}']:.3f} -> " if before else "")
         + f"{after[f'avg@{k}']:.3f}; wall time {summary['wall_s']:.0f} s", flush=True)
-
-
-def load_run(workdir: str, step: int | None = None) -> dict:
-  """Config, tokenizer, model config and params of a training run's checkpoint (for si-eval
-  and si-convert)."""
-  import ml_collections
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{workdir} is not a si-train workdir: no config.json")
-  with open(path, encoding="utf-8") as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  tok = setup_tokenizer(config, workdir)
-  mesh = shd.make_mesh(devices=jax.devices()[:1])
-  cfg, params = setup_model(config, tok, mesh)
-  sft_opt = ts.optimizer_from_config(config.sft.optim, 1)
-  state = ts.create(params, sft_opt, mesh)
-  ck = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"))
-  step = ck.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f"{workdir}/checkpoints has no checkpoint")
-  state, meta = ck.restore(ts.abstract_state(state), step)
-  ck.close()
-  return dict(config=config, tokenizer=tok, model_cfg=cfg, params=state.params, step=step,
-              meta=meta)

@@ -36,18 +36,32 @@ Batch = Mapping[str, Mapping[str, jax.Array]]
 
 @dataclasses.dataclass(frozen=True)
 class PolicyTerm:
-  """The GRPO-family clipped surrogate (`losses.policy_loss`) on rollouts."""
+  """The GRPO-family clipped surrogate (`losses.policy_loss`) on rollouts.
 
+  The fields are `policy_loss`'s arguments; they have no defaults here: their one home is the
+  config (`si_jax.configs.LOSS_PRESETS` and `rl.*`), read by `si_jax.rl.credit.policy_term`.
+  """
+
+  ratio: str
+  eps_low: float
+  eps_high: float
+  aggregation: str
+  max_len: int | None
+  kl_beta: float
+  kl_estimator: str
+  temperature: float
   name: str = "policy"
   weight: float = 1.0
-  ratio: str = "token"
-  eps_low: float = 0.2
-  eps_high: float = 0.2
-  aggregation: str = "token_mean"
-  max_len: int | None = None
-  kl_beta: float = 0.0
-  kl_estimator: str = "k3"
-  temperature: float = 1.0
+
+  def __post_init__(self):
+    if self.ratio not in losses.RATIOS:
+      raise ValueError(f"ratio must be one of {losses.RATIOS}, got {self.ratio!r}")
+    if self.aggregation not in losses.AGGREGATIONS:
+      raise ValueError(f"aggregation must be one of {losses.AGGREGATIONS}, got "
+                       f"{self.aggregation!r}")
+    if self.kl_estimator not in ("k2", "k3") and self.kl_beta:
+      raise ValueError(f"kl_estimator must be 'k2' or 'k3' as a loss (k1's gradient is zero "
+                       f"in expectation), got {self.kl_estimator!r}")
 
   def _loss(self, logprobs, b, entropy=None):
     return losses.policy_loss(
@@ -128,28 +142,46 @@ def loss_and_grads(params, batch: Batch, *, terms: tuple, cfg: ModelConfig, num_
   return loss, grads, metrics
 
 
+def loss_tokens(batch: Batch) -> jax.Array:
+  """Number of tokens that get loss in a mini-batch, over all terms (loss_mask * seq_mask)."""
+  n = jnp.zeros((), jnp.float32)
+  for sub in batch.values():
+    m = sub["loss_mask"].astype(jnp.float32)
+    if "seq_mask" in sub:
+      m = m * sub["seq_mask"].astype(jnp.float32)[:, None]
+    n = n + jnp.sum(m)
+  return n
+
+
 def update_step(state: TrainState, batch: Batch, *, terms: tuple, cfg: ModelConfig,
                 optimizer: optax.GradientTransformation, num_micro: int = 1,
                 chunk_size: int = 128, remat: bool = False):
-  """One optimizer update. A non-finite loss or gradient skips the update (params and
-  optimizer state unchanged) and counts it in `skipped` / `bad_streak`."""
+  """One optimizer update. Skipped (params, optimizer state and its schedule unchanged) when
+  the loss or gradient is non-finite (counted in `skipped` / `bad_streak`, metric
+  'update_skipped') or when no token of the mini-batch gets loss, e.g. every group was
+  filtered out (metric 'update_skipped_empty'; AdamW would otherwise still move the moments,
+  decay the weights and advance the schedule)."""
   loss, grads, metrics = loss_and_grads(state.params, batch, terms=terms, cfg=cfg,
                                         num_micro=num_micro, chunk_size=chunk_size,
                                         remat=remat)
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  empty = loss_tokens(batch) == 0
 
   def apply(_):
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     return optax.apply_updates(state.params, updates), opt_state
 
-  params, opt_state = jax.lax.cond(finite, apply, lambda _: (state.params, state.opt_state),
-                                   None)
+  params, opt_state = jax.lax.cond(finite & ~empty, apply,
+                                   lambda _: (state.params, state.opt_state), None)
   bad = (~finite).astype(jnp.int32)
-  new = state.replace(step=state.step + (1 - bad), params=params, opt_state=opt_state,
-                      skipped=state.skipped + bad, bad_streak=(state.bad_streak + bad) * bad)
+  skip_empty = (finite & empty).astype(jnp.int32)
+  new = state.replace(step=state.step + (1 - bad) * (1 - skip_empty), params=params,
+                      opt_state=opt_state, skipped=state.skipped + bad,
+                      bad_streak=(state.bad_streak + bad) * bad)
   out = losses.finalize_metrics(metrics)
-  out.update(loss=loss, grad_norm=grad_norm, update_skipped=bad)
+  out.update(loss=loss, grad_norm=grad_norm, update_skipped=bad,
+             update_skipped_empty=skip_empty)
   return new, out
 
 

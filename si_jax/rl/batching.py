@@ -1,0 +1,125 @@
+"""Pack stage: from the credit stage's rows to the mini-batches the update consumes.
+
+Rows per step vary (SI adds repairs; dynamic sampling may keep fewer groups), so each term's row
+count is padded up to a bucket: `unit * b` with b on the ladder 1, 2, 3, 4, 6, 8, 12, 16, ...
+(each step at most 1.5x the last), where unit = minibatches * microbatches * (batch shards of
+the mesh). The update then compiles once per bucket combination, a number that grows with the
+log of the row count. Padding rows have seq_mask 0 and no loss tokens.
+
+Old log-probs (the ratio's denominator) are recomputed with the trainer's forward pass where a
+row has none of its own (`has_old` False: e.g. a repair sampled under the repair prompt and
+trained under the policy prompt) and, for all rows, when `recompute` is on. The trainer's
+log-probs of the sampled tokens are always computed, to log the sampler-trainer gap
+(`policy/sampler_logprob_gap`: mean |sampler - trainer| log-prob over response tokens):
+sequence-level ratios (GSPO, eps ~3e-4) clip most sequences when that gap exceeds eps (bf16,
+top-p/top-k), which is why `rl.recompute_logprobs` defaults to on for them.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, Iterator
+
+import jax
+import numpy as np
+
+from si_jax import sharding as shd
+from si_jax.models import transformer
+from si_jax.rl import credit as credit_lib
+from si_jax.rl import update as update_lib
+
+UPDATE_KEYS = ("tokens", "input_mask", "loss_mask", "seq_mask", "advantages", "old_logprobs",
+               "ref_logprobs")
+
+
+def bucket(n: int, unit: int) -> int:
+  """The smallest `unit * b >= n` with b in 1, 2, 3, 4, 6, 8, 12, 16, 24, ... (n >= 1)."""
+  if unit < 1:
+    raise ValueError(f"bucket: unit must be >= 1, got {unit}")
+  units = max(1, -(-n // unit))
+  if units == 1:
+    return unit
+  p = 2
+  while True:
+    for b in (p, p * 3 // 2):
+      if b >= units:
+        return unit * b
+    p *= 2
+
+
+def pad_rows(rows: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+  """Appends rows with no loss (seq_mask 0, loss_mask 0) up to `size` rows."""
+  n = rows["tokens"].shape[0]
+  if size < n:
+    raise ValueError(f"pad_rows: {n} rows do not fit in {size}")
+  extra = size - n
+  out = {k: np.concatenate([v, np.zeros((extra,) + v.shape[1:], v.dtype)]) for k, v in
+         rows.items()}
+  if extra:
+    out["input_mask"][n:, -1] = True  # one valid token keeps attention rows well defined
+    if "seq_mask" in out:
+      out["seq_mask"][n:] = 0
+  return out
+
+
+def make_logprob_fn(cfg, mesh, param_shardings, *, temperature: float, chunk_size: int
+                    ) -> Callable:
+  """(params, tokens [R, W], input_mask [R, W]) -> log-probs [R, W], jitted, rows sharded."""
+  fn = functools.partial(transformer.token_logprobs, cfg=cfg, temperature=temperature,
+                         chunk_size=chunk_size)
+  cache: dict = {}
+
+  def call(params, tokens, input_mask):
+    shape = tokens.shape
+    if shape not in cache:
+      b = shd.batch_sharding(mesh, shape)
+      cache[shape] = jax.jit(fn, in_shardings=(param_shardings, b, b), out_shardings=b)
+    return np.asarray(cache[shape](params, tokens, input_mask))
+  return call
+
+
+def needs_recompute(setting: bool | None, ratio: str, param_dtype) -> bool:
+  """rl.recompute_logprobs: None = auto (sequence-level ratio or non-fp32 params)."""
+  if setting is not None:
+    return bool(setting)
+  return ratio != "token" or np.dtype(param_dtype) != np.float32
+
+
+def prepare(term_rows: list[credit_lib.TermRows], *, unit: int, params, ref_params,
+            logprob_fn, recompute: bool) -> tuple[list[credit_lib.TermRows], dict[str, float]]:
+  """Pads every term's rows to its bucket and fills old / reference log-probs of policy terms.
+  Terms with no rows are dropped. Returns (terms, metrics)."""
+  out, metrics = [], {}
+  for tr in term_rows:
+    if tr.num_rows == 0:
+      continue
+    rows = pad_rows(tr.rows, bucket(tr.num_rows, unit))
+    if isinstance(tr.term, update_lib.PolicyTerm):
+      resp = rows["loss_mask"] != 0
+      lp = logprob_fn(params, rows["tokens"], rows["input_mask"])
+      has_old = rows["has_old"].astype(bool)
+      sampled = resp & has_old[:, None]
+      if sampled.any():
+        gap = np.abs(rows["old_logprobs"] - lp)[sampled]
+        metrics[f"{tr.term.name}/sampler_logprob_gap"] = float(gap.mean())
+      use_trainer = np.full(has_old.shape, True) if recompute else ~has_old
+      rows["old_logprobs"] = np.where(use_trainer[:, None], lp, rows["old_logprobs"]) * resp
+      if tr.term.kl_beta > 0:
+        rows["ref_logprobs"] = logprob_fn(ref_params, rows["tokens"], rows["input_mask"]) * resp
+    out.append(credit_lib.TermRows(tr.term, {k: v for k, v in rows.items()
+                                             if k in UPDATE_KEYS}))
+  return out, metrics
+
+
+def minibatches(terms: list[credit_lib.TermRows], num: int, rng: np.random.Generator
+                ) -> Iterator[dict[str, dict[str, np.ndarray]]]:
+  """`num` mini-batches: each term's rows shuffled and split into `num` equal parts; the
+  i-th mini-batch holds part i of every term."""
+  orders = [rng.permutation(tr.num_rows) for tr in terms]
+  for i in range(num):
+    mb = {}
+    for tr, order in zip(terms, orders):
+      size = tr.num_rows // num
+      idx = order[i * size:(i + 1) * size]
+      mb[tr.term.name] = {k: v[idx] for k, v in tr.rows.items()}
+    yield mb

@@ -1,0 +1,209 @@
+"""What a run is built from: its tokenizer, its model, its workdir's config, its checkpoints.
+
+Shared by si-train (`si_jax.rl.trainer`), si-eval and si-convert, which import this module and
+not each other, so the layers stay one-way.
+
+Tokenizer: `tokenizer.path` if set; else the tokenizer of `model.init_from` when that directory
+has one; else the one `tokenizer.build` names, built into `<workdir>/tokenizer`. A tokenizer that
+does not belong to the model (vocabulary larger than the embedding table; none of the model's
+end-of-sequence ids among the tokenizer's stop ids; another vocabulary size or other special
+tokens than the tokenizer the model directory ships) is refused, naming both.
+
+A workdir's `config.json` is the config of the run that wrote its checkpoints. A different config
+on a workdir that holds a checkpoint is refused, naming the fields that differ; a workdir
+without a checkpoint (a run that died before its first save) is simply taken over.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+
+from si_jax import checkpoint as ckpt_lib
+from si_jax import configs
+from si_jax import sharding as shd
+from si_jax.models import config as model_config
+from si_jax.rl import train_state as ts
+from si_jax.tokenizer import Tokenizer
+
+INIT_PURPOSE = 3  # PRNG purpose of parameter init (shared with the trainer's purposes)
+CONFIG_FILE = "config.json"
+CHECKPOINTS = "checkpoints"
+
+
+def _has_tokenizer(path: str) -> bool:
+  return os.path.exists(os.path.join(path, "tokenizer.json"))
+
+
+def setup_tokenizer(config, workdir: str | None) -> Tokenizer:
+  """The run's tokenizer (see the module docstring)."""
+  if config.tokenizer.path:
+    return Tokenizer.from_dir(config.tokenizer.path)
+  init = config.model.init_from
+  if init and _has_tokenizer(init):
+    return Tokenizer.from_dir(init)
+  if config.tokenizer.build == "arith":
+    from si_jax.tokenizer import build_char_tokenizer
+    if workdir is None:
+      raise ValueError("config.tokenizer.build needs a workdir to build the tokenizer into")
+    path = os.path.join(workdir, "tokenizer")
+    if not _has_tokenizer(path):
+      build_char_tokenizer(path)
+    return Tokenizer.from_dir(path)
+  if config.tokenizer.build:
+    raise ValueError(f"config.tokenizer.build: unknown tokenizer {config.tokenizer.build!r} "
+                     f"(known: 'arith'); or set config.tokenizer.path")
+  raise ValueError(f"config.model.init_from={init!r} has no tokenizer.json and "
+                   f"config.tokenizer.path is empty: name the model's tokenizer directory")
+
+
+def model_eos_ids(model_dir: str) -> set[int]:
+  """End-of-sequence ids an HF model directory declares (config.json, generation_config.json)."""
+  out: set[int] = set()
+  for name in ("config.json", "generation_config.json"):
+    path = os.path.join(model_dir, name)
+    if os.path.exists(path):
+      with open(path, encoding="utf-8") as f:
+        eos = json.load(f).get("eos_token_id")
+      out.update([eos] if isinstance(eos, int) else [int(e) for e in eos or []])
+  return out
+
+
+def check_tokenizer_fits(tok: Tokenizer, cfg: model_config.ModelConfig, model_dir: str = ""):
+  """Refuses a tokenizer/model pair that does not belong together, naming both."""
+  where = f"model {model_dir!r}" if model_dir else "the model"
+  if tok.vocab_size > cfg.vocab_size:
+    raise ValueError(f"tokenizer {tok.path!r} has {tok.vocab_size} tokens but {where} embeds "
+                     f"only {cfg.vocab_size}: they do not belong together (set "
+                     f"config.tokenizer.path to the model's tokenizer)")
+  if model_dir and _has_tokenizer(model_dir) and os.path.realpath(tok.path or "") != \
+      os.path.realpath(model_dir):
+    own = Tokenizer.from_dir(model_dir)
+    specials = lambda t: {s: t.hf.convert_tokens_to_ids(s) for s in t.hf.all_special_tokens}
+    if own.vocab_size != tok.vocab_size or specials(own) != specials(tok):
+      raise ValueError(f"tokenizer {tok.path!r} ({tok.vocab_size} tokens, specials "
+                       f"{specials(tok)}) is not the tokenizer of {where} ({own.vocab_size} "
+                       f"tokens, specials {specials(own)}): they do not belong together (leave "
+                       f"config.tokenizer.path empty to use the model's own)")
+  if model_dir:
+    eos = model_eos_ids(model_dir)
+    stops = set(tok.stop_ids) | {tok.eos_id}
+    if eos and not eos & stops:
+      raise ValueError(f"tokenizer {tok.path!r} stops on ids {sorted(stops)} but {where} "
+                       f"ends sequences with {sorted(eos)}: they do not belong together (set "
+                       f"config.tokenizer.path to the model's tokenizer)")
+
+
+def model_config_for(config, tokenizer: Tokenizer) -> model_config.ModelConfig:
+  over = dict(config.model.overrides)
+  if over.get("vocab_size", 0) in (0, None):
+    over["vocab_size"] = -(-tokenizer.vocab_size // 8) * 8
+  try:
+    return model_config.preset(config.model.preset, config.model.family, **over)
+  except TypeError as e:
+    raise ValueError(f"config.model.overrides: {e}") from None
+
+
+def _check_overrides(config, cfg: model_config.ModelConfig):
+  """With init_from, overrides may only restate the checkpoint's values."""
+  for k, v in dict(config.model.overrides).items():
+    if k == "vocab_size" and v in (0, None):
+      continue
+    if not hasattr(cfg, k):
+      raise ValueError(f"config.model.overrides.{k}: not a ModelConfig field")
+    have = getattr(cfg, k)
+    if (list(have) if isinstance(have, tuple) else have) != (list(v) if isinstance(v, tuple)
+                                                              else v):
+      raise ValueError(
+          f"config.model.overrides.{k}={v!r} differs from {have!r} in the checkpoint "
+          f"config.model.init_from={config.model.init_from!r}; a loaded model keeps its "
+          f"architecture: drop the override")
+
+
+def setup_model(config, tokenizer: Tokenizer, mesh, seed: int | None = None):
+  """(model config, params placed on the mesh)."""
+  if config.model.init_from:
+    path = config.model.init_from
+    shard = lambda c: shd.param_shardings(c, mesh)
+    if os.path.exists(os.path.join(path, "model_config.json")):
+      from si_jax.models import convert
+      cfg, params = convert.load_params(path, shardings=shard)
+      check_tokenizer_fits(tokenizer, cfg)
+    else:
+      from si_jax.models import hf
+      cfg, params = hf.load_hf(path, shardings=shard)
+      check_tokenizer_fits(tokenizer, cfg, path)
+    _check_overrides(config, cfg)
+  else:
+    cfg = model_config_for(config, tokenizer)
+    key = jax.random.fold_in(jax.random.key(config.seed if seed is None else seed), INIT_PURPOSE)
+    params = shd.init_sharded_params(cfg, mesh, key)
+    check_tokenizer_fits(tokenizer, cfg)
+  return cfg, params
+
+
+def _diff(a, b, prefix="") -> list[str]:
+  if isinstance(a, dict) and isinstance(b, dict):
+    out = []
+    for k in sorted(set(a) | set(b)):
+      out += _diff(a.get(k), b.get(k), f"{prefix}{k}.")
+    return out
+  return [] if a == b else [prefix.rstrip(".")]
+
+
+def has_checkpoint(workdir: str) -> bool:
+  d = os.path.join(workdir, CHECKPOINTS)
+  return os.path.isdir(d) and any(n.isdigit() for n in os.listdir(d))
+
+
+def claim(config, workdir: str) -> None:
+  """Makes `workdir` this run's: writes config.json, or checks it against the config of the
+  run whose checkpoints the workdir holds (see the module docstring)."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, CONFIG_FILE)
+  new = configs.to_dict(config)
+  if os.path.exists(path) and has_checkpoint(workdir):
+    with open(path, encoding="utf-8") as f:
+      old = json.load(f)
+    diff = _diff(old, new)
+    if diff:
+      raise ValueError(
+          f"{workdir} holds a run with a different config ({path}); differing fields: "
+          f"{', '.join('config.' + d for d in diff[:10])}. Resume with the same config or use "
+          f"a new --workdir.")
+    return
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.write(configs.to_json(config))
+  os.replace(tmp, path)
+
+
+def read_config(workdir: str):
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{workdir} is not a si-train workdir: no {CONFIG_FILE}")
+  with open(path, encoding="utf-8") as f:
+    return configs.from_json(f.read())
+
+
+def load_run(workdir: str, step: int | None = None) -> dict[str, Any]:
+  """Config, tokenizer, model config and params of a training run's checkpoint (si-eval,
+  si-convert). Params are placed on one device."""
+  config = read_config(workdir)
+  tok = setup_tokenizer(config, workdir)
+  mesh = shd.make_mesh(devices=jax.devices()[:1])
+  cfg, params = setup_model(config, tok, mesh)
+  state = ts.create(params, ts.optimizer_from_config(config.sft.optim, 1), mesh)
+  ck = ckpt_lib.Checkpointer(os.path.join(workdir, CHECKPOINTS))
+  try:
+    step = ck.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"{workdir}/{CHECKPOINTS} has no checkpoint")
+    state, meta = ck.restore(ts.abstract_state(state), step)
+  finally:
+    ck.close()
+  return dict(config=config, tokenizer=tok, model_cfg=cfg, params=state.params, step=step,
+              meta=meta)

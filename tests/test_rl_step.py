@@ -1,0 +1,197 @@
+"""The RL step as stages: a credit function plugs in by name, rows are bucketed and split per
+term, old log-probs are recomputed where they must be, the compile cache keys on the terms,
+the success threshold splits correct from failed; SFT-only runs and real-data configs."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from si_jax import workdir as workdir_lib
+from si_jax.rl import batching
+from si_jax.rl import credit as credit_lib
+from si_jax.rl import rollout
+from si_jax.rl import trainer
+from si_jax.rl import update as update_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(name="arith_grpo.py", variant="smoke"):
+  spec = importlib.util.spec_from_file_location(
+      "cfg", os.path.join(REPO, "experiments", "configs", name))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config(variant)
+
+
+def test_bucket_ladder_bounds_compilations():
+  assert [batching.bucket(n, 1) for n in (1, 2, 3, 4, 5, 7, 9, 13, 17, 25)] == \
+      [1, 2, 3, 4, 6, 8, 12, 16, 24, 32]
+  assert batching.bucket(256, 16) == 256 and batching.bucket(257, 16) == 384
+  sizes = {batching.bucket(n, 16) for n in range(1, 1025)}
+  assert len(sizes) == 12  # 1024 row counts, 12 shapes
+  assert all(batching.bucket(n, 16) < 1.5 * n + 16 for n in range(1, 1025))
+
+
+def test_pad_rows_and_minibatches_split_each_term():
+  rows = credit_lib.rollout_rows([[5, 6], [7]], [[1, 2, 3], [4]], prompt_len=4,
+                                 completion_len=4, pad_id=0, advantages=[1.0, -2.0],
+                                 old_logprobs=[np.zeros(3), np.zeros(1)])
+  assert rows["loss_mask"].tolist() == [[0] * 4 + [1, 1, 1, 0], [0] * 4 + [1, 0, 0, 0]]
+  assert rows["advantages"][1].tolist() == [0] * 4 + [-2.0, 0, 0, 0]
+  padded = batching.pad_rows(rows, 6)
+  assert padded["seq_mask"].tolist() == [1, 1, 0, 0, 0, 0]
+  assert padded["loss_mask"][2:].sum() == 0 and padded["input_mask"][2:, -1].all()
+  nll = {k: rows[k] for k in ("tokens", "input_mask", "loss_mask")}
+  terms = [credit_lib.TermRows(_term(), padded),
+           credit_lib.TermRows(update_lib.NLLTerm(name="rep"), batching.pad_rows(nll, 4))]
+  mbs = list(batching.minibatches(terms, 2, np.random.default_rng(0)))
+  assert len(mbs) == 2
+  for mb in mbs:
+    assert mb["policy"]["tokens"].shape == (3, 8) and mb["rep"]["tokens"].shape == (2, 8)
+  seen = np.concatenate([mb["policy"]["seq_mask"] for mb in mbs])
+  assert sorted(seen.tolist()) == [0, 0, 0, 0, 1, 1]  # every row once
+
+
+def _term(**kw):
+  base = dict(ratio="token", eps_low=0.2, eps_high=0.2, aggregation="token_mean", max_len=8,
+              kl_beta=0.0, kl_estimator="k3", temperature=1.0)
+  return update_lib.PolicyTerm(**{**base, **kw})
+
+
+def test_recompute_defaults():
+  assert batching.needs_recompute(None, "sequence", np.float32)  # GSPO
+  assert batching.needs_recompute(None, "gated_sequence", np.float32)  # SI
+  assert batching.needs_recompute(None, "token", "bfloat16")
+  assert not batching.needs_recompute(None, "token", np.float32)
+  assert not batching.needs_recompute(False, "sequence", np.float32)  # an explicit choice wins
+
+
+def test_prepare_recomputes_rows_without_own_logprobs():
+  rows = credit_lib.rollout_rows([[5], [6]], [[1, 2], [3, 4]], prompt_len=2, completion_len=2,
+                                 pad_id=0, advantages=[1.0, 1.0],
+                                 old_logprobs=[np.full(2, -1.0), np.full(2, -1.0)])
+  rows["has_old"] = np.array([True, False])
+  lp = np.full((2, 4), -3.0, np.float32)
+  fn = lambda params, tokens, mask: lp[:tokens.shape[0]]
+  (tr,), m = batching.prepare([credit_lib.TermRows(_term(), rows)], unit=2, params=None,
+                              ref_params=None, logprob_fn=fn, recompute=False)
+  assert tr.rows["old_logprobs"][:, 2:].tolist() == [[-1, -1], [-3, -3]]
+  assert m["policy/sampler_logprob_gap"] == pytest.approx(2.0)  # only rows with their own
+  (tr,), _ = batching.prepare([credit_lib.TermRows(_term(), rows)], unit=2, params=None,
+                              ref_params=None, logprob_fn=fn, recompute=True)
+  assert tr.rows["old_logprobs"][:, 2:].tolist() == [[-3, -3], [-3, -3]]
+  empty = {k: v[:0] for k, v in rows.items()}
+  assert batching.prepare([credit_lib.TermRows(_term(), empty)], unit=2, params=None,
+                          ref_params=None, logprob_fn=fn, recompute=True)[0] == []
+
+
+CALLS = []
+
+
+@credit_lib.register("test_dummy")
+def dummy_credit(ctx, scored):
+  """Advantage +0.5 on every response token of the failed rollouts only."""
+  CALLS.append(ctx.step)
+  ro = scored.rollouts
+  failed = ~scored.success.reshape(-1)
+  idx = np.flatnonzero(failed)
+  rows = credit_lib.rollout_rows(
+      [ro.row_prompt_ids()[i] for i in idx], [ro.response_ids[i] for i in idx],
+      prompt_len=scored.prompt_len, completion_len=ctx.config.rl.max_new_tokens,
+      pad_id=ctx.tokenizer.pad_id, advantages=[0.5] * len(idx),
+      old_logprobs=[ro.logprobs[i] for i in idx])
+  return credit_lib.Credit(terms=[credit_lib.TermRows(ctx.policy_term, rows)],
+                           metrics={"dummy/rows": float(len(idx))})
+
+
+@pytest.fixture(scope="module")
+def dummy_run(tmp_path_factory):
+  c = _config()
+  c.rl.credit = "test_dummy"
+  c.rl.steps = 2
+  c.eval.every = 0
+  c.checkpoint.every = 0
+  workdir = str(tmp_path_factory.mktemp("dummy"))
+  summary = trainer.train(c, workdir)
+  return c, workdir, summary
+
+
+def test_a_registered_credit_function_plugs_in_by_name(dummy_run):
+  c, workdir, summary = dummy_run
+  assert CALLS == [6, 7] and summary["steps"] == 8
+  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  rl = [r for r in rows if r["phase"] == 1]
+  assert [r["dummy/rows"] for r in rl] == [16.0, 16.0]  # the smoke policy fails everything
+  assert all(r["policy/advantage"] == pytest.approx(0.5) for r in rl)
+  assert all(r["time/credit"] > 0 for r in rl)
+
+
+def test_update_cache_keys_on_the_terms(tmp_path):
+  c = _config()
+  c.checkpoint.every = 0
+  run = trainer.Run(c, str(tmp_path))
+  try:
+    batch = {"policy": {k: np.zeros((16, 8), np.float32) for k in
+                        ("loss_mask", "advantages", "old_logprobs")}}
+    batch["policy"].update(tokens=np.zeros((16, 8), np.int32),
+                           input_mask=np.ones((16, 8), bool), seq_mask=np.ones(16, np.float32))
+    a = run.update_fn((_term(),), batch, run.rl_opt, 1)
+    assert run.update_fn((_term(),), batch, run.rl_opt, 1) is a
+    assert run.update_fn((_term(eps_high=0.3),), batch, run.rl_opt, 1) is not a
+    # the success threshold splits correct from failed
+    ro = rollout.Rollouts(examples=[None], group_size=2, prompt_ids=[[1]],
+                          response_ids=[[2], [3]], logprobs=[np.zeros(1)] * 2, texts=["", ""],
+                          verdicts=[], rewards=np.array([[0.5, 1.0]], np.float32),
+                          finished=np.ones(2, bool), timing={})
+    assert run.score(ro, np.ones(1, bool)).success.tolist() == [[False, True]]
+    with c.unlocked():
+      c.rl.success_threshold = 0.5
+    assert run.score(ro, np.ones(1, bool)).success.tolist() == [[True, True]]
+  finally:
+    run.close()
+
+
+def test_sft_only_run_saves_its_last_step(tmp_path):
+  c = _config()
+  c.rl.steps = 0
+  c.checkpoint.every = 4
+  summary = trainer.train(c, str(tmp_path))
+  assert summary["steps"] == 6
+  assert sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()) == [4, 6]
+  assert workdir_lib.load_run(str(tmp_path))["step"] == 6
+
+
+_GSM8K = [{"question": f"Tom has {i} apples and buys 2. How many?",
+           "answer": f"{i} + 2 = {i + 2}\n#### {i + 2}"} for i in range(6)]
+
+
+def test_gsm8k_config_runs_with_task_options_overridden_field_by_field(tmp_path):
+  manual = tmp_path / "gsm8k"
+  manual.mkdir()
+  for split in ("train", "test"):
+    (manual / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _GSM8K))
+  env = dict(os.environ, XLA_FLAGS="")
+  cmd = [sys.executable, "-m", "si_jax.main",
+         f"--config={os.path.join(REPO, 'experiments', 'configs', 'gsm8k_grpo.py')}:smoke",
+         f"--workdir={tmp_path / 'run'}", f"--config.task.kwargs.manual_dir={manual}",
+         f"--config.task.kwargs.data_dir={tmp_path / 'tfds'}"]
+  p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+  assert p.returncode == 0, p.stdout + p.stderr
+  assert json.load(open(tmp_path / "run" / "summary.json"))["steps"] == 2
+  samples = [json.loads(l) for l in open(tmp_path / "run" / "samples.jsonl")]
+  assert samples and samples[0]["prompt"].startswith("Tom has 0 apples")
+  assert {"completion", "reward", "verdict", "step"} <= set(samples[0])
+  assert "Downloading and preparing" not in p.stdout + p.stderr
+  # a missing data column is one line naming file, line and column
+  (manual / "train.jsonl").write_text(json.dumps({"question": "q"}) + "\n")
+  p = subprocess.run(cmd[:4] + [f"--workdir={tmp_path / 'run2'}"] + cmd[5:], env=env,
+                     capture_output=True, text=True, timeout=600, cwd=REPO)
+  last = p.stderr.strip().splitlines()[-1]
+  assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+  assert last.startswith("si-train: error: ") and "train.jsonl" in last and "answer" in last, last
