@@ -109,6 +109,7 @@ def base_config() -> ml_collections.ConfigDict:
       max_failed_per_prompt=2,      # m_fail: failed rollouts repaired per prompt
       repair_samples=4,             # G_rep: repair candidates per failed rollout
       require_anchor=True,          # repair only failures whose group has a correct rollout
+      repair_instruction="",        # first line of the repair prompt ("" = si/prompts.py's)
       repair_temperature=1.0,
       repair_max_new_tokens=0,      # 0 = rl.max_new_tokens
       lambda_edit=0.1,              # score = h * (r - lambda_edit * normalized edit distance)

@@ -68,16 +68,16 @@ def file_repair_pairs(path: str) -> list[dict]:
                             "repaired": (str,)})
 
 
-def repair_sft_pairs(pairs: Sequence[dict], no_anchor_frac: float, seed: int
-                     ) -> list[tuple[str, str]]:
+def repair_sft_pairs(pairs: Sequence[dict], no_anchor_frac: float, seed: int,
+                     instruction: str | None = None) -> list[tuple[str, str]]:
   """(repair prompt, repaired solution) pairs; round(no_anchor_frac * n) of them, chosen by
   seed, without the anchor (and all whose anchor is None)."""
   rng = np.random.default_rng([seed, 7])
   n = len(pairs)
   drop = set(rng.permutation(n)[:round(no_anchor_frac * n)].tolist())
   return [(si_prompts.repair_prompt(p["problem"], p["failed"],
-                                    None if i in drop else p.get("anchor")), p["repaired"])
-          for i, p in enumerate(pairs)]
+                                    None if i in drop else p.get("anchor"), instruction),
+           p["repaired"]) for i, p in enumerate(pairs)]
 
 
 def reflection_sft_pairs(pairs: Sequence[dict], step_mode: str) -> list[tuple[str, str]]:
@@ -99,7 +99,8 @@ def text_pairs(config, task) -> list[tuple[str, str]]:
     repair = task.repair_pairs(max(c.repair_pairs, c.reflection_pairs), config.seed)
   if c.repair_pairs or c.repair_data_path:
     use = repair if c.repair_data_path else repair[:c.repair_pairs]
-    pairs = pairs + repair_sft_pairs(use, c.repair_no_anchor_frac, config.seed)
+    pairs = pairs + repair_sft_pairs(use, c.repair_no_anchor_frac, config.seed,
+                                     config.si.repair_instruction or None)
   if c.reflection_pairs:
     pairs = pairs + reflection_sft_pairs(repair[:c.reflection_pairs], task.step_mode)
   return pairs

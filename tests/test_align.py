@@ -233,7 +233,8 @@ class StubVerifier:
   def __init__(self):
     self.batches: list[list[list[int]]] = []
 
-  def __call__(self, grafts):
+  def __call__(self, pairs, grafts):
+    assert len(pairs) == len(grafts)
     self.batches.append([list(g) for g in grafts])
     return [MARK in g for g in grafts]
 
@@ -292,9 +293,9 @@ def test_truncation_names_a_verifier_that_miscounts():
   failed, repaired = marked_pair(3, 0)
   al = align(failed, repaired)
   with pytest.raises(ValueError, match="verify returned 0 results for 1 grafts at K=1"):
-    adaptive_truncation([failed], [repaired], [al], lambda grafts: [], 1)
+    adaptive_truncation([failed], [repaired], [al], lambda pairs, grafts: [], 1)
   with pytest.raises(TypeError, match="verify result 0 at K=1 must be a bool, got int"):
-    adaptive_truncation([failed], [repaired], [al], lambda grafts: [1], 1)
+    adaptive_truncation([failed], [repaired], [al], lambda pairs, grafts: [1], 1)
   with pytest.raises(ValueError, match="1 failed, 1 repaired and 2 alignments"):
     adaptive_truncation([failed], [repaired], [al, al], StubVerifier(), 1)
 

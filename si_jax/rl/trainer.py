@@ -402,6 +402,10 @@ class Run:
         out.update({f"eval/{k}": v for k, v in res.items() if isinstance(v, (int, float))})
         self.meta["eval_history"].append(dict(step=step + 1, **res))
       self.writer.write(step + 1, out)
+      credit_metrics = {k: v for k, v in out.items() if k.startswith("si/")}
+      if step == self.sft_steps:
+        self.meta["credit_first"] = credit_metrics
+      self.meta["credit_last"] = credit_metrics
       progress.update(step + 1, reward=out["reward"], acc=out["accuracy"],
                       **({"eval": out[f"eval/avg@{ev.k}"]} if f"eval/avg@{ev.k}" in out else {}))
       self.save(force=step + 1 == self.total_steps)
@@ -435,7 +439,9 @@ def train(config, workdir: str, run: Run | None = None) -> dict:
     if run.ckpt.latest_step() != run.meta["step"]:  # the end of a run is always saved
       run.save(force=True)
     summary = dict(workdir=workdir, steps=run.meta["step"], resumed=resumed,
-                   wall_s=time.perf_counter() - t_start, eval_before=run.meta["eval_before"])
+                   wall_s=time.perf_counter() - t_start, eval_before=run.meta["eval_before"],
+                   credit_first=run.meta.get("credit_first"),
+                   credit_last=run.meta.get("credit_last"))
     if config.eval.num_examples and run.rl_steps:
       hist = run.meta["eval_history"]
       last = hist[-1] if hist and hist[-1]["step"] == run.meta["step"] else None
@@ -460,5 +466,12 @@ def _print_summary(summary: dict, k: int):
     line = f"  {name:28s}"
     line += f" before RL {before[name]:.3f} ->" if before and name in before else ""
     print(f"{line} after RL {after[name]:.3f}", flush=True)
+  first, last = summary.get("credit_first") or {}, summary.get("credit_last") or {}
+  shown = [n for n in ("si/repair_success", "si/active_token_ratio", "si/kstar_mean",
+                       "si/localization_precision", "si/audit_block_rate") if n in last]
+  if shown:
+    print("during RL (training rollouts, first -> last RL step):", flush=True)
+    for name in shown:
+      print(f"  {name:28s} {first.get(name, float('nan')):.3f} -> {last[name]:.3f}", flush=True)
   print(f"held-out {k and f'avg@{k}'}: " + (f"{before[f'avg@{k}']:.3f} -> " if before else "")
         + f"{after[f'avg@{k}']:.3f}; wall time {summary['wall_s']:.0f} s", flush=True)

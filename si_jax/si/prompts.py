@@ -49,9 +49,12 @@ def _block(text: str) -> str:
   return text.strip("\n")
 
 
-def repair_prompt(problem_text: str, failed: str, anchor: str | None = None) -> str:
-  """The repair-mode user message for a failed solution and (optionally) a correct sibling."""
-  parts = [REPAIR_INSTRUCTION, f"Problem: {problem_text.strip()}", "Failed:", _block(failed)]
+def repair_prompt(problem_text: str, failed: str, anchor: str | None = None,
+                  instruction: str | None = None) -> str:
+  """The repair-mode user message for a failed solution and (optionally) a correct sibling.
+  instruction: the first line (default REPAIR_INSTRUCTION; config si.repair_instruction)."""
+  parts = [instruction or REPAIR_INSTRUCTION, f"Problem: {problem_text.strip()}", "Failed:",
+           _block(failed)]
   if anchor is not None:
     parts += ["Reference:", _block(anchor)]
   return "\n".join(parts)

@@ -24,7 +24,9 @@ from si_jax.si.align import Alignment, graft
 
 __all__ = ["TruncationStats", "adaptive_truncation"]
 
-Verify = Callable[[list[list[int]]], Sequence[bool]]
+# verify(pairs, grafts): pairs[i] is the index of the pair graft i comes from (so a verifier can
+# look up its problem); returns one bool per graft (True = the graft is correct).
+Verify = Callable[[list[int], list[list[int]]], Sequence[bool]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,11 +54,12 @@ class TruncationStats:
             f"{prefix}verify_calls": self.verify_calls}
 
 
-def _verify_batch(verify: Verify, grafts: list[list[int]], rung: str) -> list[bool]:
-  """verify(grafts) checked to be one bool per graft; no call for an empty batch."""
+def _verify_batch(verify: Verify, rows: list[int], grafts: list[list[int]], rung: str
+                  ) -> list[bool]:
+  """verify(rows, grafts) checked to be one bool per graft; no call for an empty batch."""
   if not grafts:
     return []
-  ok = list(verify(grafts))
+  ok = list(verify(rows, grafts))
   if len(ok) != len(grafts):
     raise ValueError(f"adaptive_truncation: verify returned {len(ok)} results for {len(grafts)} "
                      f"grafts at {rung}")
@@ -76,7 +79,7 @@ def adaptive_truncation(failed: Sequence[Sequence[int]], repaired: Sequence[Sequ
     failed: R failed token-id sequences.
     repaired: their R repairs.
     alignments: `align(failed[i], repaired[i])` for every i.
-    verify: list of token-id lists -> one bool per list (True = the graft is correct).
+    verify: (pair indices, grafted token-id lists) -> one bool per graft (True = correct).
     k: the first truncation K, >= 1.
 
   Returns:
@@ -95,7 +98,7 @@ def adaptive_truncation(failed: Sequence[Sequence[int]], repaired: Sequence[Sequ
   def rung(rows: list[int], kk: int, name: str) -> list[int]:
     """Verifies rows grafted at kk; sets K* = kk where it verifies; returns the rows that failed."""
     grafts = [graft(failed[i], repaired[i], alignments[i], kk) for i in rows]
-    ok = _verify_batch(verify, grafts, f"{name}={kk}")
+    ok = _verify_batch(verify, rows, grafts, f"{name}={kk}")
     for i, good in zip(rows, ok):
       if good:
         kstar[i] = kk

@@ -1,0 +1,90 @@
+"""Main CPU job: supervision internalization on the synthetic arithmetic task.
+
+A tiny Qwen3-shaped model (d=128, 2 layers) is cold-started on a mix of policy traces (half
+with an injected mistake, so the policy is right only sometimes), error -> repair pairs in the
+repair-prompt format (half of them without the anchor: RESEARCH_NOTES found that a repair mode
+trained only with anchors transcribes the anchor) and reflection pairs (failed trace ->
+\\boxed{first wrong step}, for the reset variants). RL then runs GSPO with SI's credit: failed
+rollouts are repaired by the same model, and the token diff between failure and repair is the
+credit. Prints held-out accuracy, the repair probe and the active-token ratio before and after.
+
+  si-train --config experiments/configs/arith_si.py --workdir runs/arith_si
+
+Variants (`arith_si.py:<variant>`): `smoke` (seconds, for tests). Corrections by override:
+`--config.si.correction=reset|random_reset|oracle_reset`. Baselines from the same cold start:
+`arith_gspo.py` (this config with outcome credit), `arith_grpo.py`.
+"""
+
+from si_jax import configs
+
+
+def get_config(arg=None):
+  c = configs.base_config()
+  c.task.name = "arith"
+  c.task.kwargs = dict(num_steps=(2, 4), operand_range=(0, 9), modulus=10,
+                       train_size=20000, test_size=500)
+  c.tokenizer.build = "arith"
+
+  c.model.preset = "tiny"
+  c.model.overrides = dict(vocab_size=0, num_layers=2, hidden_size=128, num_heads=4,
+                           num_kv_heads=2, head_dim=32, intermediate_size=384,
+                           max_position_embeddings=256)
+
+  c.sft.steps = 600
+  c.sft.batch_size = 64
+  c.sft.num_traces = 20000
+  c.sft.error_rate = 0.5
+  c.sft.repair_pairs = 12000
+  c.sft.repair_no_anchor_frac = 0.5
+  c.sft.reflection_pairs = 4000
+  c.sft.optim.lr = 3e-3
+  c.sft.optim.warmup_steps = 40
+
+  c.rl.steps = 40
+  c.rl.loss = "gspo"
+  c.rl.credit = "si"
+  c.rl.prompts_per_step = 32
+  c.rl.group_size = 8
+  c.rl.max_new_tokens = 48
+  c.rl.temperature = 1.0
+  c.rl.minibatches = 2
+  c.rl.optim.lr = 1e-4
+  c.rl.optim.warmup_steps = 5
+  c.rl.optim.schedule = "constant"
+
+  c.si.correction = "repair"
+  c.si.max_failed_per_prompt = 2
+  c.si.repair_samples = 4
+  c.si.repair_max_new_tokens = 48
+
+  c.eval.every = 20
+  c.eval.num_examples = 256
+  c.eval.k = 4
+  c.eval.temperature = 1.0
+  c.eval.max_new_tokens = 48
+  c.checkpoint.every = 20
+
+  if arg == "smoke":  # seconds, for tests: same code path, minute sizes
+    c.task.kwargs = dict(num_steps=(1, 2), operand_range=(0, 9), modulus=10,
+                         train_size=2000, test_size=64)
+    c.model.overrides = dict(c.model.overrides, num_layers=1, hidden_size=32, num_heads=2,
+                             num_kv_heads=1, head_dim=16, intermediate_size=64)
+    c.sft.steps = 6
+    c.sft.batch_size = 16
+    c.sft.num_traces = 256
+    c.sft.repair_pairs = 64
+    c.sft.reflection_pairs = 32
+    c.rl.steps = 4
+    c.rl.prompts_per_step = 4
+    c.rl.group_size = 4
+    c.rl.max_new_tokens = 24
+    c.si.repair_samples = 2
+    c.si.repair_max_new_tokens = 24
+    c.si.probe_examples = 4
+    c.eval.every = 2
+    c.eval.num_examples = 8
+    c.eval.max_new_tokens = 24
+    c.checkpoint.every = 2
+  elif arg not in (None, ""):
+    raise ValueError(f"arith_si: unknown variant {arg!r}; known: smoke")
+  return configs.finalize(c)
