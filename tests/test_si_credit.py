@@ -133,3 +133,168 @@ def test_prefix_ids_are_the_sampled_ids_before_the_step(tmp_path):
   p2 = reset_lib.prefix_ids(tok, ids, text, 2, "lines")
   assert p2 == ids[:len(p2)] and tok.decode(p2) == "1+2=3\n"
   assert tok.decode(reset_lib.prefix_ids(tok, ids, text, 3, "lines")) == "1+2=3\n3*3=9\n"
+
+
+# ----------------------------------------------------------------------------- repair credit,
+# step by step, with a scripted sampler
+
+
+class ScriptedSampler:
+  """Returns scripted responses (lists of ids) in call order; records the prompts."""
+
+  def __init__(self, responses, stop_id):
+    self.responses = list(responses)
+    self.stop_id = stop_id
+    self.prompts = []
+
+  def generate(self, params, prompts, key, sp):
+    from si_jax.sampling import SampleOutput
+    self.prompts.append([list(p) for p in prompts])
+    outs = [self.responses.pop(0) for _ in prompts]
+    N = sp.max_new_tokens
+    toks = np.full((len(outs), N), sp.pad_id, np.int32)
+    lps = np.zeros((len(outs), N), np.float32)
+    for i, o in enumerate(outs):
+      toks[i, :len(o)] = o
+      lps[i, :len(o)] = -0.5
+    return SampleOutput(tokens=toks, logprobs=lps, lengths=np.array([len(o) for o in outs]),
+                        finished=np.array([bool(o) and o[-1] == self.stop_id for o in outs]))
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+  from si_jax.tokenizer import Tokenizer, build_char_tokenizer
+  return Tokenizer.from_dir(build_char_tokenizer(str(tmp_path_factory.mktemp("tok"))))
+
+
+PROBLEM = arith.Problem(3, ("+", "*"), (4, 3), 10)  # 3+4=7, 7*3=1
+GOOD = "3+4=7\n7*3=1\nAnswer: 1"
+SPACED = "3 + 4 = 7\n7 * 3 = 1\nAnswer: 1"  # a correct sibling spelled otherwise
+BAD = "3+4=7\n7*3=2\nAnswer: 2"  # first wrong step: 1
+BAD2 = "3+4=8\n8*3=4\nAnswer: 4"  # first wrong step: 0
+
+
+def _scored(tok, texts):
+  from si_jax.rl import credit as credit_lib
+  from si_jax.rl import rollout
+  ex = arith._example(PROBLEM, "t/0")  # pylint: disable=protected-access
+  ids = [tok.encode(t) + [tok.stop_ids[0]] for t in texts]
+  task = arith.ArithTask()
+  ro = rollout.Rollouts(
+      examples=[ex], group_size=len(texts), prompt_ids=[tok.prompt_ids(ex.prompt)],
+      response_ids=ids, logprobs=[np.full(len(i), -1.0, np.float32) for i in ids],
+      texts=[tok.decode(i) for i in ids], verdicts=[], rewards=np.zeros((1, len(texts))),
+      finished=np.ones(len(texts), bool), timing={})
+  ro = rollout.score(ro, task)
+  return task, credit_lib.Scored(rollouts=ro, rewards=ro.rewards, success=ro.rewards >= 1.0,
+                                 group_mask=np.ones(1, bool), prompt_len=48)
+
+
+def _ctx(tok, task, sampler, **si):
+  import jax
+  from si_jax import configs
+  from si_jax import sampling
+  from si_jax import sharding
+  from si_jax.rl import credit as credit_lib
+  c = _config(**si)
+  with c.unlocked():
+    c.task.name = "arith"
+  c.rl.max_new_tokens = c.si.repair_max_new_tokens = 40
+  sp = sampling.SamplingParams(max_new_tokens=40, stop_ids=tok.stop_ids, pad_id=tok.pad_id)
+  return credit_lib.CreditContext(
+      config=c, step=0, key=lambda p: jax.random.fold_in(jax.random.key(0), p), params=None,
+      sampler=sampler, tokenizer=tok, task=task,
+      mesh=sharding.make_mesh(devices=jax.devices()[:1]), loss=configs.resolve_loss(c),
+      policy_term=credit_lib.policy_term(c), sampling_params=sp)
+
+
+def _span(row_tokens, gate):
+  return [int(t) for t, g in zip(row_tokens, gate) if g]
+
+
+def test_repair_credit_marks_the_decisive_tokens_of_failure_and_repair(tok):
+  from si_jax.si import credit as si_credit
+  task, scored = _scored(tok, [SPACED, BAD])
+  stop = tok.stop_ids[0]
+  garbage = tok.encode("7*3")  # cut by the budget: no stop token -> audit 'truncated'
+  repair = tok.encode(GOOD) + [stop]
+  sampler = ScriptedSampler([garbage, repair], stop)
+  ctx = _ctx(tok, task, sampler, repair_samples=2)
+  credit = si_credit.repair_credit(ctx, scored)
+  m = credit.metrics
+  assert m["si/requests"] == 1 and m["si/kept"] == 1 and m["si/repair_success"] == 1.0
+  assert m["si/audit_block/truncated"] == 1 and m["si/candidate_success"] == 0.5
+  # the repair prompt shows the failure and the correct sibling as the anchor
+  (prompts,) = sampler.prompts
+  assert "Failed:\n" + BAD in tok.decode(prompts[0])
+  assert "Reference:\n" + SPACED in tok.decode(prompts[0])
+  # edits: the two wrong values; K = 1 does not verify, 2K covers all -> K* = 2 (all)
+  assert (m["si/kstar_at_k"], m["si/kstar_at_all"], m["si/kstar_mean"]) == (0, 1, 2.0)
+  assert m["si/localization_precision"] == 1.0  # the first edit is in step 1, the true one
+  policy, nll = credit.terms[0].rows, credit.terms[1].rows
+  assert credit.terms[1].term.name == "repair" and policy["tokens"].shape[0] == 2
+  minus, plus = policy["tokens"]
+  assert tok.decode(_span(minus, policy["loss_mask"][0])) == "22"  # 7*3=[2], Answer: [2]
+  assert tok.decode(_span(plus, policy["loss_mask"][1])) == "11"   # 7*3=[1], Answer: [1]
+  assert (policy["advantages"][0][policy["loss_mask"][0] > 0] == -1.0).all()
+  assert (policy["advantages"][1][policy["loss_mask"][1] > 0] == 1.0).all()
+  assert policy["advantages"][:, :48].sum() == 0 and policy["loss_mask"][:, :48].sum() == 0
+  # both rows train under the policy prompt; the repair on its sampled ids, verbatim
+  failed_ids = scored.rollouts.response_ids[1]
+  assert [int(t) for t in minus[48:48 + len(failed_ids)]] == failed_ids
+  assert [int(t) for t in plus[48:48 + len(repair)]] == repair
+  assert policy["has_old"].tolist() == [True, False]  # the repair's are recomputed
+  # internalization: the NLL row is the repair prompt + the kept repair's ids
+  assert nll["loss_mask"].sum() == len(repair)
+  assert [int(t) for t in nll["tokens"][0][nll["loss_mask"][0] > 0]] == repair
+  assert m["si/active_token_ratio"] == pytest.approx(4 / (len(failed_ids) + len(repair)))
+
+
+def test_unrepaired_failures_take_the_configured_fallback(tok):
+  from si_jax.si import credit as si_credit
+  task, scored = _scored(tok, [SPACED, BAD, BAD2])
+  stop = tok.stop_ids[0]
+  # m_fail = 1: one failure is requested and its repair does not verify, the other is not
+  # requested; both take the fallback.
+  for fallback, rows in (("outcome", 2), ("drop", 0)):
+    sampler = ScriptedSampler([tok.encode(BAD2) + [stop]] * 2, stop)  # no repair verifies
+    credit = si_credit.repair_credit(_ctx(tok, task, sampler, unrepaired=fallback,
+                                          repair_samples=2, max_failed_per_prompt=1), scored)
+    assert credit.metrics["si/kept"] == 0
+    n = credit.terms[0].rows["tokens"].shape[0] if credit.terms else 0
+    assert n == rows
+  # without an anchor (an all-failed group) nothing is requested unless require_anchor=False
+  task, scored = _scored(tok, [BAD, BAD2])
+  credit = si_credit.repair_credit(_ctx(tok, task, ScriptedSampler([], stop)), scored)
+  assert credit.metrics["si/requests"] == 0
+  sampler = ScriptedSampler([tok.encode(GOOD) + [stop]] * 4, stop)
+  credit = si_credit.repair_credit(_ctx(tok, task, sampler, require_anchor=False,
+                                        max_failed_per_prompt=2, audit="none"), scored)
+  assert credit.metrics["si/requests"] == 2 and credit.metrics["si/kept"] == 2
+  assert all("Reference" not in tok.decode(p) for p in sampler.prompts[0])
+  # correct rollouts get outcome credit only with train_correct_base
+  task, scored = _scored(tok, [GOOD, SPACED])
+  ctx = _ctx(tok, task, ScriptedSampler([], stop), train_correct_base=True)
+  assert si_credit.repair_credit(ctx, scored).terms[0].rows["tokens"].shape[0] == 2
+  ctx = _ctx(tok, task, ScriptedSampler([], stop))
+  assert si_credit.repair_credit(ctx, scored).terms == []
+
+
+def test_gated_sequence_ratio_value_and_gradient_by_hand():
+  """The policy loss on SI rows: w = exp(sum_t g_t (lp_t - old_t) / sum_t g_t) per row,
+  per-token loss -min(w A, clip(w) A) on gated tokens only, GSPO-token gradient."""
+  import jax
+  import jax.numpy as jnp
+  from si_jax.rl import losses
+  lp = jnp.array([[-1.0, -2.0, -0.5, -3.0]])
+  old = jnp.array([[-1.2, -2.0, -0.4, -9.0]])
+  gate = jnp.array([[1.0, 0.0, 1.0, 0.0]])
+  adv = -1.0 * gate
+  kw = dict(ratio="gated_sequence", aggregation="seq_mean_token_mean", eps_low=0.2,
+            eps_high=0.2)
+  s, d, _ = losses.policy_loss(lp, old, adv, gate, **kw)
+  w = np.exp(((-1.0 + 1.2) + (-0.5 + 0.4)) / 2)  # the ungated -3 vs -9 does not count
+  assert float(s / d) == pytest.approx(w, rel=1e-6)  # -min(w*-1, clip(w)*-1) = w (w in range)
+  g = jax.grad(lambda x: losses.policy_loss(x, old, adv, gate, **kw)[0])(lp)
+  # d/dlp_t of mean_t(-A_t * sg(w) * exp(lp_t - sg(lp_t))) = -A_t * w / 2 on gated tokens
+  np.testing.assert_allclose(np.asarray(g), [[w / 2, 0.0, w / 2, 0.0]], rtol=1e-6)
