@@ -3,8 +3,11 @@
 Shared by si-train (`si_jax.rl.trainer`), si-eval and si-convert, which import this module and
 not each other, so the layers stay one-way.
 
+`model.init_from` may be an HF model directory, an si-convert params directory, or another
+si-train workdir (its latest checkpoint: how methods share one cold start).
+
 Tokenizer: `tokenizer.path` if set; else the tokenizer of `model.init_from` when that directory
-has one; else the one `tokenizer.build` names, built into `<workdir>/tokenizer`. A tokenizer that
+has one (for a workdir: that run's tokenizer); else the one `tokenizer.build` names, built into `<workdir>/tokenizer`. A tokenizer that
 does not belong to the model (vocabulary larger than the embedding table; none of the model's
 end-of-sequence ids among the tokenizer's stop ids; another vocabulary size or other special
 tokens than the tokenizer the model directory ships) is refused, naming both.
@@ -38,11 +41,18 @@ def _has_tokenizer(path: str) -> bool:
   return os.path.exists(os.path.join(path, "tokenizer.json"))
 
 
+def is_workdir(path: str) -> bool:
+  """A si-train workdir (config.json and at least one checkpoint)."""
+  return bool(path) and os.path.exists(os.path.join(path, CONFIG_FILE)) and has_checkpoint(path)
+
+
 def setup_tokenizer(config, workdir: str | None) -> Tokenizer:
   """The run's tokenizer (see the module docstring)."""
   if config.tokenizer.path:
     return Tokenizer.from_dir(config.tokenizer.path)
   init = config.model.init_from
+  if is_workdir(init):  # the tokenizer of the run we start from
+    return setup_tokenizer(read_config(init), init)
   if init and _has_tokenizer(init):
     return Tokenizer.from_dir(init)
   if config.tokenizer.build == "arith":
@@ -128,7 +138,11 @@ def setup_model(config, tokenizer: Tokenizer, mesh, seed: int | None = None):
   if config.model.init_from:
     path = config.model.init_from
     shard = lambda c: shd.param_shardings(c, mesh)
-    if os.path.exists(os.path.join(path, "model_config.json")):
+    if is_workdir(path):  # the latest checkpoint of another run (e.g. a shared cold start)
+      run = load_run(path)
+      cfg, params = run["model_cfg"], jax.device_put(run["params"], shard(run["model_cfg"]))
+      check_tokenizer_fits(tokenizer, cfg)
+    elif os.path.exists(os.path.join(path, "model_config.json")):
       from si_jax.models import convert
       cfg, params = convert.load_params(path, shardings=shard)
       check_tokenizer_fits(tokenizer, cfg)

@@ -118,3 +118,28 @@ def test_task_options_are_config_fields():
   arith = configs.finalize(configs.base_config())
   assert arith.task.kwargs.num_steps == [2, 4] and arith.task.kwargs.modulus == 10
   assert isinstance(arith.task.kwargs, ml_collections.ConfigDict)
+
+
+def test_init_from_another_runs_workdir(tmp_path):
+  """Methods share one cold start: a run can start from another run's latest checkpoint."""
+  import importlib.util
+  import numpy as np
+  from si_jax.rl import trainer
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  spec = importlib.util.spec_from_file_location(
+      "g", os.path.join(repo, "experiments", "configs", "arith_grpo.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  cold = mod.get_config("smoke")
+  cold.rl.steps = 0
+  trainer.train(cold, str(tmp_path / "cold"))
+  c = mod.get_config("smoke")
+  c.model.init_from = str(tmp_path / "cold")
+  c.sft.steps = 0
+  c.tokenizer.build = ""
+  tok = workdir_lib.setup_tokenizer(c, str(tmp_path / "rl"))
+  assert tok.path == str(tmp_path / "cold" / "tokenizer")
+  _, params = workdir_lib.setup_model(c, tok, shd.make_mesh(devices=jax.devices()[:1]))
+  want = workdir_lib.load_run(str(tmp_path / "cold"))["params"]
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(want)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
