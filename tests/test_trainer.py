@@ -183,3 +183,49 @@ def test_dapo_with_kl_on_an_8_device_data_parallel_mesh(tmp_path):
   for x, y in zip(jax.tree.leaves(handover), jax.tree.leaves(final)):
     np.testing.assert_array_equal(x, y)
   assert os.listdir(tmp_path / "dapo" / "reference")  # the KL reference, saved at hand-over
+
+
+SI_CONFIG = os.path.join(REPO, "experiments", "configs", "arith_si.py")
+# Runs si-train with the test-only 'arith_parity' task registered (tests/test_si_credit.py):
+# a random tiny model is right half the time there, so repairs are sampled, kept and trained.
+_BOOT = ("import sys; sys.path.insert(0, 'tests'); import test_si_credit; "
+         "from si_jax.main import run; sys.argv = ['si-train'] + sys.argv[1:]; run()")
+
+
+def _si_parity_train(workdir, cache_dir, wait=True):
+  env = dict(os.environ, XLA_FLAGS="", JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  cmd = [sys.executable, "-c", _BOOT, f"--config={SI_CONFIG}:smoke", f"--workdir={workdir}",
+         "--config.task.name=arith_parity", "--config.si.audit=none",
+         "--config.si.repair_rl=True", "--config.rl.kl_beta=0.1"]
+  p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       text=True, cwd=REPO)
+  if not wait:
+    return p
+  out, _ = p.communicate(timeout=600)
+  return p.returncode, out
+
+
+def test_si_run_killed_and_resumed_is_the_same_run(tmp_path):
+  cache = tmp_path / "jax_cache"
+  a, b = tmp_path / "a", tmp_path / "b"
+  rc, out = _si_parity_train(a, cache)
+  assert rc == 0, out
+  rl = [r for r in _metrics(a) if r["phase"] == 1]
+  assert sum(r["si/kept"] for r in rl) > 0 and all("repair_rl/loss" in r for r in rl)
+  p = _si_parity_train(b, cache, wait=False)
+  deadline = time.time() + 600
+  while not os.path.exists(b / "checkpoints" / "8"):
+    assert p.poll() is None, p.stdout.read()
+    assert time.time() < deadline
+    time.sleep(0.05)
+  p.send_signal(signal.SIGKILL)
+  p.wait()
+  rc, out = _si_parity_train(b, cache)
+  assert rc == 0 and "resumed" in out, out
+  (sa, pa), (sb, pb) = _params(a), _params(b)
+  assert sa == sb == 10
+  for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
+    np.testing.assert_array_equal(x, y)
+  assert _metrics(a) == _metrics(b)

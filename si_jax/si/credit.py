@@ -283,6 +283,7 @@ def repair_credit(ctx: credit_lib.CreditContext, scored: credit_lib.Scored) -> c
       "si/failed": n_fail, "si/requests": len(requests),
       "si/requests_with_anchor": sum(r.anchor_row is not None for r in requests),
       "si/repair_success": _mean([b >= 0 for b in cands.best], 0.0),
+      "si/repaired_fraction": len(kept) / n_fail if n_fail else 0.0,
       "si/candidate_success": float(np.sum((cands.reward > 0) & np.asarray(
           [x is None for x in cands.reasons], bool))) / n_c if len(cands.ids) else 0.0,
       "si/candidate_verified": _mean(cands.reward, 0.0),
