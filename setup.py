@@ -47,6 +47,7 @@ setuptools.setup(
             "si-eval=si_jax.evaluate:run",
             "si-convert=si_jax.models.convert:run",
             "si-bench=si_jax.bench:run",
+            "si-sweep=si_jax.sweep:run",
         ],
     },
 )
