@@ -53,6 +53,14 @@ def get_config(arg=None):
   c.rl.optim.schedule = "constant"
 
   c.si.correction = "repair"
+  # The audit's copy rule (closer to the anchor than to the failure) is off here: this task has
+  # one correct trace per problem, so the minimal repair of a mistake IS the anchor, and with
+  # the rule on (copy_margin 0.1) it blocked 62-78% of the candidates in the first 10 RL steps
+  # of this job, nearly all of them correct repairs (kept repairs fell to 0-8% of requests).
+  # Whether the repair mode repairs or transcribes is measured by the held-out probes instead
+  # (eval/si/probe_repair_no_anchor and _wrong_anchor). The truncated / malformed /
+  # answer-only rules stay on.
+  c.si.copy_margin = 1.0
   c.si.max_failed_per_prompt = 2
   c.si.repair_samples = 4
   c.si.repair_max_new_tokens = 48

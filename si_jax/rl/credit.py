@@ -5,6 +5,9 @@ their own sub-batches, plus its metrics:
 
     credit_fn(ctx: CreditContext, scored: Scored) -> Credit
 
+A credit function may carry an `evaluate(ctx, key) -> dict` attribute: metrics it adds to every
+evaluation (SI's held-out repair probe).
+
 `outcome` (the GRPO family: one group-relative advantage per rollout, broadcast onto its tokens)
 is registered here; supervision internalization registers `si` (`si_jax.si.credit`). A new
 algorithm is one module with `@register("name")` plus `config.rl.credit = "name"`; the module is
@@ -69,6 +72,10 @@ class TermRows:
 
 @dataclasses.dataclass
 class Credit:
+  """The rows to train on, as loss terms with their own rows, plus metrics ('tokens/
+  credit_sampled': tokens the credit stage sampled itself, e.g. repairs) and seconds per
+  part of the stage."""
+
   terms: list[TermRows]
   metrics: dict[str, float] = dataclasses.field(default_factory=dict)
   timing: dict[str, float] = dataclasses.field(default_factory=dict)

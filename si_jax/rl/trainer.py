@@ -374,6 +374,9 @@ class Run:
     out = {
         "phase": 1, "reward": _mean(ro.rewards), "accuracy": _mean(scored.success),
         "response_tokens": _mean(ro.lengths), "finished": _mean(ro.finished),
+        "tokens/rollout": int(ro.lengths.sum()),
+        "tokens/sampled": int(ro.lengths.sum()) + int(credit.metrics.get("tokens/credit_sampled",
+                                                                        0)),
         "groups_with_signal": _mean(np.asarray(adv_lib.dynamic_sampling_keep(ro.rewards))),
         **{f"verdict/{k}": n / rows for k, n in reasons.items()},
         **_mean_updates(upd), **pack_metrics, **credit.metrics,

@@ -297,6 +297,7 @@ def repair_credit(ctx: credit_lib.CreditContext, scored: credit_lib.Scored) -> c
       "si/active_token_ratio": gated / resp if resp else float("nan"),
       "si/localization_precision": _mean(loc),
       "si/policy_rows": int(policy["tokens"].shape[0]) if policy else 0,
+      "tokens/credit_sampled": sum(len(x) for x in cands.ids),
   }
   return credit_lib.Credit(terms=_terms(ctx, policy, nll, rl_rows), metrics=m, timing=timing)
 
@@ -392,6 +393,7 @@ def reset_credit(ctx: credit_lib.CreditContext, scored: credit_lib.Scored) -> cr
       "si/active_token_ratio": cont_tokens / all_tokens if all_tokens else float("nan"),
       "si/localization_precision": _mean(loc),
       "si/policy_rows": int(policy["tokens"].shape[0]) if policy else 0,
+      "tokens/credit_sampled": cont_tokens + sum(len(x) for x in refl_ids),
   }
   return credit_lib.Credit(terms=_terms(ctx, policy, nll, None), metrics=m, timing=timing)
 
