@@ -110,7 +110,6 @@ def test_reset_corrections_end_to_end(tmp_path, correction):
 
 def test_locate_and_prefix():
   from si_jax.si import reset as reset_lib
-  from si_jax.tokenizer import Tokenizer, build_char_tokenizer
   texts = ["1+2=3\n3*3=9\nAnswer: 9", "7-1=6\nAnswer: 5"]
   refl = ["\\boxed{2}", "no box"]
   assert reset_lib.locate("reset", texts, step_mode="lines", reflections=refl) == [2, None]

@@ -1,7 +1,6 @@
 """The update step: micro-batch accumulation, NaN guard, sharded == single device."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

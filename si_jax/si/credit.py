@@ -60,7 +60,7 @@ from si_jax.si import repair as repair_lib
 from si_jax.si import reset as reset_lib
 from si_jax.si import token_credit
 from si_jax.si import truncate as truncate_lib
-from si_jax.si.select import Request, select_failures
+from si_jax.si.select import select_failures
 
 # PRNG purposes of the credit stage (the trainer's are < 10).
 SELECT, REPAIR, REFLECT, RESET, PROBE = 10, 11, 12, 13, 14
