@@ -12,6 +12,8 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 
 FAMILIES = ("llama", "qwen2", "qwen3")
+# Mirrors si_jax.models.attention.IMPLEMENTATIONS (kept here: config imports no model code).
+ATTENTION_IMPLS = ("auto", "dense", "blockwise", "cudnn", "splash")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -31,6 +33,10 @@ class ModelConfig:
 
   family: 'llama' | 'qwen2' | 'qwen3'. qwen2 implies q/k/v biases, qwen3 implies q/k RMSNorm;
   both can also be set explicitly through `attention_bias` / `qk_norm`.
+
+  attention / attention_block_size choose how training, scoring and prefill compute attention
+  (`si_jax.models.attention`: "auto", "dense", "blockwise", "cudnn", "splash"); they change
+  speed and memory, not the model, so `to_hf_config` does not write them.
   """
 
   family: str = "qwen3"
@@ -50,6 +56,8 @@ class ModelConfig:
   max_position_embeddings: int = 4096
   param_dtype: str = "float32"
   dtype: str = "float32"  # compute (activation) dtype
+  attention: str = "auto"
+  attention_block_size: int = 128
 
   def __post_init__(self):
     errors = []
@@ -69,6 +77,10 @@ class ModelConfig:
     for name in ("param_dtype", "dtype"):
       if getattr(self, name) not in DTYPES:
         errors.append(f"{name} must be one of {sorted(DTYPES)}, got {getattr(self, name)!r}")
+    if self.attention not in ATTENTION_IMPLS:
+      errors.append(f"attention must be one of {ATTENTION_IMPLS}, got {self.attention!r}")
+    if self.attention_block_size < 1:
+      errors.append(f"attention_block_size must be >= 1, got {self.attention_block_size}")
     if errors:
       raise ValueError("Invalid ModelConfig: " + "; ".join(errors))
 

@@ -31,10 +31,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from si_jax.models import attention
 from si_jax.models.config import ModelConfig
 
 Params = dict[str, Any]
-_NEG = -1e30  # finite "minus infinity": fully masked rows give a uniform softmax, not NaN.
+_NEG = attention.NEG  # finite "minus infinity": fully masked rows give a uniform softmax
 
 
 # ----------------------------------------------------------------------------- params
@@ -126,13 +127,27 @@ def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
   return inv.astype(np.float32)
 
 
-def rope(x: jax.Array, positions: jax.Array, cfg: ModelConfig) -> jax.Array:
-  """Rotary embedding (HF rotate-half convention). x [..., T, heads, hd], positions [..., T]."""
+def rope_tables(positions: jax.Array, cfg: ModelConfig, dtype) -> tuple[jax.Array, jax.Array]:
+  """(cos, sin), each [..., T, 1, hd/2] in `dtype`, for positions [..., T].
+
+  Computed once per forward and shared by every layer: inside the layer scan XLA would fuse
+  cos/sin into each head's elementwise work and recompute them per element (and again in
+  the rematerialized backward).
+  """
   freqs = positions.astype(jnp.float32)[..., None] * rope_inv_freq(cfg)  # [..., T, hd/2]
-  cos = jnp.cos(freqs)[..., None, :].astype(x.dtype)
-  sin = jnp.sin(freqs)[..., None, :].astype(x.dtype)
+  return jnp.cos(freqs)[..., None, :].astype(dtype), jnp.sin(freqs)[..., None, :].astype(dtype)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+  """Rotary embedding (HF rotate-half convention). x [..., T, heads, hd]; cos, sin from
+  `rope_tables`."""
   x1, x2 = jnp.split(x, 2, axis=-1)
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+def rope(x: jax.Array, positions: jax.Array, cfg: ModelConfig) -> jax.Array:
+  """Rotary embedding (HF rotate-half convention). x [..., T, heads, hd], positions [..., T]."""
+  return apply_rope(x, *rope_tables(positions, cfg, x.dtype))
 
 
 def matmul_rows(x: jax.Array, w: jax.Array) -> jax.Array:
@@ -152,8 +167,10 @@ def _proj(x, p, name, dtype):
   return y
 
 
-def _qkv(x, p, positions, cfg):
-  """x [B, T, d] -> q [B, T, H, hd], k, v [B, T, KV, hd] with norms and RoPE applied."""
+def _qkv(x, p, rope_cs, cfg):
+  """x [B, T, d] -> q [B, T, H, hd], k, v [B, T, KV, hd] with norms and RoPE applied.
+
+  rope_cs: (cos, sin) from `rope_tables` for the rows' positions."""
   B, T, _ = x.shape
   dt, hd = cfg.jnp_dtype, cfg.head_dim
   q = _proj(x, p, "q", dt).reshape(B, T, cfg.num_heads, hd)
@@ -162,7 +179,7 @@ def _qkv(x, p, positions, cfg):
   if cfg.qk_norm:
     q = rms_norm(q, p["q_norm"], cfg.rms_norm_eps)
     k = rms_norm(k, p["k_norm"], cfg.rms_norm_eps)
-  return rope(q, positions, cfg), rope(k, positions, cfg), v
+  return apply_rope(q, *rope_cs), apply_rope(k, *rope_cs), v
 
 
 def _mlp(x, p, cfg):
@@ -185,38 +202,35 @@ def _attend(q, k_t, v, bias, cfg):
   return jnp.matmul(probs, v)
 
 
-def _layer_full(x, p, positions, bias, cfg):
-  """One decoder layer over full sequences. x [B, T, d]; bias [B, 1, 1, T, T].
+def _layer_full(x, p, rope_cs, mask, bias, cfg):
+  """One decoder layer over full sequences. x [B, T, d]; rope_cs: `rope_tables` (cos, sin);
+  mask [B, T]; bias [B, 1, 1, T, T] (the dense path's prebuilt `attention.causal_bias`, None
+  for the other paths).
 
   Returns (x, (k, v)) with k, v [B, T, KV, hd] (post-RoPE; for building a KV cache).
   """
   B, T, _ = x.shape
-  KV, G, hd = cfg.num_kv_heads, cfg.q_per_kv, cfg.head_dim
   h = rms_norm(x, p["attn_norm"], cfg.rms_norm_eps)
-  q, k, v = _qkv(h, p, positions, cfg)
-  qg = q.reshape(B, T, KV, G, hd).transpose(0, 2, 3, 1, 4).reshape(B, KV, G * T, hd)
-  k_t = k.transpose(0, 2, 3, 1)  # [B, KV, hd, T]
-  v_ = v.transpose(0, 2, 1, 3)  # [B, KV, T, hd]
-  scale = hd ** -0.5
-  s = jnp.matmul(qg, k_t).astype(jnp.float32).reshape(B, KV, G, T, T) * scale + bias
-  probs = jax.nn.softmax(s, axis=-1).astype(v.dtype).reshape(B, KV, G * T, T)
-  o = jnp.matmul(probs, v_).reshape(B, KV, G, T, hd).transpose(0, 3, 1, 2, 4)
-  o = o.reshape(B, T, cfg.num_heads * hd)
+  q, k, v = _qkv(h, p, rope_cs, cfg)
+  if bias is not None:
+    o = attention.dense_with_bias(q, k, v, bias)
+  else:
+    o = attention.attend(q, k, v, mask, impl=_attention_impl(cfg, T),
+                         block_size=cfg.attention_block_size)
+  o = o.reshape(B, T, cfg.num_heads * cfg.head_dim)
   x = x + matmul_rows(o, p["o"].astype(cfg.jnp_dtype))
   return _mlp(x, p, cfg), (k, v)
+
+
+def _attention_impl(cfg: ModelConfig, seq_len: int) -> str:
+  """The attention implementation `cfg.attention` resolves to for sequences of seq_len."""
+  return attention.resolve(cfg.attention, seq_len=seq_len, block_size=cfg.attention_block_size,
+                           dtype=cfg.jnp_dtype, head_dim=cfg.head_dim)
 
 
 def positions_from_mask(mask: jax.Array) -> jax.Array:
   """[B, T] validity mask -> [B, T] int32 positions (cumsum - 1, 0 on leading padding)."""
   return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
-
-
-def _full_bias(mask):
-  """[B, T] validity -> additive causal + key-validity bias [B, 1, 1, T, T] (float32)."""
-  T = mask.shape[-1]
-  causal = jnp.tril(jnp.ones((T, T), dtype=bool))
-  ok = causal[None] & mask.astype(bool)[:, None, :]
-  return jnp.where(ok, 0.0, _NEG).astype(jnp.float32)[:, None, None]
 
 
 def embed(params: Params, tokens: jax.Array, cfg: ModelConfig) -> jax.Array:
@@ -228,23 +242,45 @@ def lm_head_kernel(params: Params, cfg: ModelConfig) -> jax.Array:
   return params["embed"].T if cfg.tie_embeddings else params["lm_head"]
 
 
+# remat option -> what the backward pass keeps of each layer's forward (jax.checkpoint policy).
+REMAT_POLICIES = {
+    "none": None,  # everything autodiff saves (MLP activations, T x T probabilities if dense)
+    "full": jax.checkpoint_policies.nothing_saveable,  # only the layer inputs; all recomputed
+    # the 2-D projection outputs (q, k, v, o, gate, up, down) plus the blockwise attention's
+    # output and row log-sum-exp; norms, RoPE, SiLU (and dense attention) are recomputed.
+    "dots": jax.checkpoint_policies.save_from_both_policies(
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+        jax.checkpoint_policies.save_only_these_names(*attention.SAVEABLE_NAMES)),
+}
+
+
+def remat_policy(remat: bool | str):
+  """The checkpoint policy of a `remat` argument (False = "none", True = "full"), or None."""
+  name = ("full" if remat else "none") if isinstance(remat, bool) else remat
+  if name not in REMAT_POLICIES:
+    raise ValueError(f"remat must be a bool or one of {sorted(REMAT_POLICIES)}, got {remat!r}")
+  return REMAT_POLICIES[name]
+
+
 def forward_hidden(params: Params, tokens: jax.Array, mask: jax.Array, cfg: ModelConfig,
-                   *, remat: bool = False, return_kv: bool = False):
+                   *, remat: bool | str = False, return_kv: bool = False):
   """Final-norm hidden states [B, T, d] (scan over layers).
 
   tokens [B, T] int; mask [B, T] (1 = real token). With `return_kv`, also returns the per-layer
   post-RoPE keys and values, each [L, B, T, KV, hd].
   """
-  positions = positions_from_mask(mask)
-  bias = _full_bias(mask)
+  rope_cs = rope_tables(positions_from_mask(mask), cfg, cfg.jnp_dtype)  # shared by the layers
+  dense = _attention_impl(cfg, tokens.shape[1]) == "dense"
+  bias = attention.causal_bias(mask) if dense else None  # built once, shared by the layers
   x = embed(params, tokens, cfg)
 
   def body(x, p):
-    x, kv = _layer_full(x, p, positions, bias, cfg)
+    x, kv = _layer_full(x, p, rope_cs, mask, bias, cfg)
     return x, (kv if return_kv else None)
 
-  if remat:
-    body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
+  policy = remat_policy(remat)
+  if policy is not None:
+    body = jax.checkpoint(body, policy=policy)
   x, kv = jax.lax.scan(body, x, params["layers"])
   h = rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
   return (h, kv) if return_kv else h
