@@ -10,9 +10,23 @@ Two workloads per model size (`--sizes`, names of `config.PRESETS`):
     on `--train_batch` x `--train_len` tokens (`--torch_adamw` picks torch's AdamW
     implementation). tokens/s = B * T / wall time.
 
+memory: peak memory of the jitted train step (batch `--memory_batch`) at each of
+  `--memory_lens`, for dense and blockwise attention, each with no remat and with `--remat`,
+  from the compiled executable's `memory_analysis()`: temp (activations, residuals, scratch),
+  arguments, outputs, aliased (donated) bytes, and peak = arguments + outputs - aliased + temp.
+  Compiled only, never run (dense at 8k tokens would not fit), so process RSS is not
+  measured. Its own table; no torch side.
+
 align (no model size): pairs/s of SI's alignment stage (align + edit arrays + token credit)
   against bare rapidfuzz `editops` on `--align_pairs` pairs of `--align_len` tokens, its own
   table (`si_jax/si/align_bench.py`).
+
+Each decode / train row also reports, per timed call, minor page faults and system CPU
+seconds of each side (`resource.getrusage` deltas over the timed calls): what the allocator
+costs (`si_jax/allocator.py`; `si-bench` re-executes itself with the allocator SI_ALLOCATOR
+selects, the header says which). The header names the machine (lscpu model name), the load
+average, the allocator and XLA_FLAGS, and warns when the load makes the numbers incomparable;
+`--json` records all of it.
 
 Both sides load the same weights (`init_params`, exported with `hf.hf_tensors`), and each row
 reports a parity check: the decode row the fraction of generated tokens that agree, the train
@@ -43,18 +57,26 @@ import copy
 import json
 import os
 import platform
+import resource
 import statistics
+import subprocess
 import sys
 import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-# Benchmark targets from the issue: (size, workload) -> minimum si_jax / HF tokens/s ratio.
-TARGETS = {("tiny", "decode"): 2.0, ("25m", "decode"): 1.2, ("25m", "train"): 1.0}
-WORKLOADS = ("decode", "train", "align")
+# Benchmark targets from the speed issue: (size, workload) -> minimum si_jax / HF tok/s ratio.
+TARGETS = {("tiny", "decode"): 3.0, ("25m", "decode"): 2.0, ("tiny", "train"): 1.0,
+           ("25m", "train"): 1.2}
+WORKLOADS = ("decode", "train", "align", "memory")
+DEFAULT_WORKLOADS = ("decode", "train", "align")
 COLUMNS = ("size", "params", "workload", "shape", "si_jax tok/s", "HF tok/s", "ratio", "target",
-           "si_jax GFLOP/s", "HF GFLOP/s", "si_jax % peak", "HF % peak", "parity")
+           "si_jax GFLOP/s", "HF GFLOP/s", "si_jax % peak", "HF % peak", "si_jax faults/call",
+           "HF faults/call", "si_jax sys s/call", "HF sys s/call", "parity")
+MEMORY_COLUMNS = ("size", "attention", "remat", "shape", "temp MB", "arguments MB",
+                  "outputs MB", "aliased MB", "peak MB", "compile s")
+REMATS = ("none", "dots", "full")
 
 
 # ----------------------------------------------------------------------------- FLOP model
@@ -91,16 +113,23 @@ def generate_flops(cfg, batch: int, prompt_len: int, new_tokens: int) -> int:
 # ----------------------------------------------------------------------------- timing
 
 
-def time_calls(fn: Callable[[], Any], repeats: int, warmup: int) -> list[float]:
+def time_calls(fn: Callable[[], Any], repeats: int, warmup: int,
+               usage: dict[str, float] | None = None) -> list[float]:
   """Wall seconds of `repeats` calls of `fn` (which must block until its result is ready),
-  after `warmup` untimed calls."""
+  after `warmup` untimed calls. With `usage`, also stores there the minor page faults
+  ('faults') and system CPU seconds ('sys_s') per timed call (getrusage of this process)."""
   for _ in range(warmup):
     fn()
   times = []
+  r0 = resource.getrusage(resource.RUSAGE_SELF)
   for _ in range(repeats):
     t0 = time.perf_counter()
     fn()
     times.append(time.perf_counter() - t0)
+  r1 = resource.getrusage(resource.RUSAGE_SELF)
+  if usage is not None:
+    usage["faults"] = (r1.ru_minflt - r0.ru_minflt) / repeats
+    usage["sys_s"] = (r1.ru_stime - r0.ru_stime) / repeats
   return times
 
 
@@ -184,8 +213,9 @@ def bench_decode(cfg, params, model, args) -> dict[str, Any]:
           min_new_tokens=N, pad_token_id=0)[:, P:].numpy()
 
   model.eval()
-  jt = time_calls(run_jax, args.repeats, args.warmup)
-  ht = time_calls(run_hf, args.repeats, args.warmup)
+  ju, hu = {}, {}
+  jt = time_calls(run_jax, args.repeats, args.warmup, ju)
+  ht = time_calls(run_hf, args.repeats, args.warmup, hu)
   if hf_out["tokens"].shape != (B, N):
     raise RuntimeError(f"HF generate returned {hf_out['tokens'].shape[1]} new tokens per row, "
                        f"expected exactly {N} (max_new_tokens = min_new_tokens = {N})")
@@ -193,11 +223,13 @@ def bench_decode(cfg, params, model, args) -> dict[str, Any]:
   first = float(np.mean(np.asarray(jax_out["tokens"])[:, 0] == hf_out["tokens"][:, 0]))
   return dict(shape=f"B={B} P={P} N={N}", tokens=B * N, flops=generate_flops(cfg, B, P, N),
               jax_times=jt, hf_times=ht, parity=f"tokens agree {agree:.0%} (first {first:.0%})",
-              token_agreement=agree, first_token_agreement=first)
+              token_agreement=agree, first_token_agreement=first, jax_usage=ju, hf_usage=hu)
 
 
-def _jax_train_step(cfg, lr: float, weight_decay: float):
-  """(init_state(params), jitted step(state, tokens, mask) -> (state, loss)); state donated."""
+def _jax_train_step(cfg, lr: float, weight_decay: float, remat: str = "none"):
+  """(init_state(params), jitted step(state, tokens, mask) -> (state, loss)); state donated.
+
+  remat: `transformer.token_logprobs`'s remat policy name."""
   import jax
   import jax.numpy as jnp
   import optax
@@ -207,7 +239,7 @@ def _jax_train_step(cfg, lr: float, weight_decay: float):
   opt = optax.adamw(lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=weight_decay)
 
   def loss_fn(params, tokens, mask):
-    lp = transformer.token_logprobs(params, tokens, mask, cfg)  # [B, T]
+    lp = transformer.token_logprobs(params, tokens, mask, cfg, remat=remat)  # [B, T]
     w = mask[:, 1:].astype(jnp.float32)
     return -jnp.sum(lp[:, 1:] * w) / jnp.maximum(jnp.sum(w), 1.0)
 
@@ -225,12 +257,14 @@ def bench_train(cfg, params, model, args) -> dict[str, Any]:
   import jax
   import torch
 
+  from si_jax.models import transformer
+
   B, T = args.train_batch, args.train_len
   tokens = _prompts(cfg, B, T, args.seed + 1)
   mask = np.ones((B, T), bool)
   lr, wd = 1e-4, 0.01
 
-  init, step = _jax_train_step(cfg, lr, wd)
+  init, step = _jax_train_step(cfg, lr, wd, args.remat)
   # Private copy: the step donates its state, and `params` is still needed by the caller.
   state = {"s": init(jax.tree.map(lambda x: x.copy(), params))}
   jtokens, jmask = jax.device_put(tokens), jax.device_put(mask)
@@ -253,16 +287,82 @@ def bench_train(cfg, params, model, args) -> dict[str, Any]:
     opt.step()
     losses.setdefault("hf", float(loss.detach()))
 
-  jt = time_calls(run_jax, args.repeats, args.warmup)
-  ht = time_calls(run_hf, args.repeats, args.warmup)
+  ju, hu = {}, {}
+  jt = time_calls(run_jax, args.repeats, args.warmup, ju)
+  ht = time_calls(run_hf, args.repeats, args.warmup, hu)
   diff = abs(losses["jax"] - losses["hf"])
-  return dict(shape=f"B={B} T={T}, torch AdamW {args.torch_adamw}", tokens=B * T,
-              flops=train_flops(cfg, B, T), jax_times=jt, hf_times=ht,
+  attn = transformer.attention_impl(cfg, T)
+  return dict(shape=f"B={B} T={T}, {attn}/{args.remat}, torch AdamW {args.torch_adamw}",
+              tokens=B * T, flops=train_flops(cfg, B, T), jax_times=jt, hf_times=ht,
               parity=f"loss diff {diff:.1e}", loss_jax=losses["jax"], loss_hf=losses["hf"],
-              loss_diff=diff)
+              loss_diff=diff, attention=attn, remat=args.remat, jax_usage=ju, hf_usage=hu)
+
+
+def memory_rows(size: str, cfg, args) -> list[dict[str, Any]]:
+  """Compiled (never run) train steps at each `--memory_lens` length: dense and blockwise
+  attention, without remat and with `--remat`; sizes from `memory_analysis()` in MB."""
+  import functools
+
+  import jax
+  import jax.numpy as jnp
+
+  from si_jax.models import transformer
+
+  B, mb = args.memory_batch, 1e6
+  rows = []
+  for T in _ints(args.memory_lens):
+    for attn in ("dense", "blockwise"):
+      for remat in dict.fromkeys(("none", args.remat)):
+        c = cfg.replace(attention=attn)
+        init, step = _jax_train_step(c, 1e-4, 0.01, remat)
+        params = jax.eval_shape(functools.partial(transformer.init_params, c), jax.random.key(0))
+        state = jax.eval_shape(init, params)
+        tokens = jax.ShapeDtypeStruct((B, T), jnp.int32)
+        t0 = time.perf_counter()
+        m = step.lower(state, tokens, jax.ShapeDtypeStruct((B, T), jnp.bool_)).compile(
+            ).memory_analysis()
+        compile_s = time.perf_counter() - t0
+        sizes = dict(temp=m.temp_size_in_bytes, arguments=m.argument_size_in_bytes,
+                     outputs=m.output_size_in_bytes, aliased=m.alias_size_in_bytes)
+        peak = sizes["arguments"] + sizes["outputs"] - sizes["aliased"] + sizes["temp"]
+        rows.append(dict(size=size, attention=attn, remat=remat, shape=f"B={B} T={T}",
+                         batch=B, length=T, **{f"{k}_mb": v / mb for k, v in sizes.items()},
+                         peak_mb=peak / mb, compile_s=compile_s))
+        print(f"{size} memory {attn}/{remat} B={B} T={T}: temp {sizes['temp'] / mb:,.0f} MB, "
+              f"peak {peak / mb:,.0f} MB", flush=True)
+  return rows
+
+
+def memory_table(rows: list[dict[str, Any]]) -> str:
+  """The memory rows as a markdown table with `MEMORY_COLUMNS`."""
+  lines = ["| " + " | ".join(MEMORY_COLUMNS) + " |", "|" + "---|" * len(MEMORY_COLUMNS)]
+  for r in rows:
+    cells = [r["size"], r["attention"], r["remat"], r["shape"]] + [
+        f"{r[k]:,.0f}" for k in ("temp_mb", "arguments_mb", "outputs_mb", "aliased_mb",
+                                 "peak_mb")] + [f"{r['compile_s']:.1f}"]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- report
+
+
+def cpu_model() -> str:
+  """The CPU's model name (`lscpu`, else /proc/cpuinfo, else the platform's machine type)."""
+  try:
+    out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+  except (OSError, subprocess.SubprocessError):
+    out = ""
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      out += "\n" + f.read()
+  except OSError:
+    pass
+  for line in out.splitlines():
+    key, _, value = line.partition(":")
+    if key.strip().lower() == "model name" and value.strip():
+      return value.strip()
+  return platform.processor() or platform.machine()
 
 
 def environment() -> dict[str, Any]:
@@ -271,11 +371,41 @@ def environment() -> dict[str, Any]:
   import torch
   import transformers
 
-  return dict(cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(),
+  from si_jax import allocator
+
+  return dict(cpu_model=cpu_model(), cpu_count=os.cpu_count(),
+              torch_threads=torch.get_num_threads(),
               processor=platform.processor() or platform.machine(),
+              allocator=allocator.loaded(), allocator_detail=allocator.describe(),
+              xla_flags=os.environ.get("XLA_FLAGS", ""),
               python=platform.python_version(), jax=jax.__version__, jaxlib=jaxlib.__version__,
               jax_backend=jax.default_backend(), torch=torch.__version__,
               transformers=transformers.__version__, loadavg=list(os.getloadavg()))
+
+
+def header(env: dict[str, Any]) -> str:
+  """The lines printed before any measurement: machine, load, allocator, XLA flags, versions."""
+  load = " ".join(f"{x:.2f}" for x in env["loadavg"])
+  return "\n".join([
+      f"machine: {env['cpu_model']} ({env['cpu_count']} CPUs, torch threads "
+      f"{env['torch_threads']})",
+      f"load average (1/5/15 min): {load}",
+      f"allocator: {env['allocator_detail']}",
+      f"XLA_FLAGS: {env['xla_flags'] or '(none)'}",
+      f"versions: python {env['python']}, jax {env['jax']} ({env['jax_backend']}), torch "
+      f"{env['torch']}, transformers {env['transformers']}",
+  ])
+
+
+def load_warning(load: float, cpus: int, when: str) -> str:
+  """A loud banner saying the timings are not comparable (empty when the load is fine)."""
+  if load <= cpus:
+    return ""
+  bar = "!" * 78
+  return (f"{bar}\nWARNING: load average {load:.1f} {when} on {cpus} CPUs: other processes are "
+          "using the CPU.\nThese timings are NOT comparable with an idle machine's; torch's "
+          "OpenMP threads slow\ndown far more than XLA's under contention, so ratios overstate "
+          f"si_jax. Rerun when idle.\n{bar}")
 
 
 def _row(size: str, cfg, workload: str, r: dict[str, Any], peaks: dict[str, float]):
@@ -286,7 +416,9 @@ def _row(size: str, cfg, workload: str, r: dict[str, Any], peaks: dict[str, floa
       jax_tok_s=r["tokens"] / jt, hf_tok_s=r["tokens"] / ht, ratio=ht / jt,
       target=TARGETS.get((size, workload)), jax_gflops=jg, hf_gflops=hg,
       jax_peak_frac=jg / peaks["jax_gflops"], hf_peak_frac=hg / peaks["torch_gflops"],
-      **{k: v for k, v in r.items() if k not in ("shape",)})
+      jax_faults=r["jax_usage"]["faults"], hf_faults=r["hf_usage"]["faults"],
+      jax_sys_s=r["jax_usage"]["sys_s"], hf_sys_s=r["hf_usage"]["sys_s"],
+      **{k: v for k, v in r.items() if k not in ("shape", "jax_usage", "hf_usage")})
 
 
 def contended(load_start: float, load_end: float, cpus: int) -> bool:
@@ -304,7 +436,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     cells = [r["size"], f"{r['params'] / 1e6:.2f}M", r["workload"], r["shape"],
              f"{r['jax_tok_s']:,.0f}", f"{r['hf_tok_s']:,.0f}", f"{r['ratio']:.2f}x", target,
              f"{r['jax_gflops']:.1f}", f"{r['hf_gflops']:.1f}", f"{r['jax_peak_frac']:.0%}",
-             f"{r['hf_peak_frac']:.0%}", r["parity"]]
+             f"{r['hf_peak_frac']:.0%}", f"{r['jax_faults']:,.0f}", f"{r['hf_faults']:,.0f}",
+             f"{r['jax_sys_s']:.3f}", f"{r['hf_sys_s']:.3f}", r["parity"]]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
@@ -314,8 +447,8 @@ def _parser() -> argparse.ArgumentParser:
       prog="si-bench", description=__doc__.split("\n\n")[0],
       formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--sizes", default="tiny,25m", help="comma-separated model presets")
-  p.add_argument("--workloads", default=",".join(WORKLOADS),
-                 help="comma-separated subset of decode,train,align")
+  p.add_argument("--workloads", default=",".join(DEFAULT_WORKLOADS),
+                 help=f"comma-separated subset of {','.join(WORKLOADS)}")
   p.add_argument("--repeats", type=int, default=3, help="timed calls per measurement (median)")
   p.add_argument("--warmup", type=int, default=2, help="untimed calls before timing")
   p.add_argument("--batch", type=int, default=32, help="decode batch")
@@ -326,6 +459,15 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--torch_adamw", default="default", choices=("default", "foreach", "fused"),
                  help="torch.optim.AdamW implementation (default: what AdamW() picks on CPU, "
                  "the per-tensor loop; fused is several times faster on CPU)")
+  p.add_argument("--attention", default="auto",
+                 help="ModelConfig.attention of the si_jax side (auto, dense, blockwise, ...)")
+  p.add_argument("--attention_block", type=int, default=128,
+                 help="ModelConfig.attention_block_size")
+  p.add_argument("--remat", default="dots", choices=REMATS,
+                 help="train step's remat policy (transformer.REMAT_POLICIES)")
+  p.add_argument("--memory_lens", default="1024,4096,8192",
+                 help="memory: comma-separated sequence lengths")
+  p.add_argument("--memory_batch", type=int, default=1, help="memory: batch")
   p.add_argument("--align_pairs", type=int, default=1000, help="align: number of pairs")
   p.add_argument("--align_len", type=int, default=2000, help="align: tokens per sequence")
   p.add_argument("--peak_n", type=int, default=2048, help="matmul size for the peak")
@@ -335,7 +477,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _check_args(p: argparse.ArgumentParser, args) -> tuple[list[str], list[str]]:
-  from si_jax.models.config import PRESETS
+  from si_jax.models.config import ATTENTION_IMPLS, PRESETS
 
   sizes = [s for s in args.sizes.split(",") if s]
   unknown = [s for s in sizes if s not in PRESETS]
@@ -346,14 +488,26 @@ def _check_args(p: argparse.ArgumentParser, args) -> tuple[list[str], list[str]]
     p.error(f"--workloads must be a comma-separated subset of {WORKLOADS}, got "
             f"{args.workloads!r}")
   for name in ("repeats", "batch", "prompt_len", "new_tokens", "train_batch", "peak_n",
-               "align_pairs", "align_len"):
+               "align_pairs", "align_len", "attention_block", "memory_batch"):
     if getattr(args, name) < 1:
       p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
   if args.train_len < 2:
     p.error(f"--train_len must be >= 2 (the loss predicts tokens 1..T-1), got {args.train_len}")
   if args.warmup < 0:
     p.error(f"--warmup must be >= 0, got {args.warmup}")
+  if args.attention not in ATTENTION_IMPLS:
+    p.error(f"--attention must be one of {ATTENTION_IMPLS}, got {args.attention!r}")
+  try:
+    lens = _ints(args.memory_lens)
+  except ValueError:
+    lens = []
+  if not lens or min(lens) < 2:
+    p.error(f"--memory_lens must be comma-separated integers >= 2, got {args.memory_lens!r}")
   return sizes, workloads
+
+
+def _ints(text: str) -> list[int]:
+  return [int(x) for x in text.split(",") if x.strip()]
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -371,16 +525,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   jax.config.update("jax_platforms", "cpu")  # a CPU benchmark, even on a host with a GPU
   torch.set_num_threads(os.cpu_count())
   env = environment()
+  print(header(env), flush=True)
   print("environment: " + ", ".join(f"{k}={v}" for k, v in env.items()), flush=True)
-  model_workloads = [w for w in workloads if w != "align"]
+  warning = load_warning(env["loadavg"][0], env["cpu_count"], "before the first measurement")
+  if warning:
+    print(warning, flush=True)
+  model_workloads = [w for w in workloads if w in ("decode", "train")]
   peaks = matmul_peaks(args.peak_n, args.repeats) if model_workloads else None
   if peaks:
     print(f"f32 matmul {args.peak_n}^3 peak: jax {peaks['jax_gflops']:.1f} GFLOP/s, "
           f"torch {peaks['torch_gflops']:.1f} GFLOP/s", flush=True)
 
-  rows = []
-  for size in sizes if model_workloads else []:
-    cfg = preset(size)
+  rows, mem_rows = [], []
+  for size in sizes if model_workloads or "memory" in workloads else []:
+    cfg = preset(size, attention=args.attention, attention_block_size=args.attention_block)
+    if "memory" in workloads:
+      mem_rows += memory_rows(size, cfg, args)
+    if not model_workloads:
+      continue
     params = jax.jit(transformer.init_params, static_argnums=0)(cfg, jax.random.key(args.seed))
     model = torch_model(params, cfg)
     for workload in model_workloads:
@@ -401,17 +563,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   if rows:
     print()
     print(markdown_table(rows))
+  if mem_rows:
+    print()
+    print(memory_table(mem_rows))
   if align_rows:
     print()
     print(align_bench.markdown_table(align_rows))
   print(f"\nload average (1/5/15 min) at start {env['loadavg']}, end {env['loadavg_end']}")
   env["contended"] = contended(env["loadavg"][0], env["loadavg_end"][0], env["cpu_count"])
   if env["contended"]:
-    print(f"WARNING: other processes were using the CPU (load {env['loadavg'][0]:.1f} at start, "
-          f"{env['loadavg_end'][0]:.1f} at end, {env['cpu_count']} cores). torch's OpenMP threads "
-          "slow down far more than XLA's under contention, so these ratios overstate si_jax; "
-          "rerun on an idle machine.")
-  report = dict(env=env, peaks=peaks, args=vars(args), rows=rows, align_rows=align_rows)
+    print(load_warning(max(env["loadavg"][0], env["loadavg_end"][0] - 1), env["cpu_count"],
+                       f"(start {env['loadavg'][0]:.1f}, end {env['loadavg_end'][0]:.1f}, the "
+                       "benchmark's own threads counted at the end)"))
+  report = dict(env=env, peaks=peaks, args=vars(args), rows=rows, align_rows=align_rows,
+                memory_rows=mem_rows)
   if args.json:
     with open(args.json, "w") as f:
       json.dump(report, f, indent=2)
@@ -420,7 +585,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 def run() -> None:
-  """Console-script entry point (`si-bench`)."""
+  """Console-script entry point (`si-bench`): re-executes with the SI_ALLOCATOR allocator."""
+  from si_jax import allocator
+
+  allocator.reexec_if_needed()
   main()
   sys.exit(0)
 

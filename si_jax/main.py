@@ -82,6 +82,8 @@ def _main(argv):
 
 
 def run():
+  from si_jax import allocator
+  allocator.reexec_if_needed()  # SI_ALLOCATOR: a retaining malloc, chosen before anything runs
   if os.environ.get("SI_TRACEBACK") != "1":
     check_overrides(sys.argv[1:])
   flags.mark_flags_as_required(["config", "workdir"])

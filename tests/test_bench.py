@@ -39,7 +39,8 @@ def test_matmul_flops_are_twice_the_matmul_params(size):
 def _row(**kw):
   row = dict(size="25m", params=33_600_000, workload="train", shape="B=8 T=256",
              jax_tok_s=500.0, hf_tok_s=540.0, ratio=500 / 540, target=1.0, jax_gflops=100.0,
-             hf_gflops=108.0, jax_peak_frac=0.78, hf_peak_frac=0.82, parity="loss diff 1e-07")
+             hf_gflops=108.0, jax_peak_frac=0.78, hf_peak_frac=0.82, jax_faults=1234.0,
+             hf_faults=56.0, jax_sys_s=0.0125, hf_sys_s=0.5, parity="loss diff 1e-07")
   row.update(kw)
   return row
 
@@ -58,6 +59,32 @@ def test_markdown_table_marks_targets():
   assert [r["target"] for r in rows] == [">= 1x MISSED", ">= 1x met", "-"]
   assert rows[0]["ratio"] == "0.93x" and rows[0]["params"] == "33.60M"
   assert rows[1]["si_jax tok/s"] == "700" and rows[0]["si_jax % peak"] == "78%"
+  assert rows[0]["si_jax faults/call"] == "1,234" and rows[0]["HF sys s/call"] == "0.500"
+
+
+def test_load_warning_is_loud_only_when_the_load_exceeds_the_cpus():
+  assert bench.load_warning(1.9, 2, "at start") == ""
+  warning = bench.load_warning(3.2, 2, "at start")
+  assert "WARNING: load average 3.2 at start on 2 CPUs" in warning
+  assert "NOT comparable" in warning and warning.startswith("!" * 78)
+
+
+def test_header_names_machine_load_allocator_and_xla_flags():
+  env = dict(cpu_model="AMD EPYC 9B14", cpu_count=2, torch_threads=2, loadavg=[0.5, 1.0, 1.5],
+             allocator_detail="jemalloc (SI_ALLOCATOR=auto)", xla_flags="", python="3.11.7",
+             jax="0.10.2", jax_backend="cpu", torch="2.13.0", transformers="5.24.0")
+  lines = bench.header(env).splitlines()
+  assert lines[:4] == ["machine: AMD EPYC 9B14 (2 CPUs, torch threads 2)",
+                       "load average (1/5/15 min): 0.50 1.00 1.50",
+                       "allocator: jemalloc (SI_ALLOCATOR=auto)", "XLA_FLAGS: (none)"]
+  assert bench.cpu_model()  # this machine's, from lscpu or /proc/cpuinfo
+
+
+def test_time_calls_counts_page_faults_and_system_time():
+  usage = {}
+  times = bench.time_calls(lambda: bytearray(8 << 20), repeats=3, warmup=0, usage=usage)
+  assert len(times) == 3 and set(usage) == {"faults", "sys_s"}
+  assert usage["faults"] > 0 and usage["sys_s"] >= 0  # fresh 8 MB buffers are faulted in
 
 
 def test_contended_heuristic():
@@ -72,6 +99,10 @@ def test_contended_heuristic():
     (["--repeats", "0"], "--repeats must be >= 1, got 0"),
     (["--train_len", "1"], "--train_len must be >= 2"),
     (["--torch_adamw", "sgd"], "--torch_adamw"),
+    (["--attention", "flash"], "--attention must be one of"),
+    (["--remat", "some"], "--remat"),
+    (["--memory_lens", "1024,x"], "--memory_lens must be comma-separated integers >= 2"),
+    (["--attention_block", "0"], "--attention_block must be >= 1, got 0"),
 ])
 def test_bad_flags_are_named(argv, message, capsys):
   with pytest.raises(SystemExit):
@@ -94,14 +125,21 @@ def test_minuscule_end_to_end(tmp_path, capsys):
   rows = [dict(zip(bench.COLUMNS, _cells(l))) for l in body]
   assert all(len(_cells(l)) == len(bench.COLUMNS) for l in body)
   assert [(r["size"], r["workload"]) for r in rows] == [("tiny", "train"), ("tiny", "decode")]
-  assert rows[0]["shape"] == "B=2 T=16, torch AdamW fused" and rows[1]["shape"] == "B=2 P=8 N=4"
-  assert rows[0]["target"] == "-" and rows[1]["target"].startswith(">= 2x ")
+  # T=16 fits one attention block: "auto" takes dense; the default remat policy is "dots".
+  assert rows[0]["shape"] == "B=2 T=16, dense/dots, torch AdamW fused"
+  assert rows[1]["shape"] == "B=2 P=8 N=4"
+  assert rows[0]["target"].startswith(">= 1x ") and rows[1]["target"].startswith(">= 3x ")
+  assert all(float(r["si_jax faults/call"].replace(",", "")) >= 0 for r in rows)
   assert "cpu_count=" in printed and "torch=" in printed and "load average" in printed
+  assert lines[0].startswith("machine: ") and "allocator: " in printed and "XLA_FLAGS: " in printed
 
   # The JSON holds the same rows, with consistent numbers.
   saved = json.loads(out.read_text())
   assert saved["rows"] == json.loads(json.dumps(report["rows"]))
   assert saved["env"]["jax_backend"] == "cpu" and isinstance(saved["env"]["contended"], bool)
+  assert saved["env"]["cpu_model"] and saved["env"]["allocator"] in (
+      "jemalloc", "tcmalloc", "glibc", "system")
+  assert "xla_flags" in saved["env"] and "loadavg_end" in saved["env"]
   assert saved["peaks"]["n"] == 64 and saved["peaks"]["jax_gflops"] > 0
   train, decode = saved["rows"]
   for r in saved["rows"]:
@@ -110,6 +148,9 @@ def test_minuscule_end_to_end(tmp_path, capsys):
     assert math.isclose(r["jax_tok_s"], r["tokens"] / r["jax_times"][0])
     assert math.isclose(r["hf_gflops"], r["flops"] / r["hf_times"][0] / 1e9)
   assert decode["tokens"] == 2 * 4 and train["tokens"] == 2 * 16
+  assert train["attention"] == "dense" and train["remat"] == "dots"
+  for r in saved["rows"]:
+    assert r["jax_faults"] >= 0 and r["hf_faults"] >= 0 and r["jax_sys_s"] >= 0
 
   # Both sides ran the same model on the same weights (decode runs after the train row, whose
   # optimizer steps must not leak into either side's weights).
@@ -150,3 +191,33 @@ def test_align_workload_needs_no_model(tmp_path, capsys):
     assert math.isclose(r["ratio"], r["pairs_s"] / bare["pairs_s"])
   assert math.isclose(stage["ratio_same_args"], stage["pairs_s"] / hinted["pairs_s"])
   assert 0 < bare["mean_distance"] <= 10 * 30  # 3..10 regions of 1..30 tokens each
+
+
+def test_memory_workload_compiles_train_steps_without_running_them(tmp_path, capsys):
+  out = tmp_path / "memory.json"
+  report = bench.main(["--sizes", "tiny", "--workloads", "memory", "--memory_lens", "64,256",
+                       "--attention_block", "32", "--json", str(out)])
+  printed = capsys.readouterr().out
+  assert report["rows"] == [] and report["peaks"] is None  # nothing timed, no torch side
+
+  lines = printed.splitlines()
+  start = lines.index("| " + " | ".join(bench.MEMORY_COLUMNS) + " |")
+  table = [dict(zip(bench.MEMORY_COLUMNS, _cells(l))) for l in lines[start + 2:start + 10]]
+  assert [(r["attention"], r["remat"], r["shape"]) for r in table] == [
+      (a, m, f"B=1 T={T}") for T in (64, 256) for a in ("dense", "blockwise")
+      for m in ("none", "dots")]
+
+  saved = json.loads(out.read_text())
+  assert saved["memory_rows"] == json.loads(json.dumps(report["memory_rows"]))
+  rows = {(r["attention"], r["remat"], r["length"]): r for r in saved["memory_rows"]}
+  for r in rows.values():
+    assert math.isclose(r["peak_mb"], r["arguments_mb"] + r["outputs_mb"] - r["aliased_mb"]
+                        + r["temp_mb"])
+    # The donated train state is reused in place: only tokens and mask are not aliased.
+    assert r["aliased_mb"] > 0 and 0 < r["arguments_mb"] - r["aliased_mb"] < 0.01
+  # At 256 tokens the dense backward keeps [L, B, H, T, T] probabilities; blockwise does not,
+  # and the "dots" policy drops the MLP activations too.
+  t_by_t_mb = 2 * 1 * 4 * 256 * 256 * 4 / 1e6
+  assert rows["dense", "none", 256]["temp_mb"] > rows["blockwise", "none", 256]["temp_mb"] + (
+      t_by_t_mb)
+  assert rows["blockwise", "dots", 256]["temp_mb"] < rows["blockwise", "none", 256]["temp_mb"]
