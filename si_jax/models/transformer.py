@@ -215,14 +215,14 @@ def _layer_full(x, p, rope_cs, mask, bias, cfg):
   if bias is not None:
     o = attention.dense_with_bias(q, k, v, bias)
   else:
-    o = attention.attend(q, k, v, mask, impl=_attention_impl(cfg, T),
+    o = attention.attend(q, k, v, mask, impl=attention_impl(cfg, T),
                          block_size=cfg.attention_block_size)
   o = o.reshape(B, T, cfg.num_heads * cfg.head_dim)
   x = x + matmul_rows(o, p["o"].astype(cfg.jnp_dtype))
   return _mlp(x, p, cfg), (k, v)
 
 
-def _attention_impl(cfg: ModelConfig, seq_len: int) -> str:
+def attention_impl(cfg: ModelConfig, seq_len: int) -> str:
   """The attention implementation `cfg.attention` resolves to for sequences of seq_len."""
   return attention.resolve(cfg.attention, seq_len=seq_len, block_size=cfg.attention_block_size,
                            dtype=cfg.jnp_dtype, head_dim=cfg.head_dim)
@@ -270,7 +270,7 @@ def forward_hidden(params: Params, tokens: jax.Array, mask: jax.Array, cfg: Mode
   post-RoPE keys and values, each [L, B, T, KV, hd].
   """
   rope_cs = rope_tables(positions_from_mask(mask), cfg, cfg.jnp_dtype)  # shared by the layers
-  dense = _attention_impl(cfg, tokens.shape[1]) == "dense"
+  dense = attention_impl(cfg, tokens.shape[1]) == "dense"
   bias = attention.causal_bias(mask) if dense else None  # built once, shared by the layers
   x = embed(params, tokens, cfg)
 
