@@ -116,11 +116,11 @@ def test_smoke_run_then_sigkill_resume_is_the_same_run(tmp_path):
   assert _metrics(a) == _metrics(b)
   # si-eval on the finished run writes markdown and JSON tables.
   from si_jax import evaluate
-  assert evaluate.main(["--workdir", str(a), "--k", "2", "--num_examples", "4",
-                        "--temperature", "1.0", "--out", str(tmp_path / "ev")]) == 0
+  assert evaluate.main(["--workdir", str(a), "--k", "2", "--temperature", "1.0",
+                        "--task_kwargs", '{"test_size": 5}', "--out", str(tmp_path / "ev")]) == 0
   table = json.load(open(tmp_path / "ev" / "eval.json"))
-  (res,) = table.values()
-  assert res["num_examples"] == 4 and 0 <= res["avg@2"] <= res["pass@2"] <= 1
+  (res,) = table.values()  # the whole test split, resized by a task option
+  assert res["num_examples"] == 5 and 0 <= res["avg@2"] <= res["pass@2"] <= 1
   assert "| avg@2 |" in open(tmp_path / "ev" / "eval.md").read()
   # si-convert exports the run's checkpoint as an HF directory transformers loads.
   from si_jax.models import convert
