@@ -129,13 +129,23 @@ def _mean_rl(rows: list[dict], key: str) -> float:
   return float(np.mean(vals)) if vals else float("nan")
 
 
-def _ms(xs) -> str:
+def _ms(xs, fmt: str = ".3f") -> str:
+  """mean ± std (ddof=1) over seeds; NaNs (metric absent) left out; '-' if none."""
   xs = np.asarray([x for x in xs if x == x], np.float64)
   if not xs.size:
     return "-"
   if xs.size == 1:
-    return f"{xs[0]:.3f}"
-  return f"{xs.mean():.3f} ± {xs.std(ddof=1):.3f}"
+    return f"{xs[0]:{fmt}}"
+  return f"{xs.mean():{fmt}} ± {xs.std(ddof=1):{fmt}}"
+
+
+def _probe(rows: list[list[dict]], key: str) -> str:
+  """'start -> end' of a held-out probe metric over seeds."""
+  curves = [_curve(r, f"eval/si/{key}")[2] for r in rows]
+  curves = [c for c in curves if len(c)]
+  if not curves:
+    return "-"
+  return f"{_ms([c[0] for c in curves])} -> {_ms([c[-1] for c in curves])}"
 
 
 def table(results: dict[str, dict[int, list[dict]]], k: int) -> str:
@@ -154,7 +164,7 @@ def table(results: dict[str, dict[int, list[dict]]], k: int) -> str:
 
   head = [f"| method | avg@{k} before | avg@{k} final | pass@{k} final | steps to GSPO's final "
           f"({target:.3f}) | vs GSPO | tokens sampled / step | repair success (train) start "
-          "-> end | probe: with / no / wrong anchor (end) | active-token ratio start -> end | "
+          "-> end | held-out probes start -> end (repair with / no / wrong anchor; reflection) | active-token ratio start -> end | "
           "localization precision | wall / step vs GSPO |" if target is not None else "",
           "|" + "---|" * 12]
   lines = []
@@ -173,12 +183,13 @@ def table(results: dict[str, dict[int, list[dict]]], k: int) -> str:
                f"not reached (0/{len(reach)})")
     ratio = (f"{np.nanmean(reach) / (gspo_step - _curve(rows[0], acc)[0][0]):.2f}x"
              if n_reach and gspo_step == gspo_step and gspo_step > 0 else "-")
-    toks = _ms([_mean_rl(r, "tokens/sampled") for r in rows])
+    toks = _ms([_mean_rl(r, "tokens/sampled") for r in rows], ",.0f")
     rs = (f"{_ms([_first(r, 'si/repair_success') for r in rows])} -> "
           f"{_ms([_last(r, 'si/repair_success') for r in rows])}")
-    probe = " / ".join(_ms([_curve(r, f"eval/si/probe_repair_{p}")[2][-1]
-                            if len(_curve(r, f"eval/si/probe_repair_{p}")[2]) else np.nan
-                            for r in rows]) for p in ("with_anchor", "no_anchor", "wrong_anchor"))
+    probe = "; ".join(f"{label}: {_probe(rows, key)}" for label, key in (
+        ("with", "probe_repair_with_anchor"), ("none", "probe_repair_no_anchor"),
+        ("wrong", "probe_repair_wrong_anchor"), ("reflection", "probe_reflection_precision"))
+                      if any(f"eval/si/{key}" in x for r in rows for x in r)) or "-"
     atr = (f"{_ms([_first(r, 'si/active_token_ratio') for r in rows])} -> "
            f"{_ms([_last(r, 'si/active_token_ratio') for r in rows])}")
     loc = _ms([_mean_rl(r, "si/localization_precision") for r in rows])
