@@ -29,6 +29,8 @@ EXTRAS_REQUIRE = {
     # torch is only the reference implementation for parity tests and benchmarks.
     # 2.13.0 is the CPU build that installs fast on the project machines.
     "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0"],
+    # experiments/reproduce_arith.py draws its learning curves with matplotlib.
+    "experiments": ["matplotlib==3.11.2"],
 }
 
 setuptools.setup(
