@@ -290,7 +290,8 @@ def cudnn(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *, block_si
   Each row is rotated left by its count of leading padding, so its valid run starts at column
   0 and cuDNN's padding-causal mask with that row's length is exactly "causal over valid keys";
   the output is rotated back and zero at padding. Batches with a non-contiguous row take
-  `blockwise`. `implementation="xla"` runs the same code through XLA (how CPU tests check it).
+  `blockwise`. `implementation="xla"` runs the same code through XLA (how CPU tests check it;
+  the cuDNN kernel itself needs a GPU and was not exercised here).
   """
   m = mask.astype(bool)
   lengths = jnp.sum(m, axis=-1).astype(jnp.int32)
@@ -315,7 +316,7 @@ def cudnn(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *, block_si
 def _splash_module():
   """The Pallas splash-attention modules, or None where they cannot be imported."""
   try:
-    from jax.experimental.pallas.ops.tpu.splash_attention import (  # pylint: disable=g-import-not-at-top
+    from jax.experimental.pallas.ops.tpu.splash_attention import (
         splash_attention_kernel, splash_attention_mask)
   except ImportError:
     return None
@@ -328,7 +329,9 @@ def splash(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *,
 
   Causal mask per KV head's G query heads (the MQA kernel), padding as segment ids (valid = 1,
   padding = 0: valid queries never see padding keys, and every padding query sees at least
-  itself). T is padded to a multiple of 128, the kernel's default block.
+  itself). T is padded to a multiple of 128, the kernel's default block. Checked here only in
+  interpret mode on CPU; on a multi-device mesh it is not wrapped in shard_map, so XLA may
+  gather its operands onto each device.
   """
   mods = _splash_module()
   if mods is None:
