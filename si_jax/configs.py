@@ -74,11 +74,15 @@ def base_config() -> ml_collections.ConfigDict:
   # tokenizer.build = 'arith', the synthetic task's tokenizer built into <workdir>/tokenizer.
   c.tokenizer = dict(path="", build="")
 
-  # Model: init_from (an HF dir or an si-convert params dir) or a preset + overrides
-  # (vocab_size 0 = the tokenizer's vocab, rounded up to a multiple of 8). With init_from,
-  # overrides may only restate the checkpoint's values.
-  c.model = dict(init_from="", preset="tiny", family="qwen3", overrides={}, remat=False,
-                 logprob_chunk=128)
+  # Model: init_from (an HF dir, an si-convert params dir or another run's workdir) or a
+  # preset + overrides (vocab_size 0 = the tokenizer's vocab, rounded up to a multiple of 8).
+  # With init_from, overrides may only restate the checkpoint's values. How it computes, for
+  # any model: attention ("auto": blockwise on CPU above attention_block_size tokens, cuDNN on
+  # GPU in bf16, splash on TPU; or "dense", "blockwise", "cudnn", "splash"; si_jax/models/
+  # attention.py) and remat of the train step ("none", "full", or "dots": keep the projections'
+  # outputs, recompute the rest).
+  c.model = dict(init_from="", preset="tiny", family="qwen3", overrides={}, remat="none",
+                 attention="auto", attention_block_size=128, logprob_chunk=128)
 
   # Cold start. Policy traces come from the task's generator (num_traces, error_rate) or from
   # data_path, a jsonl of {"prompt": <raw user message>, "response": <raw text>} lines (the
@@ -237,6 +241,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if not c.tokenizer.path and not c.tokenizer.build and not c.model.init_from:
     raise _err("tokenizer.path", "is empty, and neither tokenizer.build nor model.init_from "
                "(whose tokenizer would be used) is set")
+  choice("model.remat", ("none", "full", "dots"))
+  choice("model.attention", ("auto", "dense", "blockwise", "cudnn", "splash"))
+  pos("model.attention_block_size")
   choice("si.correction", CORRECTIONS)
   choice("si.unrepaired", UNREPAIRED)
   choice("si.audit", AUDIT_GATES)

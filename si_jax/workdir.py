@@ -133,8 +133,20 @@ def _check_overrides(config, cfg: model_config.ModelConfig):
           f"architecture: drop the override")
 
 
+def _compute_options(config, cfg: model_config.ModelConfig) -> model_config.ModelConfig:
+  """How the model computes (not what it is): config.model.attention / attention_block_size."""
+  m = config.model  # workdirs written before these fields existed take the defaults
+  return cfg.replace(attention=m.get("attention", "auto"),
+                     attention_block_size=m.get("attention_block_size", 128))
+
+
 def setup_model(config, tokenizer: Tokenizer, mesh, seed: int | None = None):
   """(model config, params placed on the mesh)."""
+  cfg, params = _load_or_init(config, tokenizer, mesh, seed)
+  return _compute_options(config, cfg), params
+
+
+def _load_or_init(config, tokenizer: Tokenizer, mesh, seed: int | None):
   if config.model.init_from:
     path = config.model.init_from
     shard = lambda c: shd.param_shardings(c, mesh)

@@ -75,7 +75,7 @@ class PolicyTerm:
     return losses.aggregate(z, b["loss_mask"], self.aggregation, max_len=self.max_len,
                             seq_mask=b.get("seq_mask"))[1]
 
-  def loss(self, params, b, cfg: ModelConfig, chunk_size: int, remat: bool):
+  def loss(self, params, b, cfg: ModelConfig, chunk_size: int, remat: bool | str):
     lp, ent = transformer.token_logprobs(params, b["tokens"], b["input_mask"], cfg,
                                          temperature=self.temperature, chunk_size=chunk_size,
                                          remat=remat, return_entropy=True)
@@ -93,7 +93,7 @@ class NLLTerm:
   def denominator(self, b) -> jax.Array:
     return jnp.sum(b["loss_mask"].astype(jnp.float32))
 
-  def loss(self, params, b, cfg: ModelConfig, chunk_size: int, remat: bool):
+  def loss(self, params, b, cfg: ModelConfig, chunk_size: int, remat: bool | str):
     lp = transformer.token_logprobs(params, b["tokens"], b["input_mask"], cfg,
                                     chunk_size=chunk_size, remat=remat)
     s, d = losses.sft_loss(lp, b["loss_mask"])
@@ -107,7 +107,7 @@ def _split_micro(x: jax.Array, n: int) -> jax.Array:
 
 
 def loss_and_grads(params, batch: Batch, *, terms: tuple, cfg: ModelConfig, num_micro: int = 1,
-                   chunk_size: int = 128, remat: bool = False):
+                   chunk_size: int = 128, remat: bool | str = False):
   """(loss, grads, metrics) of the weighted sum of `terms` over `batch`, accumulated over
   `num_micro` micro-batches with a scan. metrics: name -> (sum, count) pairs, prefixed with
   the term name, plus '<term>/loss'."""
@@ -155,7 +155,7 @@ def loss_tokens(batch: Batch) -> jax.Array:
 
 def update_step(state: TrainState, batch: Batch, *, terms: tuple, cfg: ModelConfig,
                 optimizer: optax.GradientTransformation, num_micro: int = 1,
-                chunk_size: int = 128, remat: bool = False):
+                chunk_size: int = 128, remat: bool | str = False):
   """One optimizer update. Skipped (params, optimizer state and its schedule unchanged) when
   the loss or gradient is non-finite (counted in `skipped` / `bad_streak`, metric
   'update_skipped') or when no token of the mini-batch gets loss, e.g. every group was
@@ -187,7 +187,7 @@ def update_step(state: TrainState, batch: Batch, *, terms: tuple, cfg: ModelConf
 
 def make_update_fn(state: TrainState, batch_example: Batch, mesh, *, terms: tuple,
                    cfg: ModelConfig, optimizer, num_micro: int = 1, chunk_size: int = 128,
-                   remat: bool = False):
+                   remat: bool | str = False):
   """`update_step` jitted with explicit shardings: state as it is placed (donated), every
   batch array split over the batch axes, metrics replicated."""
   from si_jax.rl.train_state import state_shardings  # local: avoid a cycle at import
