@@ -139,6 +139,12 @@ def _ms(xs, fmt: str = ".3f") -> str:
   return f"{xs.mean():{fmt}} ± {xs.std(ddof=1):{fmt}}"
 
 
+def _step_seconds(rows: list[dict]) -> float:
+  """Mean seconds of an RL step's stages (sample, verify, credit, pack, update; no eval)."""
+  return sum(_mean_rl(rows, k) for k in ("time/rollout", "time/verify", "time/credit",
+                                         "time/pack", "time/update"))
+
+
 def _probe(rows: list[list[dict]], key: str) -> str:
   """'start -> end' of a held-out probe metric over seeds."""
   curves = [_curve(r, f"eval/si/{key}")[2] for r in rows]
@@ -158,9 +164,6 @@ def table(results: dict[str, dict[int, list[dict]]], k: int) -> str:
     hit = s[v >= target] if target is not None else []
     gspo_steps.append(hit[0] if len(hit) else np.nan)
   gspo_step = float(np.nanmean(gspo_steps)) if gspo_steps else float("nan")
-  gspo_time = float(np.mean([_mean_rl(r, "time/update") + _mean_rl(r, "time/rollout") +
-                             _mean_rl(r, "time/credit") + _mean_rl(r, "time/pack") +
-                             _mean_rl(r, "time/verify") for r in gspo.values()])) if gspo else 0
 
   head = [f"| method | avg@{k} before | avg@{k} final | pass@{k} final | steps to GSPO's final "
           f"({target:.3f}) | vs GSPO | tokens sampled / step | repair success (train) start "
@@ -193,10 +196,9 @@ def table(results: dict[str, dict[int, list[dict]]], k: int) -> str:
     atr = (f"{_ms([_first(r, 'si/active_token_ratio') for r in rows])} -> "
            f"{_ms([_last(r, 'si/active_token_ratio') for r in rows])}")
     loc = _ms([_mean_rl(r, "si/localization_precision") for r in rows])
-    t = np.mean([_mean_rl(r, "time/update") + _mean_rl(r, "time/rollout") +
-                 _mean_rl(r, "time/credit") + _mean_rl(r, "time/pack") +
-                 _mean_rl(r, "time/verify") for r in rows])
-    wall = f"{t / gspo_time:.2f}x" if gspo_time else "-"
+    # per seed, against GSPO's run of the same seed (same machine load), then over seeds
+    ratios = [_step_seconds(runs[sd]) / _step_seconds(gspo[sd]) for sd in runs if sd in gspo]
+    wall = _ms(ratios, ".2f") + "x" if ratios else "-"
     if "si/repair_success" not in rows[0][-1]:
       rs = atr = loc = "-"
     lines.append(f"| {m} | {_ms(before)} | {_ms(final)} | {_ms(passk)} | {reach_s} | {ratio} | "
