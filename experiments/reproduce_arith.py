@@ -79,14 +79,22 @@ def _rows(workdir: str) -> list[dict]:
     return [json.loads(line) for line in f if line.strip()]
 
 
-def run_all(args) -> dict[str, dict[int, list[dict]]]:
+def _wall(workdir: str) -> float:
+  with open(os.path.join(workdir, "summary.json"), encoding="utf-8") as f:
+    return float(json.load(f)["wall_s"])
+
+
+def run_all(args) -> tuple[dict[str, dict[int, list[dict]]], float]:
+  """Runs (or skips) every run; returns the metrics and the runs' total si-train wall time."""
   methods = list(QUICK_METHODS if args.quick else args.methods)
   common = {"rl.steps": args.steps, "eval.every": args.eval_every,
             "eval.num_examples": args.eval_examples, "checkpoint.every": args.eval_every}
   out: dict[str, dict[int, list[dict]]] = {m: {} for m in methods}
+  wall = 0.0
   for seed in args.seeds:
     cold = os.path.join(args.root, f"cold_start_seed{seed}")
     dt = _run(cold, {"seed": seed, "rl.steps": 0}, 100)
+    wall += _wall(cold)
     print(f"cold start seed {seed}: {dt:.0f} s", flush=True)
     for m in methods:
       prefix = f"quick{args.steps}_" if args.quick else ""  # quick runs share the cold start
@@ -95,7 +103,8 @@ def run_all(args) -> dict[str, dict[int, list[dict]]]:
       dt = _run(wd, over, 10)
       print(f"{m} seed {seed}: {dt:.0f} s", flush=True)
       out[m][seed] = _rows(wd)
-  return out
+      wall += _wall(wd)
+  return out, wall
 
 
 # ----------------------------------------------------------------------------- analysis
@@ -136,7 +145,7 @@ def _ms(xs, fmt: str = ".3f") -> str:
     return "-"
   if xs.size == 1:
     return f"{xs[0]:{fmt}}"
-  return f"{xs.mean():{fmt}} ± {xs.std(ddof=1):{fmt}}"
+  return f"{xs.mean():{fmt}} ± {xs.std(ddof=1):{fmt.lstrip('+')}}"
 
 
 def _step_seconds(rows: list[dict]) -> float:
@@ -154,38 +163,40 @@ def _probe(rows: list[list[dict]], key: str) -> str:
   return f"{_ms([c[0] for c in curves])} -> {_ms([c[-1] for c in curves])}"
 
 
+def _reach(rows: list[dict], key: str, target: float) -> float:
+  """RL steps until held-out `key` first reaches `target` (NaN: never)."""
+  s, _, v = _curve(rows, key)
+  hit = s[(v >= target) & (s > s[0])]
+  return float(hit[0] - s[0]) if len(hit) else float("nan")
+
+
 def table(results: dict[str, dict[int, list[dict]]], k: int) -> str:
+  """One row per method; every comparison with GSPO is paired by seed (same cold start)."""
   acc, pk = f"eval/avg@{k}", f"eval/pass@{k}"
   gspo = results.get("GSPO", {})
-  target = float(np.mean([_curve(r, acc)[2][-1] for r in gspo.values()])) if gspo else None
-  gspo_steps = []
-  for rows in gspo.values():
-    s, _, v = _curve(rows, acc)
-    hit = s[v >= target] if target is not None else []
-    gspo_steps.append(hit[0] if len(hit) else np.nan)
-  gspo_step = float(np.nanmean(gspo_steps)) if gspo_steps else float("nan")
-
-  head = [f"| method | avg@{k} before | avg@{k} final | pass@{k} final | steps to GSPO's final "
-          f"({target:.3f}) | vs GSPO | tokens sampled / step | repair success (train) start "
-          "-> end | held-out probes start -> end (repair with / no / wrong anchor; reflection) | active-token ratio start -> end | "
-          "localization precision | wall / step vs GSPO |" if target is not None else "",
-          "|" + "---|" * 12]
+  gspo_final = {sd: _curve(r, acc)[2][-1] for sd, r in gspo.items()}
+  gspo_reach = {sd: _reach(r, acc, gspo_final[sd]) for sd, r in gspo.items()}
+  head = [f"| method | avg@{k} before RL | avg@{k} final | final - GSPO (paired) | "
+          f"pass@{k} final | steps to GSPO's final (same seed) | steps vs GSPO | "
+          "tokens sampled / step | repair success (train) first -> last step | held-out probes "
+          "first -> last eval (repair with / no / wrong anchor; reflection) | active-token "
+          "ratio first -> last step | localization precision | wall / step vs GSPO |",
+          "|" + "---|" * 13]
   lines = []
   for m, runs in results.items():
     rows = list(runs.values())
+    seeds = list(runs)
     before = [_curve(r, acc)[2][0] for r in rows]
     final = [_curve(r, acc)[2][-1] for r in rows]
+    delta = [final[i] - gspo_final[sd] for i, sd in enumerate(seeds) if sd in gspo_final]
     passk = [_curve(r, pk)[2][-1] for r in rows]
-    reach = []
-    for r in rows:
-      s, _, v = _curve(r, acc)
-      hit = s[(v >= target) & (s > s[0])] if target is not None else []
-      reach.append(float(hit[0] - s[0]) if len(hit) else float("nan"))
+    reach = [_reach(runs[sd], acc, gspo_final[sd]) for sd in seeds if sd in gspo_final]
     n_reach = sum(x == x for x in reach)
-    reach_s = (f"{np.nanmean(reach):.0f} ({n_reach}/{len(reach)} seeds)" if n_reach else
-               f"not reached (0/{len(reach)})")
-    ratio = (f"{np.nanmean(reach) / (gspo_step - _curve(rows[0], acc)[0][0]):.2f}x"
-             if n_reach and gspo_step == gspo_step and gspo_step > 0 else "-")
+    reach_s = (f"{_ms([x for x in reach if x == x], '.0f')} ({n_reach}/{len(reach)} seeds)"
+               if n_reach else f"not reached (0/{len(reach)})")
+    pairs = [reach[i] / gspo_reach[sd] for i, sd in enumerate(s for s in seeds if s in gspo_reach)
+             if reach[i] == reach[i] and gspo_reach[sd] > 0]
+    ratio = _ms(pairs, ".2f") + "x" if pairs else "-"
     toks = _ms([_mean_rl(r, "tokens/sampled") for r in rows], ",.0f")
     rs = (f"{_ms([_first(r, 'si/repair_success') for r in rows])} -> "
           f"{_ms([_last(r, 'si/repair_success') for r in rows])}")
@@ -201,8 +212,8 @@ def table(results: dict[str, dict[int, list[dict]]], k: int) -> str:
     wall = _ms(ratios, ".2f") + "x" if ratios else "-"
     if "si/repair_success" not in rows[0][-1]:
       rs = atr = loc = "-"
-    lines.append(f"| {m} | {_ms(before)} | {_ms(final)} | {_ms(passk)} | {reach_s} | {ratio} | "
-                 f"{toks} | {rs} | {probe} | {atr} | {loc} | {wall} |")
+    lines.append(f"| {m} | {_ms(before)} | {_ms(final)} | {_ms(delta, '+.3f')} | {_ms(passk)} | "
+                 f"{reach_s} | {ratio} | {toks} | {rs} | {probe} | {atr} | {loc} | {wall} |")
   return "\n".join(head + lines)
 
 
@@ -252,14 +263,15 @@ def main(argv=None) -> int:
   if unknown:
     ap.error(f"--methods: unknown {unknown}; known: {list(METHODS)}")
   args.steps = args.steps or (20 if args.quick else 40)
-  t0 = time.time()
-  results = run_all(args)
+  results, wall = run_all(args)
   os.makedirs(args.out, exist_ok=True)
   name = "arith_quick" if args.quick else "arith"
   md = table(results, 4)
   header = (f"Command: `python experiments/reproduce_arith.py{' --quick' if args.quick else ''}`"
             f"; seeds {args.seeds}; {args.steps} RL steps x 32 prompts x 8 samples; "
-            f"{time.strftime('%Y-%m-%d')}; wall {time.time() - t0:.0f} s for this invocation.\n\n")
+            f"{time.strftime('%Y-%m-%d')}; {wall / 60:.0f} min of si-train wall time over "
+            f"{sum(map(len, results.values())) + len(args.seeds)} runs (cold starts "
+            f"included) on a 2-core CPU.\n\n")
   with open(os.path.join(args.out, f"{name}_table.md"), "w", encoding="utf-8") as f:
     f.write(header + md + "\n")
   with open(os.path.join(args.out, f"{name}_runs.json"), "w", encoding="utf-8") as f:
