@@ -222,7 +222,8 @@ def plot(results: dict[str, dict[int, list[dict]]], k: int, path: str) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   acc = f"eval/avg@{k}"
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+  gspo = results.get("GSPO", {})
   for m, runs in results.items():
     curves = [_curve(r, acc) for r in runs.values()]
     n = min(len(c[0]) for c in curves)
@@ -232,11 +233,22 @@ def plot(results: dict[str, dict[int, list[dict]]], k: int, path: str) -> None:
     for ax, x in ((axes[0], steps), (axes[1], toks)):
       ax.plot(x, vals.mean(0), label=m, marker="o", ms=3)
       if len(curves) > 1:
-        ax.fill_between(x, vals.min(0), vals.max(0), alpha=0.15)
+        ax.fill_between(x, vals.min(0), vals.max(0), alpha=0.12)
+    paired = [c[2][:n] - _curve(gspo[sd], acc)[2][:n] for sd, c in zip(runs, curves)
+              if sd in gspo]
+    if paired:
+      d = np.stack(paired)
+      axes[2].plot(steps, d.mean(0), label=m, marker="o", ms=3)
+      if len(paired) > 1:
+        axes[2].fill_between(steps, d.min(0), d.max(0), alpha=0.12)
   axes[0].set_xlabel("RL step")
   axes[1].set_xlabel("tokens sampled (rollouts + repairs / resets)")
-  for ax in axes:
+  axes[2].set_xlabel("RL step")
+  for ax in axes[:2]:
     ax.set_ylabel(f"held-out avg@{k}")
+  axes[2].set_ylabel(f"avg@{k} minus GSPO's, same seed")
+  axes[2].axhline(0.0, color="k", lw=0.8)
+  for ax in axes:
     ax.grid(alpha=0.3)
   axes[0].legend(fontsize=8)
   n_seeds = max(len(r) for r in results.values())
