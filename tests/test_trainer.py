@@ -27,15 +27,16 @@ def _load_config(variant="smoke"):
   return mod.get_config(variant)
 
 
-def _si_train(workdir, *overrides, cache_dir=None, wait=True):
+def _si_train(workdir, *overrides, cache_dir=None, wait=True, config=CONFIG,
+              entry=("-m", "si_jax.main")):
   env = dict(os.environ)
   env["XLA_FLAGS"] = ""  # one CPU device, as on a laptop
   if cache_dir:
     env.update(JAX_COMPILATION_CACHE_DIR=str(cache_dir),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-  cmd = [sys.executable, "-m", "si_jax.main", f"--config={CONFIG}:smoke",
-         f"--workdir={workdir}", *overrides]
+  cmd = [sys.executable, *entry, f"--config={config}:smoke", f"--workdir={workdir}",
+         *overrides]
   p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                        text=True, cwd=REPO)
   if not wait:
@@ -193,18 +194,9 @@ _BOOT = ("import sys; sys.path.insert(0, 'tests'); import test_si_credit; "
 
 
 def _si_parity_train(workdir, cache_dir, wait=True):
-  env = dict(os.environ, XLA_FLAGS="", JAX_COMPILATION_CACHE_DIR=str(cache_dir),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-  cmd = [sys.executable, "-c", _BOOT, f"--config={SI_CONFIG}:smoke", f"--workdir={workdir}",
-         "--config.task.name=arith_parity", "--config.si.audit=none",
-         "--config.si.repair_rl=True", "--config.rl.kl_beta=0.1"]
-  p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                       text=True, cwd=REPO)
-  if not wait:
-    return p
-  out, _ = p.communicate(timeout=600)
-  return p.returncode, out
+  return _si_train(workdir, "--config.task.name=arith_parity", "--config.si.audit=none",
+                   "--config.si.repair_rl=True", "--config.rl.kl_beta=0.1",
+                   cache_dir=cache_dir, wait=wait, config=SI_CONFIG, entry=("-c", _BOOT))
 
 
 def test_si_run_killed_and_resumed_is_the_same_run(tmp_path):
