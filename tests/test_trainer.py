@@ -45,6 +45,17 @@ def _si_train(workdir, *overrides, cache_dir=None, wait=True, config=CONFIG,
   return p.returncode, out
 
 
+def _kill_once_saved(p, checkpoint, timeout_s=600):
+  """SIGKILLs the si-train process `p` (no clean-up) as soon as `checkpoint` exists."""
+  deadline = time.time() + timeout_s
+  while not os.path.exists(checkpoint):
+    assert p.poll() is None, p.stdout.read()
+    assert time.time() < deadline
+    time.sleep(0.05)
+  p.send_signal(signal.SIGKILL)
+  p.wait()
+
+
 def test_config_errors_are_one_line_naming_the_field(tmp_path):
   rc, out = _si_train(tmp_path / "a", "--config.rl.grop_size=4")
   assert rc == 2 and out.strip() == ("si-train: error: unknown config field config.rl.grop_size;"
@@ -96,13 +107,7 @@ def test_smoke_run_then_sigkill_resume_is_the_same_run(tmp_path):
   # Same run, killed (SIGKILL, no clean-up) once a checkpoint inside RL exists, then restarted.
   b = tmp_path / "killed"
   p = _si_train(b, *kl, cache_dir=cache, wait=False)
-  deadline = time.time() + 600
-  while not os.path.exists(b / "checkpoints" / "8"):
-    assert p.poll() is None, p.stdout.read()
-    assert time.time() < deadline
-    time.sleep(0.05)
-  p.send_signal(signal.SIGKILL)
-  p.wait()
+  _kill_once_saved(p, b / "checkpoints" / "8")
   assert not os.path.exists(b / "summary.json")
   rc, out = _si_train(b, *kl, cache_dir=cache)
   assert rc == 0, out
@@ -207,13 +212,7 @@ def test_si_run_killed_and_resumed_is_the_same_run(tmp_path):
   rl = [r for r in _metrics(a) if r["phase"] == 1]
   assert sum(r["si/kept"] for r in rl) > 0 and all("repair_rl/loss" in r for r in rl)
   p = _si_parity_train(b, cache, wait=False)
-  deadline = time.time() + 600
-  while not os.path.exists(b / "checkpoints" / "8"):
-    assert p.poll() is None, p.stdout.read()
-    assert time.time() < deadline
-    time.sleep(0.05)
-  p.send_signal(signal.SIGKILL)
-  p.wait()
+  _kill_once_saved(p, b / "checkpoints" / "8")
   rc, out = _si_parity_train(b, cache)
   assert rc == 0 and "resumed" in out, out
   (sa, pa), (sb, pb) = _params(a), _params(b)

@@ -122,6 +122,15 @@ def sample_and_score(sampler, params, tokenizer, task, examples, key, sp, group_
   return score(sample(sampler, params, tokenizer, task, examples, key, sp, group_size), task)
 
 
+PROMPT_BUCKET = 16
+
+
+def bucket_width(n: int, multiple: int = PROMPT_BUCKET) -> int:
+  """n rounded up to a multiple of `multiple` (>= one multiple): prompt widths of packed rows,
+  so that prompts of nearby lengths share one compiled shape."""
+  return -(-max(n, 1) // multiple) * multiple
+
+
 def pack_rows(prefixes: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], *,
               prefix_len: int, completion_len: int, pad_id: int,
               values: dict[str, Sequence[np.ndarray]] | None = None) -> dict[str, np.ndarray]:

@@ -46,12 +46,7 @@ from si_jax.rl import update as update_lib
 
 # PRNG purposes: fold_in(fold_in(key(seed), step), purpose). Credit functions use >= 10.
 ROLLOUT, EVAL, INIT, SHUFFLE = 1, 2, workdir_lib.INIT_PURPOSE, 4
-PROMPT_BUCKET = 16
 SAMPLES_FILE = "samples.jsonl"
-
-
-def _bucket(n: int, b: int = PROMPT_BUCKET) -> int:
-  return -(-n // b) * b
 
 
 class PromptStream:
@@ -227,7 +222,7 @@ class Run:
   def run_sft(self, progress):
     c = self.config.sft
     prompts, responses = sft_lib.build(self.config, self.task, self.tokenizer)
-    plen = _bucket(max(map(len, prompts)))
+    plen = rollout.bucket_width(max(map(len, prompts)))
     rlen = max(map(len, responses))
     if plen + rlen > self.model_cfg.max_position_embeddings:
       raise ValueError(f"SFT rows need {plen + rlen} tokens > model max_position_embeddings "
@@ -332,7 +327,7 @@ class Run:
           rewards.shape)
     return credit_lib.Scored(
         rollouts=ro, rewards=rewards, success=ro.rewards >= self.config.rl.success_threshold,
-        group_mask=np.asarray(group_mask, bool), prompt_len=_bucket(max(map(len, ro.prompt_ids))))
+        group_mask=np.asarray(group_mask, bool), prompt_len=rollout.bucket_width(max(map(len, ro.prompt_ids))))
 
   def pack(self, credit: credit_lib.Credit) -> tuple[list[credit_lib.TermRows], dict]:
     return batching.prepare(credit.terms, unit=self.unit, params=self.state.params,

@@ -64,13 +64,6 @@ from si_jax.si.select import select_failures
 
 # PRNG purposes of the credit stage (the trainer's are < 10).
 SELECT, REPAIR, REFLECT, RESET, PROBE = 10, 11, 12, 13, 14
-PROMPT_BUCKET = 16
-
-
-def _bucket(n: int) -> int:
-  return -(-max(n, 1) // PROMPT_BUCKET) * PROMPT_BUCKET
-
-
 def _rng(key: jax.Array) -> np.random.Generator:
   return np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
 
@@ -169,7 +162,7 @@ def base_rows(ctx, scored: credit_lib.Scored, corrected: set[int]) -> dict[str, 
 
 def nll_rows(prompts_: Sequence[list[int]], responses: Sequence[list[int]], pad_id: int,
              completion_len: int) -> dict[str, np.ndarray]:
-  return rollout.pack_rows(prompts_, responses, prefix_len=_bucket(max(map(len, prompts_))),
+  return rollout.pack_rows(prompts_, responses, prefix_len=rollout.bucket_width(max(map(len, prompts_))),
                            completion_len=completion_len, pad_id=pad_id)
 
 
@@ -205,13 +198,19 @@ def _mean(x, default=float("nan")) -> float:
 # ----------------------------------------------------------------------------- repair
 
 
+def _select(ctx, scored: credit_lib.Scored, require_anchor: bool):
+  """The step's correction requests, drawn with the step's SELECT key."""
+  return select_failures(scored.success, scored.group_mask,
+                         max_failed=ctx.config.si.max_failed_per_prompt,
+                         require_anchor=require_anchor, rng=_rng(ctx.key(SELECT)))
+
+
 def repair_credit(ctx: credit_lib.CreditContext, scored: credit_lib.Scored) -> credit_lib.Credit:
   c, cfg = ctx.config.si, ctx.config
   ro, tok, task = scored.rollouts, ctx.tokenizer, ctx.task
   timing: dict[str, float] = {}
   t0 = time.perf_counter()
-  requests = select_failures(scored.success, scored.group_mask, max_failed=c.max_failed_per_prompt,
-                             require_anchor=c.require_anchor, rng=_rng(ctx.key(SELECT)))
+  requests = _select(ctx, scored, c.require_anchor)
   prompt_ids = [repair_lib.repair_prompt_ids(
       tok, ro.examples[r.group].prompt, ro.texts[r.row],
       None if r.anchor_row is None else ro.texts[r.anchor_row], task.system_prompt,
@@ -262,7 +261,7 @@ def repair_credit(ctx: credit_lib.CreditContext, scored: credit_lib.Scored) -> c
                                             normalize_std=ctx.loss["normalize_std"])).reshape(-1)
     rl_rows = credit_lib.rollout_rows(
         [cands.prompt_ids[i // c.repair_samples] for i in range(len(cands.ids))], cands.ids,
-        prompt_len=_bucket(max(map(len, cands.prompt_ids))), completion_len=repair_budget(cfg),
+        prompt_len=rollout.bucket_width(max(map(len, cands.prompt_ids))), completion_len=repair_budget(cfg),
         pad_id=tok.pad_id, advantages=list(s), old_logprobs=cands.logprobs)
   timing["credit_rows"] = time.perf_counter() - t0
 
@@ -310,8 +309,7 @@ def reset_credit(ctx: credit_lib.CreditContext, scored: credit_lib.Scored) -> cr
   ro, tok, task = scored.rollouts, ctx.tokenizer, ctx.task
   timing: dict[str, float] = {}
   t0 = time.perf_counter()
-  requests = select_failures(scored.success, scored.group_mask, max_failed=c.max_failed_per_prompt,
-                             require_anchor=False, rng=_rng(ctx.key(SELECT)))
+  requests = _select(ctx, scored, require_anchor=False)  # resets show no anchor
   texts = [ro.texts[r.row] for r in requests]
   refl_prompts, refl_ids, refl_texts = [], [], None
   if c.correction == "reset" and requests:
