@@ -50,6 +50,8 @@ setuptools.setup(
             "si-convert=si_jax.models.convert:run",
             "si-bench=si_jax.bench:run",
             "si-sweep=si_jax.sweep:run",
+            "si-launch=si_jax.launch:run",
+            "si-plan=si_jax.plan:run",
         ],
     },
 )

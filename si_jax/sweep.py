@@ -28,12 +28,14 @@ Runs (`--launcher local`, the default) go one after another as `python -m si_jax
 si-train) subprocesses, output appended to `<workdir>/train.log`. A run with `summary.json` is
 finished and skipped; one with checkpoints but no summary is resumed (si-train resumes a
 workdir by itself); a failed run is reported and the sweep goes on (exit code 1 at the end).
-`--launcher slurm` submits one `sbatch launch/slurm.sbatch` job per unfinished run whose
-earlier job (`<workdir>/slurm_job`) is no longer in `squeue` (collect with `--summarize` once
-they are done); `--launcher tpu_pod` runs `launch/tpu_pod.sh` per run,
-one after another. Roots other than local paths (`gs://...`) are for `--dry_run` only: this
-tool reads run state with plain file access. Runs with the same shapes recompile the same
-programs; `export JAX_COMPILATION_CACHE_DIR=...` lets them share compilations.
+`--launcher slurm` submits one job per unfinished run whose earlier job
+(`<workdir>/slurm_job`) is no longer in `squeue` (collect with `--summarize` once they are
+done); `--launcher tpu_pod` runs each on a TPU pod slice, one after another. Both go through
+`si-launch` (si_jax/launch.py, the one home of how a run is started; `--launch_args` passes it
+more options, `--dry_run` prints its command line per run). Roots other than local paths
+(`gs://...`) are for `--dry_run` only: this tool reads run state with plain file access. Runs
+with the same shapes recompile the same programs; `export JAX_COMPILATION_CACHE_DIR=...` lets
+them share compilations.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ import time
 import warnings
 from typing import Any, Sequence
 
+from si_jax import launch
+
 SWEEP_FILE = "sweep.json"
 SUMMARY_FILE = "summary.json"  # a run's (written by si-train) and the root's (written here)
 TABLE_FILE = "summary.md"
@@ -64,7 +68,6 @@ RUN_LOG = "train.log"
 SLURM_JOB_FILE = "slurm_job"  # in a workdir: the id of the job si-sweep submitted for it
 LAUNCHERS = ("local", "slurm", "tpu_pod")
 SWEEP_KEYS = ("config", "grid", "set", "seed_axis", "name")
-REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _NAME_MAX = 200  # characters of a run directory name (filesystems allow 255 bytes)
 
 
@@ -335,24 +338,17 @@ def train_args(sweep: Sweep, run: RunSpec, root: str) -> list[str]:
           + [f"--config.{f}={format_value(v)}" for f, v in sweep.overrides(run)])
 
 
-def _script(name: str) -> str:
-  path = os.path.join(REPO_DIR, "launch", name)
-  if not os.path.exists(path):
-    raise SweepError(f"--launcher: {path} not found (launch/ comes with a checkout of the "
-                     f"repository, not with an installed package)")
-  rel = os.path.relpath(path)
-  return rel if not rel.startswith("..") else path
-
-
 @dataclasses.dataclass
 class Launcher:
-  """How a run is started. local: si-train here; slurm: `sbatch --nodes=hosts
-  launch/slurm.sbatch ARGS`; tpu_pod: `launch/tpu_pod.sh TPU ZONE -- ARGS`."""
+  """How a run is started (si_jax/launch.py builds every command). local: si-train here;
+  slurm: `si-launch slurm --nodes=hosts ... -- ARGS` (one sbatch); tpu_pod: `si-launch tpu_pod
+  --tpu=TPU --zone=ZONE ... -- ARGS`. `launch_args`: more si-launch options, one string."""
   kind: str = "local"
   hosts: int = 1
   tpu: str = ""
   zone: str = ""
   sbatch_args: str = ""
+  launch_args: str = ""
 
   def check(self) -> None:
     if self.kind not in LAUNCHERS:
@@ -368,18 +364,36 @@ class Launcher:
       raise SweepError("--tpu / --zone: only for --launcher tpu_pod")
     if self.sbatch_args and self.kind != "slurm":
       raise SweepError("--sbatch_args: only for --launcher slurm")
-    if self.kind != "local":
-      _script("slurm.sbatch" if self.kind == "slurm" else "tpu_pod.sh")
+    if self.launch_args and self.kind == "local":
+      raise SweepError("--launch_args: only for --launcher slurm or tpu_pod")
+    if self.kind != "local":  # si-launch's own checks, on a stand-in run
+      try:
+        launch.plan(self.launch_argv(["--config", "c.py", "--workdir", "gs://w"], "check"))
+      except launch.LaunchError as e:
+        msg = re.sub(r"^si-launch( \w+)?: ", "", str(e))
+        raise SweepError(f"--launcher {self.kind} (si-launch): {msg}") from None
+
+  def launch_argv(self, args: list[str], job_name: str) -> list[str]:
+    """si-launch's arguments for a run with si-train arguments `args`."""
+    try:
+      extra = shlex.split(self.launch_args)
+    except ValueError as e:
+      raise SweepError(f"--launch_args {self.launch_args!r}: {e}") from None
+    if self.kind == "slurm":
+      head = ["slurm", f"--nodes={self.hosts}", f"--job_name={job_name}"]
+      head += [f"--sbatch_args={self.sbatch_args}"] if self.sbatch_args else []
+    else:
+      head = ["tpu_pod", f"--tpu={self.tpu}", f"--zone={self.zone}"]
+    return head + extra + ["--"] + args
 
   def command(self, args: list[str], job_name: str, *, display: bool = False) -> list[str]:
-    """The argv that starts a run with si-train arguments `args`. `display`: the local command
-    as a user types it (`si-train ...`) instead of this interpreter's `-m si_jax.main`."""
+    """The argv that starts a run with si-train arguments `args`. `display`: the command as a
+    user types it (`si-train ...`, `si-launch ...`) instead of this interpreter's `-m ...`."""
     if self.kind == "local":
-      return (["si-train"] if display else [sys.executable, "-m", "si_jax.main"]) + args
-    if self.kind == "slurm":
-      return (["sbatch", f"--nodes={self.hosts}", f"--job-name={job_name}",
-               *shlex.split(self.sbatch_args), _script("slurm.sbatch")] + args)
-    return [_script("tpu_pod.sh"), self.tpu, self.zone, "--"] + args
+      argv = launch.local_commands(args)[0].argv
+      return ["si-train"] + args if display else argv
+    head = ["si-launch"] if display else [sys.executable, "-m", "si_jax.launch"]
+    return head + self.launch_argv(args, job_name)
 
 
 # ----------------------------------------------------------------------------- the root
@@ -675,6 +689,9 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--tpu", default="", help="tpu_pod: TPU VM name")
   p.add_argument("--zone", default="", help="tpu_pod: its zone")
   p.add_argument("--sbatch_args", default="", help="slurm: more sbatch options, one string")
+  p.add_argument("--launch_args", default="",
+                 help="slurm, tpu_pod: more si-launch options, one string "
+                      "(--accelerator_type=v5p-16 --source=none)")
   p.add_argument("--dry_run", action="store_true", help="print one command per run, run none")
   p.add_argument("--summarize", action="store_true",
                  help="only collect the finished runs of --root and write the table")
@@ -703,7 +720,8 @@ def _main(args: argparse.Namespace) -> int:
     print(summarize(args.root, args.metric), end="", flush=True)
     return 0
   sweep = make_sweep(args.config, args.sweep, args.grid, args.set, args.seed_axis, args.name)
-  launcher = Launcher(args.launcher, args.hosts, args.tpu, args.zone, args.sbatch_args)
+  launcher = Launcher(args.launcher, args.hosts, args.tpu, args.zone, args.sbatch_args,
+                      args.launch_args)
   launcher.check()
   runs = validate(sweep)
   if args.dry_run:

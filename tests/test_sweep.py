@@ -13,6 +13,7 @@ import sys
 
 import pytest
 
+from si_jax import launch
 from si_jax import sweep as sweep_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -127,6 +128,15 @@ def test_an_unknown_grid_field_is_one_error_line_with_exit_code_2(tmp_path):
      "--hosts 2: only --launcher slurm takes a host count (a TPU pod runs on every host of the "
      "slice --tpu names)"),
     (["--launcher", "tpu_pod"], "--launcher tpu_pod: needs --tpu NAME and --zone ZONE"),
+    (["--launcher", "tpu_pod", "--tpu", "t", "--zone", "z"],
+     "--launcher tpu_pod (si-launch): --accelerator_type: required for tpu_pod"),
+    (["--launcher", "tpu_pod", "--tpu", "t", "--zone", "z",
+      "--launch_args=--accelerator_type=v9-8"],
+     "--launcher tpu_pod (si-launch): --accelerator_type 'v9-8': unknown; expected "
+     "<family>-<size> with family one of ['v2', 'v3', 'v4', 'v5p', 'v5litepod', 'v6e'] "
+     "(v5p-16, v5litepod-16, v6e-32, ...)"),
+    (["--launcher", "slurm", "--launch_args=--gpus_per_node=x"],
+     "--launcher slurm (si-launch): argument --gpus_per_node: invalid int value: 'x'"),
 ])
 def test_mistakes_are_refused_before_any_run_naming_the_culprit(capsys, tmp_path, argv,
                                                                  message):
@@ -173,28 +183,38 @@ def test_dry_run_prints_one_copy_pasteable_command_per_run(capsys, tmp_path):
   assert rc == 0 and len(lines) == 2
   assert shlex.split(lines[1]) == ["si-train", *train]
 
-  for hosts in (2, 16):
+  for hosts in (2, 16):  # one si-launch line per run; si-launch builds the sbatch job
     rc, out, _ = _main(capsys, *common, "--launcher", "slurm", "--hosts", str(hosts),
                        "--sbatch_args", "--partition=gpu --time=4:00:00")
     assert rc == 0
-    assert shlex.split(out.splitlines()[1]) == [
-        "sbatch", f"--nodes={hosts}", "--job-name=si-sweep:rl.loss=gspo,task.kwargs.num_steps=1_2",
-        "--partition=gpu", "--time=4:00:00", "launch/slurm.sbatch", *train]
+    argv = shlex.split(out.splitlines()[1])
+    assert argv == [
+        "si-launch", "slurm", f"--nodes={hosts}",
+        "--job_name=si-sweep:rl.loss=gspo,task.kwargs.num_steps=1_2",
+        "--sbatch_args=--partition=gpu --time=4:00:00", "--", *train]
+    _, _, (mkdir, sbatch) = launch.plan(argv[1:])
+    assert sbatch.argv == ["sbatch", f"--output={workdir}/slurm-%j.log", "--partition=gpu",
+                           "--time=4:00:00"]
+    assert f"#SBATCH --nodes={hosts}\n" in sbatch.stdin
+    assert shlex.split(sbatch.stdin.splitlines()[-1]) == ["si-train", *train]
 
   rc, out, _ = _main(capsys, *common, "--launcher", "tpu_pod", "--tpu", "v5p-32",
-                     "--zone", "us-east5-a")
+                     "--zone", "us-east5-a", "--launch_args=--accelerator_type=v5p-32")
   assert rc == 0
-  assert shlex.split(out.splitlines()[1]) == ["launch/tpu_pod.sh", "v5p-32", "us-east5-a", "--",
-                                              *train]
+  argv = shlex.split(out.splitlines()[1])
+  assert argv == ["si-launch", "tpu_pod", "--tpu=v5p-32", "--zone=us-east5-a",
+                  "--accelerator_type=v5p-32", "--", *train]
+  assert launch.plan(argv[1:])[2].hosts == 4
   assert not os.path.exists(root)  # a dry run writes nothing
 
 
 def test_slurm_submits_one_job_per_unfinished_run_and_not_twice(capsys, tmp_path, monkeypatch):
   bin_dir = tmp_path / "bin"
   bin_dir.mkdir()
-  log, queue = tmp_path / "sbatch.log", tmp_path / "queue"
-  for name, body in (  # sbatch records its arguments; squeue lists the jobs in `queue`
-      ("sbatch", f"printf '%s\\n' \"$@\" >> {log}\necho Submitted batch job 7"),
+  log, scripts, queue = tmp_path / "sbatch.log", tmp_path / "scripts", tmp_path / "queue"
+  for name, body in (  # sbatch records its arguments and script; squeue lists `queue`
+      ("sbatch", f"printf '%s\\n' \"$@\" >> {log}\ncat >> {scripts}\n"
+                 f"echo Submitted batch job 7"),
       ("squeue", f"grep -x \"$3\" {queue} || true")):
     (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
     (bin_dir / name).chmod(0o755)
@@ -208,10 +228,12 @@ def test_slurm_submits_one_job_per_unfinished_run_and_not_twice(capsys, tmp_path
   assert rc == 0
   assert out.splitlines()[1:3] == ["[1/2] seed=0: finished, skipped",
                                    "[2/2] seed=1: submitted: Submitted batch job 7"]
-  submitted = [  # one argument a line: passed through as is
-      "--nodes=2", "--job-name=si-sweep:seed=1", "launch/slurm.sbatch", "--config", SMOKE,
-      "--workdir", str(root / "seed=1"), "--config.seed=1"]
+  submitted = [f"--output={root}/seed=1/slurm-%j.log"]  # one argument a line
   assert log.read_text().splitlines() == submitted
+  script = scripts.read_text()
+  assert "#SBATCH --nodes=2\n" in script and "#SBATCH --job-name=si-sweep:seed=1\n" in script
+  assert shlex.split(script.splitlines()[-1]) == [
+      "si-train", "--config", SMOKE, "--workdir", str(root / "seed=1"), "--config.seed=1"]
   assert (root / "seed=1" / "slurm_job").read_text() == "7\n"
 
   queue.write_text("7\n")  # job 7 still queued: the same sweep again submits nothing
@@ -228,21 +250,25 @@ def test_tpu_pod_passes_the_si_train_arguments_through_to_every_host(capsys, tmp
                                                                      monkeypatch):
   bin_dir = tmp_path / "bin"
   bin_dir.mkdir()
-  (bin_dir / "gcloud").write_text("#!/bin/sh\nprintf '%s\\n' \"$@\"\n")  # into train.log
+  calls = tmp_path / "gcloud.log"
+  (bin_dir / "gcloud").write_text(  # an existing, READY v5p-8; records the other calls
+      f"#!/bin/sh\nif [ \"$4\" = describe ]; then printf 'READY\\tv5p-8\\n'; exit 0; fi\n"
+      f"printf '%s\\n' \"$@\" > {calls}\n")
   (bin_dir / "gcloud").chmod(0o755)
   monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
   root = tmp_path / "sweep"
   rc, out, _ = _main(capsys, "--config", SMOKE, "--root", str(root), "--grid",
                      "task.kwargs.num_steps=(1,2)", "--launcher", "tpu_pod", "--tpu", "pod",
-                     "--zone", "z")
+                     "--zone", "z", "--launch_args=--accelerator_type=v5p-8 --source=none")
   assert rc == 1  # the fake pod wrote no summary.json: the run counts as failed
   assert "FAILED (exit code 0)" in out
   workdir = root / "task.kwargs.num_steps=1_2"
-  argv = (workdir / "train.log").read_text().splitlines()[1:]
-  assert argv[:7] == ["compute", "tpus", "tpu-vm", "ssh", "pod", "--zone", "z"]
+  assert "si-launch: + gcloud compute tpus tpu-vm ssh pod" in (workdir / "train.log").read_text()
+  argv = calls.read_text().splitlines()
+  assert argv[:7] == ["compute", "tpus", "tpu-vm", "ssh", "pod", "--zone=z", "--worker=all"]
   remote = shlex.split(argv[argv.index("--command") + 1])
-  assert remote[:5] == ["cd", "~/si_jax", "&&", "SI_MULTIHOST=1", "si-train"]
-  assert remote[5:] == ["--config", SMOKE, "--workdir", str(workdir),
+  assert remote[:7] == ["cd", "~/si_jax", "&&", "SI_MULTIHOST=1", "python3", "-m", "si_jax.main"]
+  assert remote[7:] == ["--config", SMOKE, "--workdir", str(workdir),
                         "--config.task.kwargs.num_steps=(1, 2)"]
 
 
