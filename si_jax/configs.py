@@ -59,7 +59,10 @@ AUDIT_GATES = ("rule", "judge", "none")
 def _optim(lr: float) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       lr=lr, warmup_steps=0, schedule="cosine", end_lr_frac=0.1, b1=0.9, b2=0.99, eps=1e-8,
-      weight_decay=0.0, clip_norm=1.0))
+      weight_decay=0.0, clip_norm=1.0,
+      # dtype of the AdamW moments and arithmetic: None = the params' own; "float32" keeps
+      # them in float32 with bfloat16 params (si_jax/rl/train_state.py: with_state_dtype).
+      state_dtype=_P(str)))
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -81,8 +84,17 @@ def base_config() -> ml_collections.ConfigDict:
   # GPU in bf16, splash on TPU; or "dense", "blockwise", "cudnn", "splash"; si_jax/models/
   # attention.py) and remat of the train step ("none", "full", or "dots": keep the projections'
   # outputs, recompute the rest).
+  # lora: rank > 0 trains LoRA adapters (scale alpha / rank) on the named kernels of every
+  # layer and keeps the model's params frozen, in SFT and RL; checkpoints hold the adapters and
+  # the base is re-read from init_from (si_jax/models/lora.py). rank 0 = off.
+  # param_dtype / dtype: how params are stored and what the model computes in ("float32",
+  # "bfloat16"); None = the model's own (a preset's, or the loaded checkpoint's). bfloat16
+  # params with rl.optim.state_dtype="float32" is si-plan's mixed-precision memory lever.
   c.model = dict(init_from="", preset="tiny", family="qwen3", overrides={}, remat="none",
-                 attention="auto", attention_block_size=128, logprob_chunk=128)
+                 attention="auto", attention_block_size=128, logprob_chunk=128,
+                 lora=dict(rank=0, alpha=16.0,
+                           targets=("q", "k", "v", "o", "gate", "up", "down")),
+                 param_dtype=_P(str), dtype=_P(str))
 
   # Cold start. Policy traces come from the task's generator (num_traces, error_rate) or from
   # data_path, a jsonl of {"prompt": <raw user message>, "response": <raw text>} lines (the
@@ -242,8 +254,19 @@ def validate(c: ml_collections.ConfigDict) -> None:
     raise _err("tokenizer.path", "is empty, and neither tokenizer.build nor model.init_from "
                "(whose tokenizer would be used) is set")
   choice("model.remat", ("none", "full", "dots"))
+  for p in ("model.param_dtype", "model.dtype", "sft.optim.state_dtype",
+            "rl.optim.state_dtype"):
+    parent, _, name = p.rpartition(".")
+    if _get(c, parent).get(name) is not None:  # absent in configs written before the field
+      choice(p, ("float32", "bfloat16"))
   choice("model.attention", ("auto", "dense", "blockwise", "cudnn", "splash"))
   pos("model.attention_block_size")
+  from si_jax.models import lora  # local: keeps this module free of jax at import
+  try:
+    lora.from_config(c.model.lora)
+  except ValueError as e:
+    field, msg = str(e).split(" ", 1)
+    raise _err(f"model.lora.{field}", msg) from None
   choice("si.correction", CORRECTIONS)
   choice("si.unrepaired", UNREPAIRED)
   choice("si.audit", AUDIT_GATES)

@@ -20,6 +20,7 @@ from typing import Sequence
 import jax
 import numpy as np
 
+from si_jax import multihost
 from si_jax import sampling
 from si_jax.rl import rollout
 
@@ -47,20 +48,25 @@ def majority_reward(answers: Sequence[str | None], rewards: Sequence[float]) -> 
 
 def evaluate(sampler: sampling.Sampler, params, tokenizer, task, examples, *, k: int = 1,
              temperature: float = 0.0, max_new_tokens: int = 64, top_p: float = 1.0,
+             top_k: int = 0,
              key: jax.Array | None = None, batch_size: int = 256, threshold: float = 1.0
              ) -> dict:
   """Scores k samples per example. temperature 0 (greedy) makes the k samples identical, so
-  it is only meaningful with k = 1. Returns metrics and per-example rows."""
+  it is only meaningful with k = 1. Returns metrics and per-example rows.
+
+  With several processes every process passes all `examples` and samples its contiguous share
+  of each batch; the metrics cover all examples, `rows` only this process's."""
   if k > 1 and temperature == 0:
     raise ValueError("evaluate: k > 1 needs temperature > 0 (greedy samples are identical)")
   key = jax.random.key(0) if key is None else key
   sp = sampling.SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature,
-                               top_p=top_p, stop_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id)
+                               top_p=top_p, top_k=top_k, stop_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id)
   per = max(1, batch_size // k)
   rows, avg, passk, maj, lengths = [], [], [], [], []
   examples = list(examples)
   for start in range(0, len(examples), per):
     chunk = examples[start:start + per]
+    chunk = chunk[multihost.local_slice(len(chunk))]
     ro = rollout.sample_and_score(sampler, params, tokenizer, task, chunk,
                                   jax.random.fold_in(key, start), sp, group_size=k)
     for i, ex in enumerate(chunk):
@@ -76,12 +82,15 @@ def evaluate(sampler: sampling.Sampler, params, tokenizer, task, examples, *, k:
                        answers=answers,
                        reasons=[v.reason for v in ro.verdicts[i * k:(i + 1) * k]],
                        sample=texts[0]))
+  avg, passk, maj = (multihost.allgather_rows(np.asarray(x, np.float64))
+                     for x in (avg, passk, maj))
+  lengths = multihost.allgather_rows(np.asarray(lengths, np.int64))
   n = max(len(examples), 1)
   return {
       "num_examples": len(examples), "k": k, "temperature": temperature,
       f"avg@{k}": float(np.sum(avg) / n), f"pass@{k}": float(np.sum(passk) / n),
       f"maj@{k}": float(np.sum(maj) / n),
-      "mean_response_tokens": float(np.mean(lengths)) if lengths else 0.0,
+      "mean_response_tokens": float(np.mean(lengths)) if len(lengths) else 0.0,
       "rows": rows,
   }
 
@@ -129,7 +138,14 @@ def main(argv=None) -> int:
   ap.add_argument("--k", type=int, default=1)
   ap.add_argument("--num_examples", type=int, default=0, help="0 = the whole split")
   ap.add_argument("--temperature", type=float, default=None)
+  ap.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling (1.0 = off)")
+  ap.add_argument("--top_k", type=int, default=0, help="top-k sampling (0 = off)")
   ap.add_argument("--max_new_tokens", type=int, default=None)
+  ap.add_argument("--mesh", default="1,1,1",
+                  help="DATA,FSDP,TENSOR mesh the model is sharded and sampled on (one size "
+                       "may be -1: the remaining devices), e.g. --mesh=-1,1,1 = every device "
+                       "data-parallel, 1,1,8 = tensor-parallel over 8; with SI_MULTIHOST=1 "
+                       "over every host's devices")
   ap.add_argument("--batch_size", type=int, default=256)
   ap.add_argument("--out", default=None, help="output dir (default: <workdir>/eval or .)")
   args = ap.parse_args(argv)
@@ -140,9 +156,22 @@ def main(argv=None) -> int:
   if task_kwargs is not None and not isinstance(task_kwargs, dict):
     ap.error(f"--task_kwargs must be a JSON object, got {args.task_kwargs!r}")
   threshold = 1.0
+  from si_jax import multihost
+  from si_jax import sharding as shd
+  multihost.initialize_from_env()  # SI_MULTIHOST=1: one si-eval per host, as si-train
+  try:
+    sizes = [int(x) for x in args.mesh.split(",")]
+    if len(sizes) != 3:
+      raise ValueError
+  except ValueError:
+    ap.error(f"--mesh must be DATA,FSDP,TENSOR (three ints), got {args.mesh!r}")
+  try:
+    mesh = shd.make_mesh(*sizes)
+  except ValueError as e:
+    ap.error(f"--mesh {args.mesh}: {e}")
 
   if args.workdir:
-    run = workdir_lib.load_run(args.workdir, step=args.step)
+    run = workdir_lib.load_run(args.workdir, step=args.step, mesh=mesh)
     cfg, params, tok, model_cfg = run["config"], run["params"], run["tokenizer"], run["model_cfg"]
     own = {} if args.task else cfg.task.kwargs.to_dict()
     task = tasks_lib.get_task(args.task or cfg.task.name, **{**own, **(task_kwargs or {})})
@@ -156,7 +185,8 @@ def main(argv=None) -> int:
     from si_jax.models import hf
     if not args.task:
       ap.error("--task is required with --hf_dir")
-    model_cfg, params = hf.load_hf(args.hf_dir)
+    model_cfg, params = hf.load_hf(args.hf_dir,
+                                   shardings=lambda c: shd.param_shardings(c, mesh))
     tok = Tokenizer.from_dir(args.hf_dir)
     task = tasks_lib.get_task(args.task, **(task_kwargs or {}))
     split = args.split or "test"
@@ -167,13 +197,15 @@ def main(argv=None) -> int:
   examples = task.examples(split)
   n = len(examples) if args.num_examples <= 0 else min(args.num_examples, len(examples))
   examples = [examples[i] for i in range(n)]
-  sampler = sampling.Sampler(model_cfg, max_len=model_cfg.max_position_embeddings)
+  sampler = sampling.Sampler(model_cfg, mesh, max_len=model_cfg.max_position_embeddings)
   res = evaluate(sampler, params, tok, task, examples, k=args.k, temperature=temperature,
-                 max_new_tokens=max_new, batch_size=args.batch_size, threshold=threshold)
+                 max_new_tokens=max_new, top_p=args.top_p, top_k=args.top_k,
+                 batch_size=args.batch_size, threshold=threshold)
   res.update(task=task.name, split=split)
-  md, js = write_tables({name: res}, out)
-  print(markdown_table({name: res}))
-  print(f"wrote {md} and {js}")
+  if multihost.is_primary():  # rows are process 0's; the metrics cover every process
+    md, js = write_tables({name: res}, out)
+    print(markdown_table({name: res}))
+    print(f"wrote {md} and {js}")
   task.close()
   return 0
 

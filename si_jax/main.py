@@ -68,9 +68,11 @@ def _main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:  # keep Orbax's INFO chatter out; -v 0 restores it
     logging.set_verbosity(logging.WARNING)
-  import jax
-  if os.environ.get("SI_MULTIHOST") == "1":
-    jax.distributed.initialize()  # multi-host: launch/ sets SI_MULTIHOST; topology auto-detected
+  from si_jax import multihost
+  try:  # SI_MULTIHOST=1 (set by launch/): one process per host, before anything touches JAX
+    multihost.initialize_from_env()
+  except ValueError as e:
+    _fail(str(e))
   from si_jax.rl import trainer
   try:
     run = trainer.Run(_CONFIG.value, _WORKDIR.value)

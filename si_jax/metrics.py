@@ -27,6 +27,7 @@ import uuid
 from typing import Any, Callable, Iterator, Mapping, TextIO
 
 import numpy as np
+from etils import epath
 
 __all__ = ["MetricsWriter", "read_metrics", "Progress", "Timer", "METRICS_FILE", "TB_DIR"]
 
@@ -55,6 +56,41 @@ def _scalar(name: str, value: Any, step: int) -> float | int:
       f"{type(value).__name__}{shape_str}: {value!r:.80}")
 
 
+def is_remote(path: str | os.PathLike) -> bool:
+  """A path of a filesystem reached through `etils.epath` (gs://, s3://, ...)."""
+  return "://" in os.fspath(path)
+
+
+class _RemoteLog:
+  """An append-only text file on an object store (which cannot append): the lines are kept in
+  memory and the whole object is rewritten at every flush. Fine for a metrics log (kilobytes
+  per step); local workdirs use a real file."""
+
+  def __init__(self, path: str):
+    self._path = epath.Path(path)
+    text = self._path.read_text() if self._path.exists() else ""
+    self._text = text[:text.rfind("\n") + 1]  # a partial last line (killed mid-write) is dropped
+
+  def write(self, s: str) -> None:
+    self._text += s
+
+  def flush(self) -> None:
+    self._path.write_text(self._text)
+
+  def close(self) -> None:
+    self.flush()
+
+
+def append_text(path: str | os.PathLike, text: str) -> None:
+  """Appends `text` to a file, local or remote (read and rewritten: use for small files)."""
+  if not is_remote(path):
+    with open(path, "a", encoding="utf-8") as f:
+      f.write(text)
+    return
+  p = epath.Path(path)
+  p.write_text((p.read_text() if p.exists() else "") + text)
+
+
 def _repair_tail(path: str) -> None:
   """Drops a trailing partial line (a process killed mid-write) so appends start on a new line."""
   if not os.path.exists(path):
@@ -78,11 +114,10 @@ def read_metrics(workdir: str | os.PathLike) -> list[dict]:
   A trailing partial line (writer killed mid-line) is ignored; a malformed line anywhere else is
   an error naming the file and line.
   """
-  path = os.path.join(os.fspath(workdir), METRICS_FILE)
-  if not os.path.exists(path):
+  path = epath.Path(workdir) / METRICS_FILE
+  if not path.exists():
     return []
-  with open(path, encoding="utf-8") as f:
-    lines = f.read().split("\n")
+  lines = path.read_text().split("\n")
   records = []
   # lines[-1] is the text after the last newline: "" in a complete file, else a partial line.
   for lineno, line in enumerate(lines[:-1], start=1):
@@ -123,9 +158,14 @@ class MetricsWriter:
     self._tb = None  # opened at the first write, so a resumed run makes no empty event file
     self._purge_step: int | None = None
     if self._enabled:
-      os.makedirs(self._workdir, exist_ok=True)
-      _repair_tail(self._path)
-      self._file = open(self._path, "a", encoding="utf-8")
+      epath.Path(self._workdir).mkdir(parents=True, exist_ok=True)
+      self._file = self._open_log()
+
+  def _open_log(self):
+    if is_remote(self._path):
+      return _RemoteLog(self._path)
+    _repair_tail(self._path)
+    return open(self._path, "a", encoding="utf-8")
 
   @property
   def path(self) -> str:
@@ -187,14 +227,17 @@ class MetricsWriter:
     self._file.close()
     records = read_metrics(self._workdir)
     kept = [r for r in records if r["step"] <= step]
-    tmp = self._path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-      for r in kept:
-        f.write(json.dumps(r) + "\n")
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, self._path)
-    self._file = open(self._path, "a", encoding="utf-8")
+    if is_remote(self._path):  # an object is replaced whole by a write
+      epath.Path(self._path).write_text("".join(json.dumps(r) + "\n" for r in kept))
+    else:
+      tmp = self._path + ".tmp"
+      with open(tmp, "w", encoding="utf-8") as f:
+        for r in kept:
+          f.write(json.dumps(r) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+      os.replace(tmp, self._path)
+    self._file = self._open_log()
     if self._tb is not None:
       self._tb.close()
       self._tb = None

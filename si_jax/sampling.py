@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from si_jax import multihost
 from si_jax import sharding as shd
 from si_jax.models import transformer
 from si_jax.models.config import ModelConfig
@@ -206,7 +207,8 @@ class Sampler:
     cache_sh = self._cache_shardings(B, S)
     if (B, P, S) not in self._prefill:
       self._prefill[(B, P, S)] = jax.jit(
-          functools.partial(transformer.prefill, cfg=self.cfg, cache_len=S),
+          shd.on_mesh(functools.partial(transformer.prefill, cfg=self.cfg, cache_len=S),
+                      self.mesh),
           in_shardings=(self._param_sh, bs2, bs2), out_shardings=(logit_sh, cache_sh))
     if (B, S, sp) not in self._decode:
       out_sh = SampleOutput(
@@ -215,33 +217,50 @@ class Sampler:
           lengths=shd.batch_sharding(self.mesh, (B,), self.rules),
           finished=shd.batch_sharding(self.mesh, (B,), self.rules))
       self._decode[(B, S, sp)] = jax.jit(
-          functools.partial(decode_loop, cfg=self.cfg, sp=sp),
+          shd.on_mesh(functools.partial(decode_loop, cfg=self.cfg, sp=sp), self.mesh),
           in_shardings=(self._param_sh, logit_sh, cache_sh, rep), out_shardings=(out_sh, cache_sh),
           donate_argnums=(2,))
     return self._prefill[(B, P, S)], self._decode[(B, S, sp)]
 
   def generate(self, params, prompts: Sequence[Sequence[int]], key: jax.Array,
                sp: SamplingParams) -> SampleOutput:
-    """Samples continuations of `prompts` (lists of token ids). Returns numpy arrays."""
-    if len(prompts) == 0:
+    """Samples continuations of `prompts` (lists of token ids). Returns numpy arrays.
+
+    In a multi-process run `prompts` are this process's rows and every process must call
+    (the jits are collective; a process may pass no prompts): the processes agree on the
+    prompt width and the per-process row count, and each gets back its own rows only.
+    """
+    multi = jax.process_count() > 1
+    if len(prompts) == 0 and not multi:
       raise ValueError("Sampler.generate: got no prompts")
-    longest = max(len(p) for p in prompts)
+    longest = max((len(p) for p in prompts), default=1)
     if longest + sp.max_new_tokens > self.max_len:
       i = max(range(len(prompts)), key=lambda j: len(prompts[j]))
       raise ValueError(
           f"prompt {i} has {longest} tokens; with max_new_tokens={sp.max_new_tokens} that needs "
           f"a cache of {longest + sp.max_new_tokens} > max_len={self.max_len}")
-    P = -(-longest // self.prompt_bucket) * self.prompt_bucket
-    P = min(P, self.max_len - sp.max_new_tokens)
-    tokens, mask = pad_prompts(prompts, sp.pad_id, length=P)
     B0 = len(prompts)
-    div = shd.batch_divisor(self.mesh)
-    B = -(-B0 // div) * div
-    if B != B0:  # fill with copies of row 0; their outputs are dropped
-      tokens = np.concatenate([tokens, np.repeat(tokens[:1], B - B0, 0)])
-      mask = np.concatenate([mask, np.repeat(mask[:1], B - B0, 0)])
-    prefill, decode = self._get_fns(B, P, sp)
-    logits, cache = prefill(params, tokens, mask)
+    if multi:  # one shape for all processes
+      longest, rows = multihost.allgather(np.array([longest, B0], np.int64)).max(axis=0)
+    else:
+      rows = B0
+    P = -(-int(longest) // self.prompt_bucket) * self.prompt_bucket
+    P = min(P, self.max_len - sp.max_new_tokens)
+    if B0:
+      tokens, mask = pad_prompts(prompts, sp.pad_id, length=P)
+    else:  # a process without prompts still takes part, with one-token dummy rows
+      tokens, mask = np.full((1, P), sp.pad_id, np.int32), np.zeros((1, P), bool)
+      mask[:, -1] = True
+    div = shd.batch_divisor(self.mesh) // jax.process_count()
+    B = -(-max(int(rows), 1) // div) * div  # rows per process
+    if B != len(tokens):  # fill with copies of row 0; their outputs are dropped
+      tokens = np.concatenate([tokens, np.repeat(tokens[:1], B - len(tokens), 0)])
+      mask = np.concatenate([mask, np.repeat(mask[:1], B - len(mask), 0)])
+    G = B * jax.process_count()
+    prefill, decode = self._get_fns(G, P, sp)
+    bs = shd.batch_sharding(self.mesh, (G, P), self.rules)
+    logits, cache = prefill(params, multihost.to_global(tokens, bs),
+                            multihost.to_global(mask, bs))
     out, _ = decode(params, logits, cache, key)
-    out = jax.device_get(out)
+    out = multihost.tree_local_rows(out)
     return jax.tree.map(lambda a: a[:B0], out)

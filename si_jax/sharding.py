@@ -9,12 +9,14 @@ Every jit in si_jax gets its shardings from here explicitly; nothing reads an im
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Sequence
 
 import jax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from si_jax.models import constraints
 from si_jax.models import transformer
 from si_jax.models.config import ModelConfig
 
@@ -120,6 +122,16 @@ def param_shardings(cfg: ModelConfig, mesh: Mesh, rules=DEFAULT_RULES):
 def batch_sharding(mesh: Mesh, shape: Sequence[int], rules=DEFAULT_RULES) -> NamedSharding:
   """Leading dim over the batch axes, the rest replicated."""
   return named(mesh, ("batch",) + (None,) * (len(shape) - 1), shape, rules)
+
+
+def on_mesh(fn, mesh: Mesh):
+  """`fn` traced with `mesh` as the model's activation mesh (`models/constraints.py`): jit
+  wrappers pass their functions through this so activations stay split over the batch axes."""
+  @functools.wraps(fn)
+  def traced(*args, **kwargs):
+    with constraints.activation_mesh(mesh):
+      return fn(*args, **kwargs)
+  return traced
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

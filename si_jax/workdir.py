@@ -4,7 +4,8 @@ Shared by si-train (`si_jax.rl.trainer`), si-eval and si-convert, which import t
 not each other, so the layers stay one-way.
 
 `model.init_from` may be an HF model directory, an si-convert params directory, or another
-si-train workdir (its latest checkpoint: how methods share one cold start).
+si-train workdir (its latest checkpoint: how methods share one cold start; a LoRA run's is its
+base merged with its adapters).
 
 Tokenizer: `tokenizer.path` if set; else the tokenizer of `model.init_from` when that directory
 has one (for a workdir: that run's tokenizer); else the one `tokenizer.build` names, built into `<workdir>/tokenizer`. A tokenizer that
@@ -15,6 +16,10 @@ tokens than the tokenizer the model directory ships) is refused, naming both.
 A workdir's `config.json` is the config of the run that wrote its checkpoints. A different config
 on a workdir that holds a checkpoint is refused, naming the fields that differ; a workdir
 without a checkpoint (a run that died before its first save) is simply taken over.
+
+Workdir files go through `etils.epath`, so a workdir may be `gs://...` wherever the filesystem
+backend is installed (Orbax writes the checkpoints); model and tokenizer directories are read
+from local (or mounted) paths. In a multi-process run process 0 writes and the others wait.
 """
 
 from __future__ import annotations
@@ -24,15 +29,19 @@ import os
 from typing import Any
 
 import jax
+from etils import epath
 
 from si_jax import checkpoint as ckpt_lib
 from si_jax import configs
+from si_jax import multihost
 from si_jax import sharding as shd
 from si_jax.models import config as model_config
+from si_jax.models import lora as lora_lib
 from si_jax.rl import train_state as ts
 from si_jax.tokenizer import Tokenizer
 
 INIT_PURPOSE = 3  # PRNG purpose of parameter init (shared with the trainer's purposes)
+LORA_PURPOSE = 5  # PRNG purpose of LoRA adapter init (the trainer's are 1-4 and >= 10)
 CONFIG_FILE = "config.json"
 CHECKPOINTS = "checkpoints"
 
@@ -43,7 +52,7 @@ def _has_tokenizer(path: str) -> bool:
 
 def is_workdir(path: str) -> bool:
   """A si-train workdir (config.json and at least one checkpoint)."""
-  return bool(path) and os.path.exists(os.path.join(path, CONFIG_FILE)) and has_checkpoint(path)
+  return bool(path) and (epath.Path(path) / CONFIG_FILE).exists() and has_checkpoint(path)
 
 
 def setup_tokenizer(config, workdir: str | None) -> Tokenizer:
@@ -60,8 +69,9 @@ def setup_tokenizer(config, workdir: str | None) -> Tokenizer:
     if workdir is None:
       raise ValueError("config.tokenizer.build needs a workdir to build the tokenizer into")
     path = os.path.join(workdir, "tokenizer")
-    if not _has_tokenizer(path):
+    if not _has_tokenizer(path) and multihost.is_primary():
       build_char_tokenizer(path)
+    multihost.sync("tokenizer")  # the others read what process 0 wrote
     return Tokenizer.from_dir(path)
   if config.tokenizer.build:
     raise ValueError(f"config.tokenizer.build: unknown tokenizer {config.tokenizer.build!r} "
@@ -134,16 +144,37 @@ def _check_overrides(config, cfg: model_config.ModelConfig):
 
 
 def _compute_options(config, cfg: model_config.ModelConfig) -> model_config.ModelConfig:
-  """How the model computes (not what it is): config.model.attention / attention_block_size."""
+  """How the model computes (not what it is): config.model.attention / attention_block_size /
+  dtype (None: the model's own)."""
   m = config.model  # workdirs written before these fields existed take the defaults
   return cfg.replace(attention=m.get("attention", "auto"),
-                     attention_block_size=m.get("attention_block_size", 128))
+                     attention_block_size=m.get("attention_block_size", 128),
+                     dtype=m.get("dtype") or cfg.dtype)
+
+
+def _stored_as(config, cfg: model_config.ModelConfig, params):
+  """config.model.param_dtype (None: as loaded or initialized): params cast on their devices."""
+  dtype = config.model.get("param_dtype")
+  if not dtype or dtype == cfg.param_dtype:
+    return cfg, params
+  cfg = cfg.replace(param_dtype=dtype)
+  return cfg, jax.tree.map(lambda x: x.astype(cfg.jnp_param_dtype), params)
 
 
 def setup_model(config, tokenizer: Tokenizer, mesh, seed: int | None = None):
   """(model config, params placed on the mesh)."""
-  cfg, params = _load_or_init(config, tokenizer, mesh, seed)
+  cfg, params = _stored_as(config, *_load_or_init(config, tokenizer, mesh, seed))
   return _compute_options(config, cfg), params
+
+
+def setup_adapters(config, cfg: model_config.ModelConfig, mesh):
+  """(LoraConfig, fresh adapters placed on the mesh) of `config.model.lora`, or (None, None)
+  when LoRA is off. The adapters' init key comes from config.seed."""
+  lc = lora_lib.from_config(config.model.get("lora"))
+  if lc is None:
+    return None, None
+  key = jax.random.fold_in(jax.random.key(config.seed), LORA_PURPOSE)
+  return lc, lora_lib.init_sharded(cfg, lc, mesh, key)
 
 
 def _load_or_init(config, tokenizer: Tokenizer, mesh, seed: int | None):
@@ -181,19 +212,18 @@ def _diff(a, b, prefix="") -> list[str]:
 
 
 def has_checkpoint(workdir: str) -> bool:
-  d = os.path.join(workdir, CHECKPOINTS)
-  return os.path.isdir(d) and any(n.isdigit() for n in os.listdir(d))
+  d = epath.Path(workdir) / CHECKPOINTS
+  return d.is_dir() and any(p.name.isdigit() for p in d.iterdir())
 
 
 def claim(config, workdir: str) -> None:
   """Makes `workdir` this run's: writes config.json, or checks it against the config of the
   run whose checkpoints the workdir holds (see the module docstring)."""
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, CONFIG_FILE)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+  path = epath.Path(workdir) / CONFIG_FILE
   new = configs.to_dict(config)
-  if os.path.exists(path) and has_checkpoint(workdir):
-    with open(path, encoding="utf-8") as f:
-      old = json.load(f)
+  if path.exists() and has_checkpoint(workdir):
+    old = json.loads(path.read_text())
     diff = _diff(old, new)
     if diff:
       raise ValueError(
@@ -201,28 +231,32 @@ def claim(config, workdir: str) -> None:
           f"{', '.join('config.' + d for d in diff[:10])}. Resume with the same config or use "
           f"a new --workdir.")
     return
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(configs.to_json(config))
-  os.replace(tmp, path)
+  if multihost.is_primary():
+    tmp = path.parent / (CONFIG_FILE + ".tmp")
+    tmp.write_text(configs.to_json(config))
+    tmp.replace(path)
+  multihost.sync("claim")
 
 
 def read_config(workdir: str):
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
+  path = epath.Path(workdir) / CONFIG_FILE
+  if not path.exists():
     raise FileNotFoundError(f"{workdir} is not a si-train workdir: no {CONFIG_FILE}")
-  with open(path, encoding="utf-8") as f:
-    return configs.from_json(f.read())
+  return configs.from_json(path.read_text())
 
 
-def load_run(workdir: str, step: int | None = None) -> dict[str, Any]:
+def load_run(workdir: str, step: int | None = None, mesh=None) -> dict[str, Any]:
   """Config, tokenizer, model config and params of a training run's checkpoint (si-eval,
-  si-convert). Params are placed on one device."""
+  si-convert). Params are placed on `mesh` (default: one device), sharded by the param rules.
+  A LoRA run's params are its base (re-read from its model.init_from) merged with the
+  checkpoint's adapters."""
   config = read_config(workdir)
   tok = setup_tokenizer(config, workdir)
-  mesh = shd.make_mesh(devices=jax.devices()[:1])
+  mesh = shd.make_mesh(devices=jax.devices()[:1]) if mesh is None else mesh
   cfg, params = setup_model(config, tok, mesh)
-  state = ts.create(params, ts.optimizer_from_config(config.sft.optim, 1), mesh)
+  lc, adapters = setup_adapters(config, cfg, mesh)
+  state = ts.create(params if lc is None else adapters,
+                    ts.optimizer_from_config(config.sft.optim, 1), mesh)
   ck = ckpt_lib.Checkpointer(os.path.join(workdir, CHECKPOINTS))
   try:
     step = ck.latest_step() if step is None else step
@@ -231,5 +265,10 @@ def load_run(workdir: str, step: int | None = None) -> dict[str, Any]:
     state, meta = ck.restore(ts.abstract_state(state), step)
   finally:
     ck.close()
-  return dict(config=config, tokenizer=tok, model_cfg=cfg, params=state.params, step=step,
+  if lc is None:
+    params = state.params
+  else:
+    params = lora_lib.make_merge_fn(lc, jax.tree.map(lambda x: x.sharding, params))(
+        params, state.params)
+  return dict(config=config, tokenizer=tok, model_cfg=cfg, params=params, step=step,
               meta=meta)

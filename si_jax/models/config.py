@@ -137,6 +137,26 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def _qwen3(hidden: int, intermediate: int, layers: int, heads: int, tied: bool) -> dict:
+  """The shape of a released Qwen3 dense model (its HF config.json; family 'qwen3')."""
+  return dict(vocab_size=151936, hidden_size=hidden, intermediate_size=intermediate,
+              num_layers=layers, num_heads=heads, num_kv_heads=8, head_dim=128,
+              rope_theta=1e6, rms_norm_eps=1e-6, tie_embeddings=tied,
+              max_position_embeddings=40960)
+
+
+# Shapes only (no weights): what si-plan plans and paper-scale configs name. Published sizes
+# 0.6B, 1.7B, 4.0B, 8.2B, 14.8B, 32.8B (`ModelConfig.num_params`, checked in test_plan.py).
+PRESETS.update({
+    "qwen3-0.6b": _qwen3(1024, 3072, 28, 16, tied=True),
+    "qwen3-1.7b": _qwen3(2048, 6144, 28, 16, tied=True),
+    "qwen3-4b": _qwen3(2560, 9728, 36, 32, tied=True),
+    "qwen3-8b": _qwen3(4096, 12288, 36, 32, tied=False),
+    "qwen3-14b": _qwen3(5120, 17408, 40, 40, tied=False),
+    "qwen3-32b": _qwen3(5120, 25600, 64, 64, tied=False),
+})
+
+
 def preset(name: str, family: str = "qwen3", **kw) -> ModelConfig:
   if name not in PRESETS:
     raise ValueError(f"unknown model preset {name!r}; known: {sorted(PRESETS)}")

@@ -17,7 +17,10 @@ A params directory (what `--to=si` writes, `load_params` reads, and a trainer ca
     tokenizer/               the HF dir's tokenizer files, when present
 
 `--to=hf` writes an HF directory that `transformers.AutoModelForCausalLM.from_pretrained` loads,
-with the tokenizer from `--tokenizer_dir` or else PARAMS_DIR/tokenizer.
+with the tokenizer from `--tokenizer_dir` or else PARAMS_DIR/tokenizer. From a LoRA run
+(`model.lora.rank > 0`, whose checkpoints hold adapters only) it writes the merged weights,
+W + (alpha / r) A @ B, in the base's dtype (`workdir.load_run` re-reads the base from the run's
+model.init_from).
 
 Without `--dtype` both directions keep the source's dtype: `--to=si` the one config.json records
 (`dtype` / `torch_dtype`; float32 if none), `--to=hf` the saved params' (a checkpoint's params

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from si_jax.models import attention
+from si_jax.models import constraints
 from si_jax.models.config import ModelConfig
 
 Params = dict[str, Any]
@@ -272,17 +273,17 @@ def forward_hidden(params: Params, tokens: jax.Array, mask: jax.Array, cfg: Mode
   rope_cs = rope_tables(positions_from_mask(mask), cfg, cfg.jnp_dtype)  # shared by the layers
   dense = attention_impl(cfg, tokens.shape[1]) == "dense"
   bias = attention.causal_bias(mask) if dense else None  # built once, shared by the layers
-  x = embed(params, tokens, cfg)
+  x = constraints.batch_rows(embed(params, tokens, cfg))
 
   def body(x, p):
     x, kv = _layer_full(x, p, rope_cs, mask, bias, cfg)
-    return x, (kv if return_kv else None)
+    return constraints.batch_rows(x), (kv if return_kv else None)
 
   policy = remat_policy(remat)
   if policy is not None:
     body = jax.checkpoint(body, policy=policy)
   x, kv = jax.lax.scan(body, x, params["layers"])
-  h = rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
+  h = constraints.batch_rows(rms_norm(x, params["final_norm"], cfg.rms_norm_eps))
   return (h, kv) if return_kv else h
 
 
@@ -315,8 +316,8 @@ def token_logprobs(params: Params, tokens: jax.Array, mask: jax.Array, cfg: Mode
   h = jnp.pad(h, ((0, 0), (0, pad), (0, 0)))
   targets = jnp.pad(targets, ((0, 0), (0, pad)))
   nc = (n + pad) // c
-  h = h.reshape(B, nc, c, -1).swapaxes(0, 1)
-  targets = targets.reshape(B, nc, c).swapaxes(0, 1)
+  h = constraints.batch_rows(h.reshape(B, nc, c, -1).swapaxes(0, 1), axis=1)
+  targets = constraints.batch_rows(targets.reshape(B, nc, c).swapaxes(0, 1), axis=1)
   w = lm_head_kernel(params, cfg).astype(cfg.jnp_dtype)
   inv_t = 1.0 / temperature
 
@@ -402,7 +403,7 @@ def decode_step(params: Params, layer_params: list[Params], token: jax.Array, ca
   pos = cache.positions
   valid = jax.lax.dynamic_update_slice(cache.valid, jnp.ones((B, 1), bool), (0, idx))
   bias = jnp.where(valid, 0.0, _NEG).astype(jnp.float32)[:, None, None, :]  # [B, 1, 1, S]
-  x = embed(params, token, cfg)  # [B, d]
+  x = constraints.batch_rows(embed(params, token, cfg))  # [B, d]
   ks, vs = list(cache.k), list(cache.v)
   for i, p in enumerate(layer_params):
     h = rms_norm(x, p["attn_norm"], cfg.rms_norm_eps)
@@ -425,7 +426,7 @@ def decode_step(params: Params, layer_params: list[Params], token: jax.Array, ca
     h = rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps)
     gu = jnp.matmul(h, p["gate_up"].astype(dt))
     g, u = jnp.split(gu, 2, axis=-1)
-    x = x + jnp.matmul(jax.nn.silu(g) * u, p["down"].astype(dt))
+    x = constraints.batch_rows(x + jnp.matmul(jax.nn.silu(g) * u, p["down"].astype(dt)))
   h = rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
   logits = jnp.matmul(h, lm_head_kernel(params, cfg).astype(dt)).astype(jnp.float32)
   new = KVCache(k=tuple(ks), v=tuple(vs), valid=valid, index=idx + 1, positions=pos + 1)

@@ -23,6 +23,7 @@ from typing import Callable, Iterator
 import jax
 import numpy as np
 
+from si_jax import multihost
 from si_jax import sharding as shd
 from si_jax.models import transformer
 from si_jax.rl import credit as credit_lib
@@ -70,11 +71,15 @@ def make_logprob_fn(cfg, mesh, param_shardings, *, temperature: float, chunk_siz
   cache: dict = {}
 
   def call(params, tokens, input_mask):
-    shape = tokens.shape
+    """tokens, input_mask: this process's rows (all rows with one process)."""
+    shape = (tokens.shape[0] * jax.process_count(),) + tokens.shape[1:]
+    b = shd.batch_sharding(mesh, shape)
     if shape not in cache:
-      b = shd.batch_sharding(mesh, shape)
-      cache[shape] = jax.jit(fn, in_shardings=(param_shardings, b, b), out_shardings=b)
-    return np.asarray(cache[shape](params, tokens, input_mask))
+      cache[shape] = jax.jit(shd.on_mesh(fn, mesh), in_shardings=(param_shardings, b, b),
+                             out_shardings=b)
+    out = cache[shape](params, multihost.to_global(tokens, b),
+                       multihost.to_global(input_mask, b))
+    return multihost.local_rows(out)
   return call
 
 
@@ -85,15 +90,56 @@ def needs_recompute(setting: bool | None, ratio: str, param_dtype) -> bool:
   return ratio != "token" or np.dtype(param_dtype) != np.float32
 
 
+def agree_terms(term_rows: list[credit_lib.TermRows]
+                ) -> list[tuple[credit_lib.TermRows, int]]:
+  """(term rows, the largest process's row count) per term.
+
+  With several processes the update is one collective program, so every process must bring
+  the same terms with arrays of the same widths, whatever rows it happens to hold (an SI
+  process may have kept no repair this step). The terms of all processes are gathered (by
+  name, in process order); a term this process lacks gets zero rows, and a narrower array is
+  widened with masked columns on the right (rows are prompt + completion + padding). With one
+  process: the terms as they are."""
+  if jax.process_count() == 1:
+    return [(tr, tr.num_rows) for tr in term_rows]
+  desc = [(tr.term, tr.num_rows, {k: (v.dtype.str, v.shape[1:]) for k, v in tr.rows.items()})
+          for tr in term_rows]
+  terms: dict[str, tuple] = {}  # name -> (term, max rows, key -> (dtype, widest trailing shape))
+  for proc in multihost.allgather_objects(desc):
+    for term, n, keys in proc:
+      t, m, ks = terms.get(term.name, (term, 0, {}))
+      for k, (dt, shp) in keys.items():
+        old = ks.get(k, (dt, shp))[1]
+        ks[k] = (dt, tuple(max(a, b) for a, b in zip(shp, old)) if old else shp)
+      terms[term.name] = (t, max(m, n), ks)
+  mine = {tr.term.name: tr.rows for tr in term_rows}
+  out = []
+  for name, (term, n, keys) in terms.items():
+    rows = mine.get(name)
+    fixed = {}
+    for k, (dt, shp) in keys.items():
+      v = rows[k] if rows is not None else np.zeros((0,) + shp, np.dtype(dt))
+      if v.shape[1:] != shp:  # widen [R, W] with masked (zero) columns on the right
+        v = np.pad(v, [(0, 0)] + [(0, b - a) for a, b in zip(v.shape[1:], shp)])
+      fixed[k] = v
+    out.append((credit_lib.TermRows(term, fixed), n))
+  return out
+
+
 def prepare(term_rows: list[credit_lib.TermRows], *, unit: int, params, ref_params,
             logprob_fn, recompute: bool) -> tuple[list[credit_lib.TermRows], dict[str, float]]:
   """Pads every term's rows to its bucket and fills old / reference log-probs of policy terms.
-  Terms with no rows are dropped. Returns (terms, metrics)."""
+  Terms with no rows are dropped. Returns (terms, metrics).
+
+  With several processes, `term_rows` are this process's rows, `unit` counts the rows of the
+  whole run, and every process pads to the bucket of the largest process's row count (the
+  update is one collective program), so each term has the same rows on every process."""
   out, metrics = [], {}
-  for tr in term_rows:
-    if tr.num_rows == 0:
+  local_unit = unit // jax.process_count()
+  for tr, n in agree_terms(term_rows):
+    if n == 0:
       continue
-    rows = pad_rows(tr.rows, bucket(tr.num_rows, unit))
+    rows = pad_rows(tr.rows, bucket(n, local_unit))
     if isinstance(tr.term, update_lib.PolicyTerm):
       resp = rows["loss_mask"] != 0
       lp = logprob_fn(params, rows["tokens"], rows["input_mask"])
@@ -114,8 +160,11 @@ def prepare(term_rows: list[credit_lib.TermRows], *, unit: int, params, ref_para
 def minibatches(terms: list[credit_lib.TermRows], num: int, rng: np.random.Generator
                 ) -> Iterator[dict[str, dict[str, np.ndarray]]]:
   """`num` mini-batches: each term's rows shuffled and split into `num` equal parts; the
-  i-th mini-batch holds part i of every term."""
-  orders = [rng.permutation(tr.num_rows) for tr in terms]
+  i-th mini-batch holds part i of every term. One mini-batch keeps the rows in order (its
+  loss is a sum over rows), so a run's rows sit on the same devices whatever the number of
+  processes. With several processes each splits its own rows the same way."""
+  orders = [rng.permutation(tr.num_rows) if num > 1 else np.arange(tr.num_rows)
+            for tr in terms]
   for i in range(num):
     mb = {}
     for tr, order in zip(terms, orders):

@@ -201,3 +201,6 @@ def outcome_credit(ctx: CreditContext, scored: Scored) -> Credit:
                       advantages=adv, old_logprobs=ro.logprobs,
                       seq_mask=np.repeat(scored.group_mask, ro.group_size))
   return Credit(terms=[TermRows(ctx.policy_term, rows)])
+
+
+outcome_credit.multi_process = True  # works on each process's own groups (whole groups)

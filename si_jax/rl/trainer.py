@@ -15,11 +15,17 @@ Global step g counts completed updates: g in [0, sft.steps) are SFT steps, g in
 at step g continues exactly as if it had never stopped. The KL reference (rl.kl_beta > 0) is
 the policy RL started from, saved once at the hand-over (`<workdir>/reference`) and restored
 from there on resume.
+
+With LoRA (model.lora.rank > 0) the train state holds adapters and the model's params stay
+frozen in `Run.base` (re-read from model.init_from, or re-made from the seed, on resume);
+everything that runs the policy gets `Run.policy_params()`, the base merged with the adapters.
+Checkpoints and the KL reference then hold adapters only.
 """
 
 from __future__ import annotations
 
 import functools
+import io
 import json
 import os
 import time
@@ -27,16 +33,19 @@ from typing import Any
 
 import jax
 import numpy as np
+from etils import epath
 
 from si_jax import checkpoint as ckpt_lib
 from si_jax import configs
 from si_jax import evaluate as eval_lib
 from si_jax import metrics as metrics_lib
+from si_jax import multihost
 from si_jax import sampling
 from si_jax import sft as sft_lib
 from si_jax import sharding as shd
 from si_jax import workdir as workdir_lib
 from si_jax.data import tasks as tasks_lib
+from si_jax.models import lora as lora_lib
 from si_jax.rl import advantages as adv_lib
 from si_jax.rl import batching
 from si_jax.rl import credit as credit_lib
@@ -47,6 +56,23 @@ from si_jax.rl import update as update_lib
 # PRNG purposes: fold_in(fold_in(key(seed), step), purpose). Credit functions use >= 10.
 ROLLOUT, EVAL, INIT, SHUFFLE = 1, 2, workdir_lib.INIT_PURPOSE, 4
 SAMPLES_FILE = "samples.jsonl"
+
+
+def check_multiprocess(config, mesh, credit_fn) -> None:
+  """With several processes (multi-host), each process takes an equal share of every step's
+  prompts (whole groups) and of the batch shards; the credit function must declare that it
+  works on a process's own rows (`multi_process = True`)."""
+  n = jax.process_count()
+  if n == 1:
+    return
+  multihost.check_mesh(mesh)
+  if config.rl.prompts_per_step % n:
+    raise ValueError(f"config.rl.prompts_per_step={config.rl.prompts_per_step} must be a "
+                     f"multiple of the {n} processes (each samples whole groups)")
+  if config.rl.steps and not getattr(credit_fn, "multi_process", False):
+    raise ValueError(f"config.rl.credit={config.rl.credit!r} runs on one process only (any "
+                     f"number of devices): its credit stage has not been made multi-process "
+                     f"yet (README, multi-host)")
 
 
 class PromptStream:
@@ -108,7 +134,15 @@ class Run:
       if len(self.task.examples(split)) == 0:
         raise ValueError(f"config.task: split {split!r} of task {config.task.name!r} is empty")
     self.mesh = shd.mesh_from_config(config.mesh)
+    check_multiprocess(config, self.mesh, self.credit_fn)
     self.model_cfg, params = workdir_lib.setup_model(config, self.tokenizer, self.mesh)
+    param_sh = jax.tree.map(lambda x: x.sharding, params)
+    # LoRA: the state trains adapters; the model's params stay frozen in self.base
+    self.lora, adapters = workdir_lib.setup_adapters(config, self.model_cfg, self.mesh)
+    self.base, self._policy = None, None
+    if self.lora is not None:
+      self.base, params = params, adapters
+      self._merge = lora_lib.make_merge_fn(self.lora, param_sh)
     self.sft_steps, self.rl_steps = config.sft.steps, config.rl.steps
     self.total_steps = self.sft_steps + self.rl_steps
     self.sft_opt = ts.optimizer_from_config(config.sft.optim, max(self.sft_steps, 1))
@@ -130,7 +164,6 @@ class Run:
     self.root_key = jax.random.key(config.seed)
     self._update_fns: dict = {}
     self.ref_params = None
-    param_sh = jax.tree.map(lambda x: x.sharding, self.state.params)
     self.logprob_fn = batching.make_logprob_fn(
         self.model_cfg, self.mesh, param_sh, temperature=config.rl.temperature,
         chunk_size=config.model.logprob_chunk)
@@ -160,6 +193,17 @@ class Run:
   def key(self, step: int, purpose: int) -> jax.Array:
     return jax.random.fold_in(jax.random.fold_in(self.root_key, step), purpose)
 
+  def policy_params(self):
+    """The policy's full params (sampling, log-probs, evaluation, credit): the state's own, or
+    with LoRA the frozen base merged with the state's adapters, merged once per set of
+    adapters (so once per RL step) and dropped at the next update."""
+    if self.lora is None:
+      return self.state.params
+    if self._policy is None or self._policy[0] is not self.state.params:
+      self._policy = None  # free the stale copy before making the new one
+      self._policy = (self.state.params, self._merge(self.base, self.state.params))
+    return self._policy[1]
+
   def _reference(self) -> ckpt_lib.Checkpointer:
     return ckpt_lib.Checkpointer(os.path.join(self.workdir, "reference"), max_to_keep=1,
                                  async_save=False)
@@ -172,10 +216,23 @@ class Run:
       self._update_fns[key] = update_lib.make_update_fn(
           self.state, batch, self.mesh, terms=terms, cfg=self.model_cfg, optimizer=optimizer,
           num_micro=num_micro, chunk_size=self.config.model.logprob_chunk,
-          remat=self.config.model.remat)
+          remat=self.config.model.remat, lora=self.lora, frozen=self.base)
     return self._update_fns[key]
 
+  def _global_batch(self, batch: dict, local: bool) -> dict:
+    """Host rows -> what the update consumes: this process's rows (`local`) or rows every
+    process holds in full, as global arrays (with one process: the numpy arrays)."""
+    if jax.process_count() == 1:
+      return batch
+    put = multihost.to_global if local else multihost.global_from_host
+    def one(x):
+      x = np.asarray(x)
+      shape = (x.shape[0] * (jax.process_count() if local else 1),) + x.shape[1:]
+      return put(x, shd.batch_sharding(self.mesh, shape))
+    return jax.tree.map(one, batch)
+
   def _apply_update(self, fn, batch) -> dict:
+    self._policy = None  # a LoRA run's merged params go stale: free them for the update
     self.state, m = fn(self.state, batch)
     m = jax.device_get(m)
     if int(self.state.bad_streak) > self.config.rl.max_bad_steps:
@@ -192,7 +249,7 @@ class Run:
     c = self.config.eval
     examples = self.task.examples(self.config.task.eval_split)
     n = min(c.num_examples, len(examples))
-    res = eval_lib.evaluate(self.sampler, self.state.params, self.tokenizer, self.task,
+    res = eval_lib.evaluate(self.sampler, self.policy_params(), self.tokenizer, self.task,
                             [examples[i] for i in range(n)], k=c.k, temperature=c.temperature,
                             max_new_tokens=c.max_new_tokens, key=self.key(step, EVAL),
                             batch_size=c.batch_size, threshold=self.config.rl.success_threshold)
@@ -205,13 +262,13 @@ class Run:
 
   def _log_samples(self, step: int, rows: list[dict]):
     """A few prompts, completions and verdicts per evaluation: samples.jsonl and TensorBoard."""
-    if not rows:
+    if not rows or not multihost.is_primary():
       return
-    with open(os.path.join(self.workdir, SAMPLES_FILE), "a", encoding="utf-8") as f:
-      for r in rows:
-        f.write(json.dumps(dict(step=step, id=r["id"], prompt=r["prompt"],
-                                completion=r["sample"], reward=r["rewards"][0],
-                                verdict=r["reasons"][0])) + "\n")
+    metrics_lib.append_text(
+        os.path.join(self.workdir, SAMPLES_FILE),
+        "".join(json.dumps(dict(step=step, id=r["id"], prompt=r["prompt"], completion=r["sample"],
+                                reward=r["rewards"][0], verdict=r["reasons"][0])) + "\n"
+                for r in rows))
     text = "\n\n".join(f"**{r['id']}** (reward {r['rewards'][0]}, {r['reasons'][0]})\n\n"
                        f"    {r['prompt']}\n\n    " + r["sample"].replace("\n", "\n    ")
                        for r in rows)
@@ -234,7 +291,7 @@ class Run:
     while self.meta["step"] < self.sft_steps:
       step = self.meta["step"]
       t0 = time.perf_counter()
-      batch = {"sft": next(it)}
+      batch = self._global_batch({"sft": next(it)}, local=False)
       fn = self.update_fn(terms, batch, self.sft_opt, c.microbatches)
       m = self._apply_update(fn, batch)
       self.meta["step"] = step + 1
@@ -268,7 +325,8 @@ class Run:
     self.save(force=True)
 
   def load_reference(self):
-    """The KL reference: the params RL started from (saved by start_rl)."""
+    """The KL reference: the params RL started from (saved by start_rl; with LoRA the
+    adapters, merged here with the base)."""
     with self._reference() as ref:
       step = ref.latest_step()
       if step is None:
@@ -276,13 +334,15 @@ class Run:
                                 f"written when RL starts with rl.kl_beta > 0")
       target = {"params": ts.abstract_state(self.state).params}
       self.ref_params = ref.restore(target, step)[0]["params"]
+    if self.lora is not None:
+      self.ref_params = self._merge(self.base, self.ref_params)
 
   # -- RL: the stages
 
   def credit_context(self, step: int) -> credit_lib.CreditContext:
     return credit_lib.CreditContext(
         config=self.config, step=step, key=functools.partial(self.key, step),
-        params=self.state.params, sampler=self.sampler, tokenizer=self.tokenizer,
+        params=self.policy_params(), sampler=self.sampler, tokenizer=self.tokenizer,
         task=self.task, mesh=self.mesh, loss=self.loss, policy_term=self.policy_term,
         sampling_params=self.sp)
 
@@ -290,22 +350,27 @@ class Run:
     """sample -> score, with DAPO's refill of groups whose rewards are all equal (up to
     rl.max_sampling_rounds rounds; groups still missing are kept as filler, group_mask 0)."""
     c = self.config.rl
-    P, G = c.prompts_per_step, c.group_size
-    params = self.state.params
+    G = c.group_size
+    # every process takes the step's prompts (the stream stays in step) and keeps its share
+    share = multihost.local_slice(c.prompts_per_step)
+    P = share.stop - share.start
+    params = self.policy_params()
     if not self.loss["dynamic_sampling"]:
-      ro = rollout.sample(self.sampler, params, self.tokenizer, self.task, stream.take(P),
-                          self.key(step, ROLLOUT), self.sp, G)
+      ro = rollout.sample(self.sampler, params, self.tokenizer, self.task,
+                          stream.take(c.prompts_per_step)[share], self.key(step, ROLLOUT),
+                          self.sp, G)
       return self.score(rollout.score(ro, self.task), np.ones(P, bool))
     kept, dropped, n_kept = [], [], 0
     for r in range(c.max_sampling_rounds):
-      ro = rollout.sample(self.sampler, params, self.tokenizer, self.task, stream.take(P),
+      ro = rollout.sample(self.sampler, params, self.tokenizer, self.task,
+                          stream.take(c.prompts_per_step)[share],
                           jax.random.fold_in(self.key(step, ROLLOUT), r), self.sp, G)
       ro = rollout.score(ro, self.task)
       keep = np.asarray(adv_lib.dynamic_sampling_keep(ro.rewards))
       kept.append(ro.select(keep))
       dropped.append(ro.select(~keep))
       n_kept += int(keep.sum())
-      if n_kept >= P:
+      if multihost.all_true(n_kept >= P):  # sampling is collective: all stop together
         break
     timing = {k: sum(p.timing.get(k, 0.0) for p in kept) for k in ("sample", "verify")}
     n_good = min(n_kept, P)
@@ -327,10 +392,11 @@ class Run:
           rewards.shape)
     return credit_lib.Scored(
         rollouts=ro, rewards=rewards, success=ro.rewards >= self.config.rl.success_threshold,
-        group_mask=np.asarray(group_mask, bool), prompt_len=rollout.bucket_width(max(map(len, ro.prompt_ids))))
+        group_mask=np.asarray(group_mask, bool),
+        prompt_len=rollout.bucket_width(multihost.global_max(max(map(len, ro.prompt_ids)))))
 
   def pack(self, credit: credit_lib.Credit) -> tuple[list[credit_lib.TermRows], dict]:
-    return batching.prepare(credit.terms, unit=self.unit, params=self.state.params,
+    return batching.prepare(credit.terms, unit=self.unit, params=self.policy_params(),
                             ref_params=self.ref_params, logprob_fn=self.logprob_fn,
                             recompute=self.recompute)
 
@@ -344,6 +410,7 @@ class Run:
     for epoch in range(c.epochs):
       rng = np.random.default_rng([self.config.seed, step, SHUFFLE, epoch])
       for mb in batching.minibatches(terms, c.minibatches, rng):
+        mb = self._global_batch(mb, local=True)
         fn = self.update_fn(term_tuple, mb, self.rl_opt, c.microbatches)
         out.append(self._apply_update(fn, mb))
     return out
@@ -392,7 +459,7 @@ class Run:
     ev = self.config.eval
     while self.meta["step"] < self.total_steps:
       step = self.meta["step"]
-      out = self.rl_step(step, stream)
+      out = multihost.reduce_metrics(self.rl_step(step, stream))
       self.meta["step"] = step + 1
       self.meta["data_cursor"] = stream.cursor
       if ev.every and ev.num_examples and (step + 1 - self.sft_steps) % ev.every == 0:
@@ -423,10 +490,11 @@ def train(config, workdir: str, run: Run | None = None) -> dict:
   run = run or Run(config, workdir)
   try:
     resumed = run.restore()
-    if resumed:
+    if resumed and multihost.is_primary():
       print(f"resumed {workdir} at step {run.meta['step']}/{run.total_steps}", flush=True)
-    progress = metrics_lib.Progress(run.total_steps, start_step=run.meta["step"],
-                                    every=config.log.progress_every)
+    progress = metrics_lib.Progress(
+        run.total_steps, start_step=run.meta["step"], every=config.log.progress_every,
+        stream=None if multihost.is_primary() else io.StringIO())  # process 0 reports
     if run.meta["step"] < run.sft_steps:
       run.run_sft(progress)
     if run.meta["phase"] == "sft" and run.rl_steps:
@@ -445,9 +513,10 @@ def train(config, workdir: str, run: Run | None = None) -> dict:
       last = hist[-1] if hist and hist[-1]["step"] == run.meta["step"] else None
       summary["eval_after"] = ({k: v for k, v in last.items() if k != "step"} if last
                                else run.evaluate(run.meta["step"]))
-      _print_summary(summary, config.eval.k)
-    with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
-      json.dump(summary, f, indent=1)
+      if multihost.is_primary():
+        _print_summary(summary, config.eval.k)
+    if multihost.is_primary():
+      (epath.Path(workdir) / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
   finally:
     run.close()

@@ -13,6 +13,10 @@ is the same number, with the same gradient, whatever the number of micro-batches
 Sub-batch arrays (all [B, T] unless noted; B a multiple of the number of micro-batches):
   tokens int32, input_mask (1 = real token), loss_mask (1 = token gets loss; may be an SI gate),
   and per term: old_logprobs, advantages, ref_logprobs (policy term with KL), seq_mask [B].
+
+With LoRA (`si_jax.models.lora`) the state's params are the adapters; the frozen base params
+are an extra, non-donated argument, merged with them inside the loss, so gradients, clipping
+and the optimizer state cover the adapters only.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import jax.numpy as jnp
 import optax
 
 from si_jax import sharding as shd
+from si_jax.models import lora as lora_lib
 from si_jax.models import transformer
 from si_jax.models.config import ModelConfig
 from si_jax.rl import losses
@@ -107,15 +112,18 @@ def _split_micro(x: jax.Array, n: int) -> jax.Array:
 
 
 def loss_and_grads(params, batch: Batch, *, terms: tuple, cfg: ModelConfig, num_micro: int = 1,
-                   chunk_size: int = 128, remat: bool | str = False):
+                   chunk_size: int = 128, remat: bool | str = False, to_model=None):
   """(loss, grads, metrics) of the weighted sum of `terms` over `batch`, accumulated over
   `num_micro` micro-batches with a scan. metrics: name -> (sum, count) pairs, prefixed with
-  the term name, plus '<term>/loss'."""
+  the term name, plus '<term>/loss'. to_model: maps `params` (what is differentiated) to the
+  model's params inside the loss (LoRA: the frozen base merged with the adapters); default
+  the identity."""
   dens = {t.name: jnp.maximum(t.denominator(batch[t.name]), 1e-9) for t in terms}
   micro = jax.tree.map(functools.partial(_split_micro, n=num_micro), dict(batch))
 
   def micro_loss(p, mb):
     total, metrics = 0.0, {}
+    p = p if to_model is None else to_model(p)
     for t in terms:
       s, m = t.loss(p, mb[t.name], cfg, chunk_size, remat)
       total = total + t.weight * s / dens[t.name]
@@ -153,17 +161,23 @@ def loss_tokens(batch: Batch) -> jax.Array:
   return n
 
 
-def update_step(state: TrainState, batch: Batch, *, terms: tuple, cfg: ModelConfig,
+def update_step(state: TrainState, batch: Batch, frozen=None, *, terms: tuple, cfg: ModelConfig,
                 optimizer: optax.GradientTransformation, num_micro: int = 1,
-                chunk_size: int = 128, remat: bool | str = False):
-  """One optimizer update. Skipped (params, optimizer state and its schedule unchanged) when
-  the loss or gradient is non-finite (counted in `skipped` / `bad_streak`, metric
-  'update_skipped') or when no token of the mini-batch gets loss, e.g. every group was
-  filtered out (metric 'update_skipped_empty'; AdamW would otherwise still move the moments,
-  decay the weights and advance the schedule)."""
+                chunk_size: int = 128, remat: bool | str = False,
+                lora: lora_lib.LoraConfig | None = None):
+  """One optimizer update. With `lora`, state.params are LoRA adapters and `frozen` the base
+  params they are merged into inside the loss (`lora.merge`): gradients, clipping and the
+  optimizer state cover the adapters only.
+
+  Skipped (params, optimizer state and its schedule unchanged) when the loss or gradient is
+  non-finite (counted in `skipped` / `bad_streak`, metric 'update_skipped') or when no token
+  of the mini-batch gets loss, e.g. every group was filtered out (metric
+  'update_skipped_empty'; AdamW would otherwise still move the moments, decay the weights and
+  advance the schedule)."""
+  to_model = None if lora is None else (lambda p: lora_lib.merge(frozen, p, lora))
   loss, grads, metrics = loss_and_grads(state.params, batch, terms=terms, cfg=cfg,
                                         num_micro=num_micro, chunk_size=chunk_size,
-                                        remat=remat)
+                                        remat=remat, to_model=to_model)
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   empty = loss_tokens(batch) == 0
@@ -187,13 +201,28 @@ def update_step(state: TrainState, batch: Batch, *, terms: tuple, cfg: ModelConf
 
 def make_update_fn(state: TrainState, batch_example: Batch, mesh, *, terms: tuple,
                    cfg: ModelConfig, optimizer, num_micro: int = 1, chunk_size: int = 128,
-                   remat: bool | str = False):
+                   remat: bool | str = False, lora: lora_lib.LoraConfig | None = None,
+                   frozen=None):
   """`update_step` jitted with explicit shardings: state as it is placed (donated), every
-  batch array split over the batch axes, metrics replicated."""
+  batch array split over the batch axes, metrics replicated. With `lora`, `frozen` (the base
+  params, placed) is bound as an extra argument in its own shardings, never donated: the
+  returned function is still `(state, batch) -> (state, metrics)`."""
   from si_jax.rl.train_state import state_shardings  # local: avoid a cycle at import
   st_sh = state_shardings(state, mesh)
   b_sh = jax.tree.map(lambda x: shd.batch_sharding(mesh, x.shape), batch_example)
-  fn = functools.partial(update_step, terms=terms, cfg=cfg, optimizer=optimizer,
-                         num_micro=num_micro, chunk_size=chunk_size, remat=remat)
-  return jax.jit(fn, in_shardings=(st_sh, b_sh), out_shardings=(st_sh, shd.replicated(mesh)),
-                 donate_argnums=(0,))
+  fn = shd.on_mesh(functools.partial(update_step, terms=terms, cfg=cfg, optimizer=optimizer,
+                                     num_micro=num_micro, chunk_size=chunk_size, remat=remat,
+                                     lora=lora), mesh)
+  out_sh = (st_sh, shd.replicated(mesh))
+  if lora is None:
+    return jax.jit(fn, in_shardings=(st_sh, b_sh), out_shardings=out_sh, donate_argnums=(0,))
+  if frozen is None:
+    raise ValueError("make_update_fn: lora is set but frozen (the base params) is None")
+  f_sh = jax.tree.map(lambda x: x.sharding, frozen)
+  jitted = jax.jit(fn, in_shardings=(st_sh, b_sh, f_sh), out_shardings=out_sh,
+                   donate_argnums=(0,))
+
+  def step(state, batch):
+    return jitted(state, batch, frozen)
+  step.lower = lambda state, batch: jitted.lower(state, batch, frozen)  # as jit's, for AOT
+  return step

@@ -47,7 +47,9 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
+from si_jax import multihost
 from si_jax import sampling
+from si_jax import sharding as shd
 from si_jax.data.steps import segment_steps
 from si_jax.rl import advantages as adv_lib
 from si_jax.rl import credit as credit_lib
@@ -87,6 +89,10 @@ def make_gate(config, task):
 
 @functools.lru_cache(maxsize=4)
 def _credit_fn(mesh):
+  """The gates of a process's own rows: on the run's mesh with one process, on this process's
+  devices with several (each holds its own rows, and the call need not be collective)."""
+  if jax.process_count() > 1:
+    mesh = shd.make_mesh(data=jax.local_device_count(), devices=jax.local_devices())
   return token_credit.make_credit_fn(mesh)
 
 
@@ -193,6 +199,11 @@ def first_edit_step(tokenizer, ids: Sequence[int], text: str, token: int, step_m
 def _mean(x, default=float("nan")) -> float:
   x = np.asarray(x, np.float64)
   return float(x.mean()) if x.size else default
+
+
+def _global_mean(x, default=float("nan")) -> float:
+  """The mean over every process's values (the probe splits its cases over processes)."""
+  return _mean(multihost.allgather_rows(np.asarray(x, np.float64).reshape(-1)), default)
 
 
 # ----------------------------------------------------------------------------- repair
@@ -312,7 +323,7 @@ def reset_credit(ctx: credit_lib.CreditContext, scored: credit_lib.Scored) -> cr
   requests = _select(ctx, scored, require_anchor=False)  # resets show no anchor
   texts = [ro.texts[r.row] for r in requests]
   refl_prompts, refl_ids, refl_texts = [], [], None
-  if c.correction == "reset" and requests:
+  if c.correction == "reset" and multihost.any_true(bool(requests)):  # collective sampling
     refl_prompts = [reset_lib.reflection_prompt_ids(tok, ro.examples[r.group].prompt, t,
                                                     task.step_mode, task.system_prompt)
                     for r, t in zip(requests, texts)]
@@ -336,8 +347,8 @@ def reset_credit(ctx: credit_lib.CreditContext, scored: credit_lib.Scored) -> cr
   M = c.reset_samples
   row_prompts = ro.row_prompt_ids()
   conts, cont_lps, rewards = [], [], np.zeros((len(resets), M), np.float32)
-  if resets:
-    max_new = budget - min(len(p) for _, p in resets)
+  if multihost.any_true(bool(resets)):  # sampling is collective: one budget for all processes
+    max_new = multihost.global_max(budget - min((len(p) for _, p in resets), default=budget - 1))
     prompts_ = [row_prompts[requests[i].row] + p for i, p in resets for _ in range(M)]
     ids, lps, finished = rollout.generate(ctx.sampler, ctx.params, prompts_, ctx.key(RESET),
                                           _sp(ctx, ctx.sampling_params.temperature, max_new))
@@ -420,6 +431,7 @@ def probe(ctx: credit_lib.CreditContext, key: jax.Array) -> dict[str, Any]:
   cases = task.probe_failures(c.probe_examples, cfg.seed)
   if not cases:
     return {}
+  cases = cases[multihost.local_slice(len(cases))]  # each process probes its share
   greedy = _sp(ctx, 0.0, repair_budget(cfg))
   examples = [x["example"] for x in cases]
   out: dict[str, Any] = {}
@@ -429,7 +441,7 @@ def probe(ctx: credit_lib.CreditContext, key: jax.Array) -> dict[str, Any]:
     ids, _, _ = rollout.generate(ctx.sampler, ctx.params, ps, key, greedy)
     ks = reset_lib.locate("reset", [x["failed"] for x in cases], step_mode=task.step_mode,
                           reflections=[tok.decode(i) for i in ids])
-    out["si/probe_reflection_precision"] = _mean(
+    out["si/probe_reflection_precision"] = _global_mean(
         [k is not None and k - 1 == x["first_wrong"] for k, x in zip(ks, cases)])
     return out
   if c.correction != "repair":
@@ -442,12 +454,12 @@ def probe(ctx: credit_lib.CreditContext, key: jax.Array) -> dict[str, Any]:
                                        instruction) for x in cases]
     ids, _, _ = rollout.generate(ctx.sampler, ctx.params, ps, key, greedy)
     texts = [tok.decode(i) for i in ids]
-    out[f"si/probe_repair_{name}"] = _mean(repair_lib.repair_success(
+    out[f"si/probe_repair_{name}"] = _global_mean(repair_lib.repair_success(
         task, examples, texts, cfg.rl.success_threshold))
     if name == "wrong_anchor":
       follows = [task.answer_key(prompts.parse_repair(t) or "") ==
                  task.answer_key(x["wrong_anchor"]) for t, x in zip(texts, cases)]
-      out["si/probe_follows_wrong_anchor"] = _mean(follows)
+      out["si/probe_follows_wrong_anchor"] = _global_mean(follows)
     if name == "with_anchor":
       loc = []
       for x, i in zip(cases, ids):
@@ -456,8 +468,11 @@ def probe(ctx: credit_lib.CreditContext, key: jax.Array) -> dict[str, Any]:
         if a.num_edits:
           loc.append(first_edit_step(tok, failed_ids, x["failed"], int(a.a_start[0]),
                                      task.step_mode) == x["first_wrong"])
-      out["si/probe_localization"] = _mean(loc)
+      out["si/probe_localization"] = _global_mean(loc)
   return out
 
 
 si_credit.evaluate = probe
+# Each process corrects its own failures; sampling calls are collective (every process calls,
+# with or without rows), gates run on the process's own devices, the probe splits its cases.
+si_credit.multi_process = True

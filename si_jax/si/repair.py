@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
+import jax
 import numpy as np
 
 from si_jax import sampling
@@ -67,7 +68,7 @@ def sample_candidates(sampler, params, tokenizer, key, sp: sampling.SamplingPara
                       prompt_ids: Sequence[Sequence[int]], n: int) -> Candidates:
   """n candidates per repair prompt, one batched sampler call."""
   rows = [p for p in prompt_ids for _ in range(n)]
-  if not rows:
+  if not rows and jax.process_count() == 1:  # with several processes sampling is collective
     return Candidates(n=n, prompt_ids=[], ids=[], logprobs=[], finished=np.zeros(0, bool),
                       texts=[])
   ids, lps, finished = rollout.generate(sampler, params, rows, key, sp)

@@ -1,0 +1,244 @@
+"""Multi-controller SPMD helpers: one process per host, every process runs the same program.
+
+In a multi-process run (`jax.process_count() > 1`) each process owns a contiguous block of the
+rows of every batch-sharded array: the batch axes (`data`, `fsdp`) span the processes in
+process order (checked by `check_mesh`). So a process
+
+  * samples, verifies and assigns credit to its own rows only (host data stays local),
+  * turns its rows into the global array with `to_global` (`jax.make_array_from_process_local_
+    data`: no process ever holds another's rows),
+  * reads back only its own rows with `local_rows` (its addressable shards; never a
+    `device_get` of a global array),
+  * agrees with the others on shapes (row counts, prompt widths) through small host
+    all-gathers (`allgather`, `global_max`), since every jitted call is collective.
+
+Process 0 alone writes metrics, config, samples and summaries (`is_primary`); checkpoints go
+through Orbax's multi-process path (every process calls save / restore).
+
+With one process every helper is the identity (or a local max), so single-process runs take
+exactly the code path they always took.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding
+
+# Environment of `si-train` under a launcher (si_jax/launch.py): SI_MULTIHOST=1 turns on
+# jax.distributed; the three others, when set, name the coordinator explicitly (otherwise JAX
+# detects it on TPU VMs and under SLURM).
+ENV_ENABLE = "SI_MULTIHOST"
+ENV_COORDINATOR = "SI_COORDINATOR"
+ENV_NUM_PROCESSES = "SI_NUM_PROCESSES"
+ENV_PROCESS_ID = "SI_PROCESS_ID"
+
+
+def initialize_from_env(environ=None) -> bool:
+  """Calls `jax.distributed.initialize` when SI_MULTIHOST=1. Returns whether it did.
+
+  SI_COORDINATOR (host:port), SI_NUM_PROCESSES and SI_PROCESS_ID are passed when set (all
+  three or none). On CPU the cross-process collectives use gloo.
+  """
+  env = os.environ if environ is None else environ
+  if env.get(ENV_ENABLE) != "1":
+    return False
+  names = (ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID)
+  given = [n for n in names if env.get(n)]
+  if given and len(given) != len(names):
+    missing = [n for n in names if n not in given]
+    raise ValueError(f"{ENV_ENABLE}=1 with {', '.join(given)} set but not {', '.join(missing)}: "
+                     f"set all three, or none to let JAX detect the cluster")
+  kwargs: dict[str, Any] = {}
+  if given:
+    try:
+      kwargs = dict(coordinator_address=env[ENV_COORDINATOR],
+                    num_processes=int(env[ENV_NUM_PROCESSES]),
+                    process_id=int(env[ENV_PROCESS_ID]))
+    except ValueError:
+      raise ValueError(f"{ENV_NUM_PROCESSES}={env[ENV_NUM_PROCESSES]!r} and {ENV_PROCESS_ID}="
+                       f"{env[ENV_PROCESS_ID]!r} must be integers") from None
+  # cross-process collectives of the CPU backend (simulated hosts; no effect on GPU / TPU)
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(**kwargs)
+  return True
+
+
+def process_count() -> int:
+  return jax.process_count()
+
+
+def is_primary() -> bool:
+  """True on the process that writes files (process 0)."""
+  return jax.process_index() == 0
+
+
+def sync(name: str) -> None:
+  """A barrier across processes (no-op with one)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
+def allgather(x) -> np.ndarray:
+  """[process_count, *x.shape]: every process's `x` (same shape and dtype everywhere)."""
+  x = np.asarray(x)
+  if jax.process_count() == 1:
+    return x[None]
+  return np.asarray(multihost_utils.process_allgather(x, tiled=False))
+
+
+def global_max(x: int) -> int:
+  """The largest of the processes' ints."""
+  return int(allgather(np.int64(x)).max()) if jax.process_count() > 1 else int(x)
+
+
+def all_true(flag: bool) -> bool:
+  """True iff `flag` is True on every process (for loop conditions around collective calls)."""
+  return bool(allgather(np.bool_(flag)).all()) if jax.process_count() > 1 else bool(flag)
+
+
+def any_true(flag: bool) -> bool:
+  """True iff `flag` is True on some process (for guards around collective calls)."""
+  return bool(allgather(np.bool_(flag)).any()) if jax.process_count() > 1 else bool(flag)
+
+
+def allgather_rows(x: np.ndarray) -> np.ndarray:
+  """The concatenation over processes (in process order) of each process's rows [n_p, ...];
+  n_p may differ between processes."""
+  x = np.asarray(x)
+  if jax.process_count() == 1:
+    return x
+  n = allgather(np.int64(x.shape[0]))
+  top = int(n.max())
+  padded = np.zeros((top,) + x.shape[1:], x.dtype)
+  padded[:x.shape[0]] = x
+  parts = allgather(padded)
+  return np.concatenate([parts[p, :int(n[p])] for p in range(len(n))])
+
+
+def local_slice(n: int) -> slice:
+  """This process's contiguous share of n items (the first n % P processes take one more)."""
+  P, p = jax.process_count(), jax.process_index()
+  base, extra = divmod(n, P)
+  start = p * base + min(p, extra)
+  return slice(start, start + base + (p < extra))
+
+
+def check_mesh(mesh: Mesh) -> None:
+  """Every process must hold its own contiguous block of batch rows: the batch axes (data x
+  fsdp) must be a multiple of the process count, laid out in process order."""
+  P = jax.process_count()
+  if P == 1:
+    return
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  if shards % P:
+    raise ValueError(
+        f"config.mesh: data x fsdp = {mesh.shape['data']} x {mesh.shape['fsdp']} = {shards} "
+        f"batch shards cannot be split over {P} processes; each process samples its own rows, "
+        f"so data x fsdp must be a multiple of the process count")
+  from si_jax import sharding as shd  # local: sharding imports the model
+  sh = shd.batch_sharding(mesh, (shards,))
+  if process_rows(sh, shards) != local_slice(shards):
+    raise ValueError(
+        f"config.mesh {dict(mesh.shape)}: the batch shards of process {jax.process_index()} "
+        f"are not its contiguous block in process order (device order of the mesh)")
+
+
+def process_rows(sharding: NamedSharding, n: int) -> slice:
+  """The rows [start, stop) of an [n, ...] array with `sharding` held by this process's
+  devices; an error if they are not contiguous."""
+  idx = sharding.addressable_devices_indices_map((n,))
+  spans = sorted({(s[0].start or 0, n if s[0].stop is None else s[0].stop)
+                  for s in idx.values()})
+  start, stop = spans[0]
+  for a, b in spans[1:]:
+    if a != stop and (a, b) != (start, stop):
+      raise ValueError(f"rows of process {jax.process_index()} are not contiguous: {spans}")
+    stop = max(stop, b)
+  return slice(start, stop)
+
+
+def to_global(x: np.ndarray, sharding: NamedSharding):
+  """This process's rows [n_local, ...] -> the global [n_local * process_count, ...] array.
+  With one process: `x` itself (jit places it by its in_shardings)."""
+  if jax.process_count() == 1:
+    return x
+  x = np.asarray(x)
+  shape = (x.shape[0] * jax.process_count(),) + x.shape[1:]
+  return jax.make_array_from_process_local_data(sharding, x, shape)
+
+
+def global_from_host(x: np.ndarray, sharding: NamedSharding):
+  """A host array that every process holds in full (same values) -> a global array."""
+  if jax.process_count() == 1:
+    return x
+  x = np.asarray(x)
+  return jax.make_array_from_callback(x.shape, sharding, lambda i: x[i])
+
+
+def local_rows(x) -> np.ndarray:
+  """This process's rows of a batch-sharded global array, from its addressable shards only.
+  With one process: the whole array as numpy."""
+  if jax.process_count() == 1 or not isinstance(x, jax.Array) or x.is_fully_addressable:
+    return np.asarray(jax.device_get(x))
+  if x.is_fully_replicated:
+    return np.asarray(x.addressable_data(0))
+  parts: dict[int, np.ndarray] = {}
+  for s in x.addressable_shards:
+    parts.setdefault(s.index[0].start or 0, np.asarray(s.data))
+  return np.concatenate([parts[k] for k in sorted(parts)])
+
+
+def tree_local_rows(tree):
+  return jax.tree.map(local_rows, tree)
+
+
+def reduce_metrics(row: dict[str, Any], sum_prefixes: Sequence[str] = ("tokens/",),
+                   max_prefixes: Sequence[str] = ("time/",)) -> dict[str, Any]:
+  """A log row computed per process -> the run's row: keys starting with `sum_prefixes` are
+  summed over processes, `max_prefixes` take the max (wall times), the rest the mean (each
+  process holds the same number of groups, so the mean of means is the global mean). Keys
+  missing on some process are averaged over the processes that have them."""
+  if jax.process_count() == 1:
+    return row
+  keys = sorted(k for k, v in row.items() if isinstance(v, (int, float, np.number)))
+  all_keys = sorted(set().union(*_allgather_keys(keys)) - {""})
+  vals = np.array([float(row.get(k, np.nan)) for k in all_keys], np.float64)
+  table = allgather(vals)
+  out = dict(row)
+  for j, k in enumerate(all_keys):
+    col = table[:, j]
+    col = col[~np.isnan(col)]
+    if not col.size:
+      continue
+    v = (col.sum() if k.startswith(tuple(sum_prefixes)) else
+         col.max() if k.startswith(tuple(max_prefixes)) else col.mean())
+    out[k] = int(v) if isinstance(row.get(k), (int, np.integer)) and not isinstance(
+        row.get(k), bool) and float(v).is_integer() else float(v)
+  return out
+
+
+def allgather_bytes(blob: bytes) -> list[bytes]:
+  """Every process's bytes, in process order (lengths may differ)."""
+  if jax.process_count() == 1:
+    return [blob]
+  arr = np.frombuffer(blob, np.uint8)
+  n = allgather(np.int64(arr.size))
+  padded = np.zeros(max(int(n.max()), 1), np.uint8)
+  padded[:arr.size] = arr
+  parts = allgather(padded)
+  return [bytes(parts[p, :int(n[p])]) for p in range(len(n))]
+
+
+def allgather_objects(obj: Any) -> list[Any]:
+  """Every process's picklable `obj` (small: term descriptions, key lists), in process order."""
+  return [pickle.loads(b) for b in allgather_bytes(pickle.dumps(obj))]
+
+
+def _allgather_keys(keys: list[str]) -> list[list[str]]:
+  return allgather_objects(keys)

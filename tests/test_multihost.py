@@ -1,0 +1,230 @@
+"""Multi-controller runs: two si-train processes on one machine (CPU, gloo collectives, 4
+simulated devices each) train exactly like one process with 8 devices; the helpers each
+process uses to own its rows."""
+
+import json
+import os
+import shlex
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from si_jax import multihost
+from si_jax import workdir as workdir_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(REPO, "experiments", "configs", "arith_grpo.py")
+# The smoke policy never answers right; KL plus a length penalty over the whole budget give
+# every group a signal, so the policy moves. One mini-batch: a run's rows then sit on the same
+# devices whatever the number of processes (with several, each process splits its own rows).
+ARGS = (f"--config={CONFIG}:smoke", "--config.mesh.data=8", "--config.rl.kl_beta=0.5",
+        "--config.rl.overlong=True", "--config.rl.overlong_buffer_frac=1.0",
+        "--config.rl.minibatches=1")
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def _env(devices: int, **extra) -> dict:
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             JAX_PLATFORMS="cpu", **extra)
+  return env
+
+
+def _start(workdir, env, *args):
+  return subprocess.Popen([sys.executable, "-m", "si_jax.main", *ARGS, *args,
+                           f"--workdir={workdir}"], env=env, cwd=REPO, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _metrics(workdir):
+  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
+
+
+def _samples(workdir):
+  return {(r["step"], r["id"]): r["completion"]
+          for r in map(json.loads, open(os.path.join(workdir, "samples.jsonl")))}
+
+
+def test_two_processes_train_like_one_process_with_the_same_devices(tmp_path):
+  one, two = tmp_path / "one", tmp_path / "two"
+  p = _start(one, _env(8))
+  out, _ = p.communicate(timeout=600)
+  assert p.returncode == 0, out
+
+  # Two simulated hosts, started as a user would: si-launch local (si_jax/launch.py).
+  q = subprocess.run([sys.executable, "-m", "si_jax.launch", "local", "--processes", "2",
+                      "--devices_per_process", "4", "--", *ARGS, f"--workdir={two}"],
+                     cwd=REPO, text=True, capture_output=True, timeout=600)
+  out = q.stdout + q.stderr
+  assert q.returncode == 0, out
+  assert "[p0] held-out avg@4" in out and "[p1] held-out" not in out  # process 0 reports
+
+  # Process 0 alone wrote the run's files: one metrics row per step.
+  a, b = _metrics(one), _metrics(two)
+  assert [r["step"] for r in b] == [r["step"] for r in a] == list(range(1, 11))
+  for ra, rb in zip(a, b):
+    assert ra.keys() == rb.keys(), (ra["step"], ra.keys() ^ rb.keys())
+    for k in ra:
+      if isinstance(ra[k], int):  # token counts, verdicts, skips: exactly
+        assert ra[k] == rb[k], (ra["step"], k)
+      else:  # sums over devices: the collectives may add in another order (gloo vs in-process)
+        np.testing.assert_allclose(rb[k], ra[k], rtol=1e-5, atol=1e-6, err_msg=f"{ra['step']} {k}")
+  rl = [r for r in a if r["phase"] == 1]
+  assert any(r["policy/kl_ref"] > 0 for r in rl)  # the policy moved away from the reference
+  # Every evaluation sampled the same completions (process 0 logs its own rows).
+  sa, sb = _samples(one), _samples(two)
+  assert sb and all(sa[k] == v for k, v in sb.items())
+
+  # The checkpoints (written through Orbax's multi-process path) hold the same params.
+  ra, rb = workdir_lib.load_run(str(one)), workdir_lib.load_run(str(two))
+  assert ra["step"] == rb["step"] == 10
+  for x, y in zip(jax.tree.leaves(jax.device_get(ra["params"])),
+                  jax.tree.leaves(jax.device_get(rb["params"]))):
+    np.testing.assert_allclose(y, x, rtol=0, atol=1e-6)
+
+
+SI_CONFIG = os.path.join(REPO, "experiments", "configs", "arith_si.py")
+# si-train with the test-only 'arith_parity' task (tests/test_si_credit.py): a random tiny model
+# is right half the time there, so every process has failures, anchors and kept repairs.
+_BOOT = ("import sys; sys.path.insert(0, 'tests'); import test_si_credit; "
+         "from si_jax.main import run; sys.argv = ['si-train'] + sys.argv[1:]; run()")
+
+
+def test_si_credit_runs_on_two_processes(tmp_path):
+  """SI's own stages on each process's rows: repair sampling is collective (a process may
+  bring no request), term widths and row counts are agreed before the update, the probe
+  splits its cases. Three terms (policy, repair NLL, repair RL) and a KL reference."""
+  w = tmp_path / "si"
+  program = shlex.join([sys.executable, "-c", _BOOT])
+  q = subprocess.run(
+      [sys.executable, "-m", "si_jax.launch", "local", "--processes", "2",
+       "--devices_per_process", "4", "--program", program, "--",
+       f"--config={SI_CONFIG}:smoke", "--config.task.name=arith_parity",
+       "--config.si.audit=none", "--config.si.repair_rl=True", "--config.rl.kl_beta=0.1",
+       "--config.mesh.data=8", "--config.rl.steps=2", f"--workdir={w}"],
+      cwd=REPO, text=True, capture_output=True, timeout=600)
+  out = q.stdout + q.stderr
+  assert q.returncode == 0, out
+  rows = _metrics(w)
+  assert [r["step"] for r in rows] == list(range(1, 9))
+  rl = [r for r in rows if r["phase"] == 1]
+  assert sum(r["si/kept"] for r in rl) > 0
+  for r in rl:
+    assert {"policy/loss", "repair/loss", "repair_rl/loss", "policy/kl_ref"} <= r.keys()
+    assert all(np.isfinite(v) for v in r.values() if isinstance(v, float))
+  assert "eval/si/probe_repair_with_anchor" in rows[-1]
+  assert workdir_lib.load_run(str(w))["step"] == 8
+
+
+def test_a_mesh_that_cannot_split_rows_over_processes_is_refused(tmp_path):
+  port = _free_port()
+  procs = [_start(tmp_path / "w", _env(4, SI_MULTIHOST="1", SI_COORDINATOR=f"localhost:{port}",
+                                       SI_NUM_PROCESSES="2", SI_PROCESS_ID=str(i)),
+                  "--config.mesh.data=1", "--config.mesh.tensor=8") for i in range(2)]
+  outs = [q.communicate(timeout=300)[0] for q in procs]
+  assert [q.returncode for q in procs] == [2, 2], outs
+  assert "config.mesh: data x fsdp = 1 x 1 = 1 batch shards cannot be split over 2 processes" \
+      in outs[0]
+
+
+# ----------------------------------------------------------------------------- one process
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"SI_MULTIHOST": "1", "SI_COORDINATOR": "localhost:1"},
+     "SI_COORDINATOR set but not SI_NUM_PROCESSES, SI_PROCESS_ID"),
+    ({"SI_MULTIHOST": "1", "SI_COORDINATOR": "h:1", "SI_NUM_PROCESSES": "two",
+      "SI_PROCESS_ID": "0"}, "SI_NUM_PROCESSES='two'"),
+])
+def test_bad_multihost_environment_names_the_variable(env, message):
+  with pytest.raises(ValueError, match=message):
+    multihost.initialize_from_env(env)
+
+
+def test_without_si_multihost_nothing_is_initialized():
+  assert multihost.initialize_from_env({}) is False
+  assert multihost.initialize_from_env({"SI_MULTIHOST": "0"}) is False
+
+
+def test_single_process_helpers_are_identities():
+  x = np.arange(6).reshape(3, 2)
+  assert multihost.to_global(x, None) is x
+  np.testing.assert_array_equal(multihost.allgather_rows(x), x)
+  np.testing.assert_array_equal(multihost.allgather(x), x[None])
+  assert multihost.global_max(3) == 3 and multihost.all_true(True) and multihost.is_primary()
+  assert multihost.local_slice(5) == slice(0, 5)
+  row = {"reward": 0.5, "tokens/rollout": 7, "time/update": 1.0}
+  assert multihost.reduce_metrics(row) is row
+
+
+def test_local_rows_reads_only_addressable_shards_in_row_order():
+  from si_jax import sharding as shd
+  mesh = shd.make_mesh(data=len(jax.devices()))
+  x = np.arange(len(jax.devices()) * 2 * 3, dtype=np.float32).reshape(-1, 3)
+  arr = jax.device_put(x, shd.batch_sharding(mesh, x.shape))
+  np.testing.assert_array_equal(multihost.local_rows(arr), x)
+  assert multihost.process_rows(arr.sharding, x.shape[0]) == slice(0, x.shape[0])
+  multihost.check_mesh(mesh)  # one process: any mesh
+
+
+def test_metrics_on_an_object_store_are_rewritten_whole(tmp_path, monkeypatch):
+  """gs:// workdirs: an object cannot be appended to, so the log is kept and rewritten (the
+  local path here stands in for the remote one: epath reads and writes both)."""
+  from si_jax import metrics
+  monkeypatch.setattr(metrics, "is_remote", lambda path: True)
+  with metrics.MetricsWriter(tmp_path, tensorboard=False, enabled=True) as w:
+    for s in (1, 2, 3):
+      w.write(s, {"loss": float(s)})
+      assert len(metrics.read_metrics(tmp_path)) == s  # visible after every write
+  with open(tmp_path / metrics.METRICS_FILE, "a") as f:
+    f.write('{"step": 4, "lo')  # killed mid-write
+  with metrics.MetricsWriter(tmp_path, tensorboard=False, enabled=True) as w:
+    assert w.truncate_after(2) == 1
+    w.write(3, {"loss": 30.0})
+  assert [(r["step"], r["loss"]) for r in metrics.read_metrics(tmp_path)] == [
+      (1, 1.0), (2, 2.0), (3, 30.0)]
+  metrics.append_text(tmp_path / "samples.jsonl", "a\n")
+  metrics.append_text(tmp_path / "samples.jsonl", "b\n")
+  assert open(tmp_path / "samples.jsonl").read() == "a\nb\n"
+
+
+def test_si_eval_on_a_mesh_samples_what_one_device_samples(tmp_path):
+  """si-eval --mesh shards the model over the devices (a big model does not fit one) and
+  samples the same completions as on one device."""
+  from si_jax import evaluate
+  from si_jax.models import config as model_config
+  from si_jax.models import hf, transformer
+  from si_jax.tokenizer import Tokenizer, build_char_tokenizer
+  tok_dir = build_char_tokenizer(str(tmp_path / "tok"))
+  tok = Tokenizer.from_dir(tok_dir)
+  cfg = model_config.make_config(
+      "qwen3", vocab_size=-(-tok.vocab_size // 8) * 8, hidden_size=32, num_layers=2,
+      num_heads=4, num_kv_heads=2, head_dim=8, intermediate_size=64,
+      max_position_embeddings=256)
+  model_dir = str(tmp_path / "model")
+  hf.save_hf(transformer.init_params(cfg, jax.random.key(0)), cfg, model_dir,
+             tokenizer_dir=tok_dir, extra_config=dict(eos_token_id=tok.eos_id,
+                                                      pad_token_id=tok.pad_id))
+  tables = {}
+  for mesh in ("1,1,1", "2,2,2", "-1,1,1"):
+    out = tmp_path / mesh.replace(",", "_")
+    assert evaluate.main(["--hf_dir", model_dir, "--task", "arith", "--task_kwargs",
+                          '{"test_size": 6}', "--k", "2", "--temperature", "1.0",
+                          "--max_new_tokens", "16", f"--mesh={mesh}", "--out", str(out)]) == 0
+    tables[mesh] = json.load(open(out / "eval.json"))["model"]
+  one = tables.pop("1,1,1")
+  for res in tables.values():
+    assert [r["sample"] for r in res["rows"]] == [r["sample"] for r in one["rows"]]
+    assert res["avg@2"] == one["avg@2"] and res["mean_response_tokens"] == one[
+        "mean_response_tokens"]
+  with pytest.raises(SystemExit):
+    evaluate.main(["--hf_dir", model_dir, "--task", "arith", "--mesh", "2,2"])
