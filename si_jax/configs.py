@@ -111,6 +111,8 @@ def base_config() -> ml_collections.ConfigDict:
       steps=100, loss="grpo", credit="outcome", prompts_per_step=16, group_size=8,
       max_new_tokens=64, temperature=1.0, top_p=1.0, top_k=0, epochs=1, minibatches=1,
       microbatches=1, success_threshold=1.0,
+      # the pack stage scores the packed rows (old / reference log-probs) in this many calls
+      logprob_microbatches=1,
       ratio=_P(str), aggregation=_P(str), eps_low=_P(float), eps_high=_P(float),
       normalize_std=_P(bool), dynamic_sampling=_P(bool), overlong=_P(bool),
       overlong_buffer_frac=_P(float), max_sampling_rounds=4,
@@ -221,7 +223,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
       raise _err(path, f"must be one of {list(options)}, got {v!r}")
 
   for p in ("rl.prompts_per_step", "rl.max_new_tokens", "rl.epochs", "rl.minibatches",
-            "rl.microbatches", "sft.batch_size", "sft.microbatches", "eval.k",
+            "rl.microbatches", "rl.logprob_microbatches", "sft.batch_size", "sft.microbatches", "eval.k",
             "eval.max_new_tokens", "eval.batch_size", "checkpoint.keep",
             "rl.max_sampling_rounds", "log.progress_every", "si.repair_samples",
             "si.reset_samples", "si.max_failed_per_prompt", "si.truncation_k"):

@@ -202,11 +202,20 @@ def _load_or_init(config, tokenizer: Tokenizer, mesh, seed: int | None):
   return cfg, params
 
 
-def _diff(a, b, prefix="") -> list[str]:
+_ABSENT = object()
+
+
+def _diff(a, b, prefix="", defaults=None) -> list[str]:
+  """Dotted paths where config dicts a (saved) and b (new) differ. A field absent from `a` that
+  `b` sets to its schema default (`defaults`, base_config's) is no difference: the field was
+  added to the schema after `a` was written, and its default is what that run did."""
   if isinstance(a, dict) and isinstance(b, dict):
     out = []
     for k in sorted(set(a) | set(b)):
-      out += _diff(a.get(k), b.get(k), f"{prefix}{k}.")
+      d = defaults.get(k, _ABSENT) if isinstance(defaults, dict) else _ABSENT
+      if k not in a and d is not _ABSENT and b.get(k) == d:
+        continue
+      out += _diff(a.get(k), b.get(k), f"{prefix}{k}.", None if d is _ABSENT else d)
     return out
   return [] if a == b else [prefix.rstrip(".")]
 
@@ -224,7 +233,7 @@ def claim(config, workdir: str) -> None:
   new = configs.to_dict(config)
   if path.exists() and has_checkpoint(workdir):
     old = json.loads(path.read_text())
-    diff = _diff(old, new)
+    diff = _diff(old, new, defaults=configs.to_dict(configs.base_config()))
     if diff:
       raise ValueError(
           f"{workdir} holds a run with a different config ({path}); differing fields: "

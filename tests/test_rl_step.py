@@ -91,6 +91,28 @@ def test_prepare_recomputes_rows_without_own_logprobs():
                           ref_params=None, logprob_fn=fn, recompute=True)[0] == []
 
 
+def test_logprobs_in_several_calls_equal_one_call():
+  """rl.logprob_microbatches: the pack stage's pass over all rows, split into calls."""
+  import jax
+  from si_jax import sharding as shd
+  from si_jax.models import config as model_config, transformer
+  cfg = model_config.preset("tiny", vocab_size=64, num_layers=1)
+  mesh = shd.make_mesh(data=len(jax.devices()))
+  params = shd.init_sharded_params(cfg, mesh, jax.random.key(0))
+  sh = shd.param_shardings(cfg, mesh)
+  rng = np.random.default_rng(0)
+  rows = 4 * len(jax.devices())
+  tokens = rng.integers(1, 64, (rows, 12)).astype(np.int32)
+  mask = np.ones((rows, 12), bool)
+  mask[::3, :4] = False  # left padding on some rows
+  one = batching.make_logprob_fn(cfg, mesh, sh, temperature=1.0, chunk_size=4)
+  four = batching.make_logprob_fn(cfg, mesh, sh, temperature=1.0, chunk_size=4, num_calls=4)
+  np.testing.assert_allclose(four(params, tokens, mask), one(params, tokens, mask), atol=1e-6)
+  with pytest.raises(ValueError, match="rl.logprob_microbatches=3"):
+    batching.make_logprob_fn(cfg, mesh, sh, temperature=1.0, chunk_size=4, num_calls=3)(
+        params, tokens, mask)
+
+
 CALLS = []
 
 

@@ -143,3 +143,17 @@ def test_init_from_another_runs_workdir(tmp_path):
   want = workdir_lib.load_run(str(tmp_path / "cold"))["params"]
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(want)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_field_added_to_the_schema_later_does_not_block_a_resume():
+  """A saved config without a field the schema gained since, which the new config leaves at
+  its default, is the same run; the field set to another value is a difference."""
+  from si_jax import configs
+  new = configs.to_dict(configs.base_config())
+  old = json.loads(json.dumps(new))
+  del old["rl"]["logprob_microbatches"]
+  del old["model"]["lora"]
+  defaults = configs.to_dict(configs.base_config())
+  assert workdir_lib._diff(old, new, defaults=defaults) == []
+  new["rl"]["logprob_microbatches"] = 2
+  assert workdir_lib._diff(old, new, defaults=defaults) == ["rl.logprob_microbatches"]

@@ -63,15 +63,26 @@ def pad_rows(rows: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
   return out
 
 
-def make_logprob_fn(cfg, mesh, param_shardings, *, temperature: float, chunk_size: int
-                    ) -> Callable:
-  """(params, tokens [R, W], input_mask [R, W]) -> log-probs [R, W], jitted, rows sharded."""
+def make_logprob_fn(cfg, mesh, param_shardings, *, temperature: float, chunk_size: int,
+                    num_calls: int = 1) -> Callable:
+  """(params, tokens [R, W], input_mask [R, W]) -> log-probs [R, W], jitted, rows sharded.
+  `num_calls` > 1 scores the rows in that many equal calls (rl.logprob_microbatches: a pass
+  over all packed rows at once can be the step's memory peak); R must split into them."""
   fn = functools.partial(transformer.token_logprobs, cfg=cfg, temperature=temperature,
                          chunk_size=chunk_size)
   cache: dict = {}
 
   def call(params, tokens, input_mask):
     """tokens, input_mask: this process's rows (all rows with one process)."""
+    if num_calls > 1:
+      if tokens.shape[0] % num_calls:
+        raise ValueError(f"log-probs: {tokens.shape[0]} rows do not split into "
+                         f"rl.logprob_microbatches={num_calls} calls")
+      return np.concatenate([one(params, t, m) for t, m in
+                             zip(np.split(tokens, num_calls), np.split(input_mask, num_calls))])
+    return one(params, tokens, input_mask)
+
+  def one(params, tokens, input_mask):
     shape = (tokens.shape[0] * jax.process_count(),) + tokens.shape[1:]
     b = shd.batch_sharding(mesh, shape)
     if shape not in cache:

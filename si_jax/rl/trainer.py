@@ -166,7 +166,7 @@ class Run:
     self.ref_params = None
     self.logprob_fn = batching.make_logprob_fn(
         self.model_cfg, self.mesh, param_sh, temperature=config.rl.temperature,
-        chunk_size=config.model.logprob_chunk)
+        chunk_size=config.model.logprob_chunk, num_calls=config.rl.logprob_microbatches)
     self.recompute = batching.needs_recompute(config.rl.recompute_logprobs,
                                               self.policy_term.ratio, self.model_cfg.param_dtype)
     c = config.rl
@@ -174,7 +174,10 @@ class Run:
                                       top_p=c.top_p, top_k=c.top_k,
                                       stop_ids=self.tokenizer.stop_ids,
                                       pad_id=self.tokenizer.pad_id)
-    self.unit = c.minibatches * c.microbatches * shd.batch_divisor(self.mesh)
+    # packed rows per term: a multiple of every split of them (mini-, micro-batches, log-prob
+    # calls) times the batch shards
+    self.unit = (int(np.lcm(c.minibatches * c.microbatches, c.logprob_microbatches))
+                 * shd.batch_divisor(self.mesh))
 
   # -- checkpoints
 
