@@ -10,6 +10,14 @@ Two workloads per model size (`--sizes`, names of `config.PRESETS`):
     on `--train_batch` x `--train_len` tokens (`--torch_adamw` picks torch's AdamW
     implementation). tokens/s = B * T / wall time.
 
+decode_mixed (si_jax only): `Sampler.generate` on a batch whose rows end at mixed lengths,
+  decode compaction off versus on (`Sampler(compact=True)`), both with per-row keys, so both
+  sample the same tokens (parity column). Lengths are forced deterministically: a first run
+  without stop ids samples each row's stream; then a fraction `--mixed_short` of the rows gets
+  a stop id among its first `--mixed_cut` x N tokens that the other rows never emit
+  (`mixed_stop_ids`), so those rows end early and the others run the whole budget. tokens/s =
+  generated tokens (stop ids included) / wall time, prefill included. Its own table.
+
 memory: peak memory of the jitted train step (batch `--memory_batch`) at each of
   `--memory_lens`, for dense and blockwise attention, each with no remat and with `--remat`,
   from the compiled executable's `memory_analysis()`: temp (activations, residuals, scratch),
@@ -69,13 +77,15 @@ import numpy as np
 # Benchmark targets from the speed issue: (size, workload) -> minimum si_jax / HF tok/s ratio.
 TARGETS = {("tiny", "decode"): 3.0, ("25m", "decode"): 2.0, ("tiny", "train"): 1.0,
            ("25m", "train"): 1.2}
-WORKLOADS = ("decode", "train", "align", "memory")
+WORKLOADS = ("decode", "train", "align", "memory", "decode_mixed")
 DEFAULT_WORKLOADS = ("decode", "train", "align")
 COLUMNS = ("size", "params", "workload", "shape", "si_jax tok/s", "HF tok/s", "ratio", "target",
            "si_jax GFLOP/s", "HF GFLOP/s", "si_jax % peak", "HF % peak", "si_jax faults/call",
            "HF faults/call", "si_jax sys s/call", "HF sys s/call", "parity")
 MEMORY_COLUMNS = ("size", "attention", "remat", "shape", "temp MB", "arguments MB",
                   "outputs MB", "aliased MB", "peak MB", "compile s")
+MIXED_COLUMNS = ("size", "shape", "lengths", "off tok/s", "on tok/s", "ratio",
+                 "batch from step", "off faults/call", "on faults/call", "parity")
 REMATS = ("none", "dots", "full")
 
 
@@ -224,6 +234,81 @@ def bench_decode(cfg, params, model, args) -> dict[str, Any]:
   return dict(shape=f"B={B} P={P} N={N}", tokens=B * N, flops=generate_flops(cfg, B, P, N),
               jax_times=jt, hf_times=ht, parity=f"tokens agree {agree:.0%} (first {first:.0%})",
               token_agreement=agree, first_token_agreement=first, jax_usage=ju, hf_usage=hu)
+
+
+def mixed_stop_ids(tokens: np.ndarray, long_rows: np.ndarray, cut: int) -> tuple[int, ...]:
+  """Stop ids that end the short rows of `tokens` [B, N] (sampled without stop ids, per-row
+  keys) within their first `cut` tokens and never end a long row (`long_rows` [B] bool): for
+  each short row, its latest token before `cut` that no long row ever emits. A short row whose
+  first `cut` tokens all occur in long rows gets none (it ends at another row's stop id, or
+  runs on); the table reports the lengths that result."""
+  used = set(tokens[long_rows].ravel().tolist())
+  stop = set()
+  for row in tokens[~long_rows]:
+    free = [int(t) for t in row[:cut] if int(t) not in used]
+    if free:
+      stop.add(free[-1])
+  return tuple(sorted(stop))
+
+
+def bench_decode_mixed(size: str, cfg, params, args) -> dict[str, Any]:
+  """tokens/s of `Sampler.generate` on a batch with mixed lengths, compaction off versus on."""
+  import dataclasses
+
+  import jax
+
+  from si_jax.sampling import Sampler, SamplingParams
+
+  B, P, N = args.batch, args.prompt_len, args.new_tokens
+  rows = [list(p) for p in _prompts(cfg, B, P, args.seed)]
+  key = jax.random.key(args.seed)
+  sp = SamplingParams(max_new_tokens=N, temperature=args.mixed_temperature, row_keys=True)
+  off = Sampler(cfg, max_len=P + N, prompt_bucket=P)
+  on = Sampler(cfg, max_len=P + N, prompt_bucket=P, compact=True,
+               compact_every=args.compact_every)
+  free = off.generate(params, rows, key, sp).tokens  # each row's stream, no stop ids
+  cut = max(1, round(args.mixed_cut * N))
+  n_long = B - round(args.mixed_short * B)
+  long_rows = np.zeros(B, bool)
+  long_rows[np.random.default_rng(args.seed).permutation(B)[:n_long]] = True
+  sp = dataclasses.replace(sp, stop_ids=mixed_stop_ids(free, long_rows, cut))
+  outs = {}
+
+  def run(name, sampler):
+    def fn():
+      outs[name] = sampler.generate(params, rows, key, sp)  # numpy: blocks
+    return fn
+
+  ou, nu = {}, {}
+  ot = time_calls(run("off", off), args.repeats, args.warmup, ou)
+  nt = time_calls(run("on", on), args.repeats, args.warmup, nu)
+  lengths = outs["off"].lengths
+  tokens = int(lengths.sum())
+  same = all(np.array_equal(getattr(outs["off"], f), getattr(outs["on"], f))
+             for f in ("tokens", "lengths", "finished"))
+  t_off, t_on = statistics.median(ot), statistics.median(nt)
+  return dict(
+      size=size, shape=f"B={B} P={P} N={N} t={args.mixed_temperature:g}",
+      lengths=(f"{int((lengths <= cut).sum())}/{B} rows end by step {cut}, "
+               f"{int((lengths == N).sum())} run {N}; {tokens:,} tokens"),
+      tokens=tokens, row_lengths=lengths.tolist(), stop_ids=list(sp.stop_ids), cut=cut,
+      off_times=ot, on_times=nt, off_tok_s=tokens / t_off, on_tok_s=tokens / t_on,
+      ratio=t_off / t_on, buckets=on.last_buckets, compact_every=args.compact_every,
+      off_faults=ou["faults"], on_faults=nu["faults"], off_sys_s=ou["sys_s"],
+      on_sys_s=nu["sys_s"], tokens_equal=same,
+      parity="tokens equal" if same else "tokens DIFFER")
+
+
+def mixed_table(rows: list[dict[str, Any]]) -> str:
+  """The decode_mixed rows as a markdown table with `MIXED_COLUMNS`."""
+  lines = ["| " + " | ".join(MIXED_COLUMNS) + " |", "|" + "---|" * len(MIXED_COLUMNS)]
+  for r in rows:
+    buckets = " -> ".join(f"{b}@{t}" for t, b in r["buckets"])
+    cells = [r["size"], r["shape"], r["lengths"], f"{r['off_tok_s']:,.0f}",
+             f"{r['on_tok_s']:,.0f}", f"{r['ratio']:.2f}x", buckets, f"{r['off_faults']:,.0f}",
+             f"{r['on_faults']:,.0f}", r["parity"]]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
 
 
 def _jax_train_step(cfg, lr: float, weight_decay: float, remat: str = "none"):
@@ -470,6 +555,14 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--memory_batch", type=int, default=1, help="memory: batch")
   p.add_argument("--align_pairs", type=int, default=1000, help="align: number of pairs")
   p.add_argument("--align_len", type=int, default=2000, help="align: tokens per sequence")
+  p.add_argument("--mixed_short", type=float, default=0.75,
+                 help="decode_mixed: fraction of the rows that end early")
+  p.add_argument("--mixed_cut", type=float, default=0.1,
+                 help="decode_mixed: the early rows end within this fraction of --new_tokens")
+  p.add_argument("--mixed_temperature", type=float, default=1.0,
+                 help="decode_mixed: sampling temperature (0 = greedy)")
+  p.add_argument("--compact_every", type=int, default=16,
+                 help="decode_mixed: decode steps between compaction decisions")
   p.add_argument("--peak_n", type=int, default=2048, help="matmul size for the peak")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--json", help="also write the environment, peaks and rows here")
@@ -488,11 +581,16 @@ def _check_args(p: argparse.ArgumentParser, args) -> tuple[list[str], list[str]]
     p.error(f"--workloads must be a comma-separated subset of {WORKLOADS}, got "
             f"{args.workloads!r}")
   for name in ("repeats", "batch", "prompt_len", "new_tokens", "train_batch", "peak_n",
-               "align_pairs", "align_len", "attention_block", "memory_batch"):
+               "align_pairs", "align_len", "attention_block", "memory_batch", "compact_every"):
     if getattr(args, name) < 1:
       p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
   if args.train_len < 2:
     p.error(f"--train_len must be >= 2 (the loss predicts tokens 1..T-1), got {args.train_len}")
+  for name in ("mixed_short", "mixed_cut"):
+    if not 0.0 <= getattr(args, name) <= 1.0:
+      p.error(f"--{name} must be in [0, 1], got {getattr(args, name)}")
+  if not args.mixed_temperature >= 0:
+    p.error(f"--mixed_temperature must be >= 0, got {args.mixed_temperature}")
   if args.warmup < 0:
     p.error(f"--warmup must be >= 0, got {args.warmup}")
   if args.attention not in ATTENTION_IMPLS:
@@ -536,14 +634,23 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(f"f32 matmul {args.peak_n}^3 peak: jax {peaks['jax_gflops']:.1f} GFLOP/s, "
           f"torch {peaks['torch_gflops']:.1f} GFLOP/s", flush=True)
 
-  rows, mem_rows = [], []
-  for size in sizes if model_workloads or "memory" in workloads else []:
+  rows, mem_rows, mixed_rows = [], [], []
+  mixed = "decode_mixed" in workloads
+  for size in sizes if model_workloads or mixed or "memory" in workloads else []:
     cfg = preset(size, attention=args.attention, attention_block_size=args.attention_block)
     if "memory" in workloads:
       mem_rows += memory_rows(size, cfg, args)
-    if not model_workloads:
+    if not model_workloads and not mixed:
       continue
     params = jax.jit(transformer.init_params, static_argnums=0)(cfg, jax.random.key(args.seed))
+    if mixed:
+      r = bench_decode_mixed(size, cfg, params, args)
+      print(f"{size} decode_mixed: compaction off {r['off_tok_s']:,.0f} tok/s, on "
+            f"{r['on_tok_s']:,.0f} tok/s ({r['ratio']:.2f}x); {r['lengths']}; {r['parity']}",
+            flush=True)
+      mixed_rows.append(r)
+    if not model_workloads:
+      continue
     model = torch_model(params, cfg)
     for workload in model_workloads:
       fn = bench_decode if workload == "decode" else bench_train
@@ -563,6 +670,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   if rows:
     print()
     print(markdown_table(rows))
+  if mixed_rows:
+    print()
+    print(mixed_table(mixed_rows))
   if mem_rows:
     print()
     print(memory_table(mem_rows))
@@ -576,7 +686,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                        f"(start {env['loadavg'][0]:.1f}, end {env['loadavg_end'][0]:.1f}, the "
                        "benchmark's own threads counted at the end)"))
   report = dict(env=env, peaks=peaks, args=vars(args), rows=rows, align_rows=align_rows,
-                memory_rows=mem_rows)
+                memory_rows=mem_rows, mixed_rows=mixed_rows)
   if args.json:
     with open(args.json, "w") as f:
       json.dump(report, f, indent=2)

@@ -119,6 +119,10 @@ def base_config() -> ml_collections.ConfigDict:
       kl_beta=0.0, kl_estimator="k3",
       # None = auto: recompute when the ratio is sequence-level or the params are not fp32
       recompute_logprobs=_P(bool),
+      # Stop decoding rows that hit a stop id (sampling.Sampler(compact=True)): unfinished rows
+      # move to smaller batches. Uses one random stream per row, so it changes which tokens are
+      # sampled (rollouts and evaluation), not their distribution. Off keeps the old streams.
+      decode_compaction=False,
       max_bad_steps=3, optim=_optim(1e-6))
 
   # Supervision internalization (rl.credit = "si"; DESIGN 5.2-5.4). Read si_jax/si/credit.py.
