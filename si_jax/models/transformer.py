@@ -403,7 +403,10 @@ def decode_step(params: Params, layer_params: list[Params], token: jax.Array, ca
   pos = cache.positions
   valid = jax.lax.dynamic_update_slice(cache.valid, jnp.ones((B, 1), bool), (0, idx))
   bias = jnp.where(valid, 0.0, _NEG).astype(jnp.float32)[:, None, None, :]  # [B, 1, 1, S]
-  x = constraints.batch_rows(embed(params, token, cfg))  # [B, d]
+  # No batch hint in decode: pinning x [B, d] to the batch axes makes XLA gather every
+  # fsdp-split weight for the whole decode loop (si-plan: ~120 GiB per device for Qwen3-32B at
+  # any device count); left free, it moves the small activations instead (0.75 GiB at 256).
+  x = embed(params, token, cfg)  # [B, d]
   ks, vs = list(cache.k), list(cache.v)
   for i, p in enumerate(layer_params):
     h = rms_norm(x, p["attn_norm"], cfg.rms_norm_eps)
@@ -426,7 +429,7 @@ def decode_step(params: Params, layer_params: list[Params], token: jax.Array, ca
     h = rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps)
     gu = jnp.matmul(h, p["gate_up"].astype(dt))
     g, u = jnp.split(gu, 2, axis=-1)
-    x = constraints.batch_rows(x + jnp.matmul(jax.nn.silu(g) * u, p["down"].astype(dt)))
+    x = x + jnp.matmul(jax.nn.silu(g) * u, p["down"].astype(dt))
   h = rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
   logits = jnp.matmul(h, lm_head_kernel(params, cfg).astype(dt)).astype(jnp.float32)
   new = KVCache(k=tuple(ks), v=tuple(vs), valid=valid, index=idx + 1, positions=pos + 1)
