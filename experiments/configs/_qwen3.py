@@ -42,13 +42,13 @@ Why these:
 - si-plan planned GSPO's programs from shapes alone (XLA:CPU; `si-plan --config
   experiments/configs/qwen3_math.py:8b,gspo --model qwen3-8b --devices 32 --accelerator h100
   --prompt_len 512`; it does not plan SI's repair and NLL rows). Peak GiB per device, of 72
-  usable on an H100 (sample / pack log-probs / update):
-    0.6B 37 / 12 / 21   1.7B 33 / 106 / 18   4B 25 / 87 / 57
-    8B 40 / 163 / 111   14B 26 / 119 / 103   32B 32 / 322 / 108
-  The sampler leaves room for SI's longer rows (and for more prompts). The pack stage's
-  log-probs of all rows at once, and from 8B the update, do not fit once fsdp > 1 (1.7B in
-  float32: 12 GiB of log-prob temporaries with fsdp=1, 103 with fsdp=8, at the same 16 rows
-  per device): the sharding of those programs is open work in the trainer, not a knob here.
+  usable on an H100 (sample / pack log-probs / update), re-planned after the trainer's
+  activation-sharding fix (`si_jax/models/constraints.py`):
+    0.6B 37 / 12 / 15   1.7B 34 / 12 / 10   4B 26 / 14 / 20
+    8B 42 / 27 / 44     14B 28 / 23 / 46    32B 32 / 25 / 34
+  Every phase fits, with room for SI's longer rows. Before the fix, the log-probs and from 8B
+  the update did not fit once fsdp > 1 (1.7B: 106 GiB of log-prob temporaries; 32B: 322):
+  XLA had sharded the activations like the fsdp-split weights and gathered whole batches.
 - max_new_tokens: long responses as in GSPO / DAPO recipes, capped by SI: 3 x 12288 + the
   problem fits Qwen3's 40,960-token context, 3 x 16384 does not. GSPO gets the same cap, so
   the comparison is at equal budget.
