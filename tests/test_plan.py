@@ -205,7 +205,6 @@ def test_si_train_builds_the_model_si_plan_plans(tmp_path):
   assert cfg == pl.model_for(c)[0]
 
 
-@pytest.mark.skipif("lora" not in smoke_config().model, reason="config.model.lora not present")
 def test_lora_trains_adapters_only():
   full, _ = _state(smoke_config(), 8)
   lora, _ = _state(smoke_config(**{"model.lora.rank": 8}), 8)
