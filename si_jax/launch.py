@@ -17,7 +17,7 @@ own detection (TPU VMs). The workdir of a multi-host run must be storage every h
 local: `--processes 1` (the default) is si-train as it is. With more processes, or
 `--devices_per_process`, it is a CPU simulation of a multi-host run: N processes here, each with
 SI_MULTIHOST=1, coordinator localhost:PORT (a free port), its index, JAX_PLATFORMS=cpu, gloo
-collectives and D fake CPU devices (XLA_FLAGS). Their output is streamed with a `[p<i>]` prefix;
+collectives and D fake CPU devices (XLA_FLAGS). Their stdout and stderr are streamed (each to its own) with a `[p<i>]` prefix;
 when one fails the others are stopped (their whole process groups) and si-launch exits with its
 exit code, naming it.
 
@@ -195,39 +195,44 @@ def _stop_group(proc: subprocess.Popen, sig: int) -> None:
     pass
 
 
-def run_local(commands: Sequence[Command], out: IO[str] | None = None) -> int:
+def run_local(commands: Sequence[Command], out: IO[str] | None = None,
+              err: IO[str] | None = None) -> int:
   """Runs the processes of `local_commands` and waits for them; returns the exit code.
 
-  One process inherits this terminal. Several run in their own process groups, their output
-  (stdout and stderr) written to `out` line by line with a `[p<i>] ` prefix; when one exits
-  non-zero the others' groups get SIGTERM (SIGKILL after KILL_GRACE_S) and its exit code is
-  returned, with a line on stderr naming it.
+  One process inherits this terminal. Several run in their own process groups, their stdout
+  written to `out` and their stderr to `err`, line by line with a `[p<i>] ` prefix; when one
+  exits non-zero the others' groups get SIGTERM (SIGKILL after KILL_GRACE_S) and its exit code
+  is returned, with a line on stderr naming it. The two streams are read from separate pipes:
+  on one shared pipe a library writing to stderr unbuffered (gloo does) can split a line the
+  program prints to stdout.
   """
   if len(commands) == 1:
     c = commands[0]
     return _exit_code(subprocess.run(c.argv, env={**os.environ, **c.env}).returncode)
   out = out or sys.stdout
+  err = err or sys.stderr
   lock = threading.Lock()
   procs: list[subprocess.Popen] = []
   pumps: list[threading.Thread] = []
 
-  def pump(i: int, stream: IO[bytes]) -> None:
+  def pump(i: int, stream: IO[bytes], to: IO[str]) -> None:
     for raw in iter(stream.readline, b""):
       line = raw.decode("utf-8", errors="replace").rstrip("\n")
       with lock:
-        out.write(f"[p{i}] {line}\n")
-        out.flush()
+        to.write(f"[p{i}] {line}\n")
+        to.flush()
     stream.close()
 
   failed = None
   try:
     for i, c in enumerate(commands):
       proc = subprocess.Popen(c.argv, env={**os.environ, **c.env}, stdin=subprocess.DEVNULL,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               start_new_session=True)
       procs.append(proc)
-      pumps.append(threading.Thread(target=pump, args=(i, proc.stdout), daemon=True))
-      pumps[-1].start()
+      for stream, to in ((proc.stdout, out), (proc.stderr, err)):
+        pumps.append(threading.Thread(target=pump, args=(i, stream, to), daemon=True))
+        pumps[-1].start()
     while failed is None and any(p.poll() is None for p in procs):
       failed = next((i for i, p in enumerate(procs) if p.poll() not in (None, 0)), None)
       time.sleep(POLL_S)

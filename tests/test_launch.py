@@ -349,6 +349,10 @@ print(f"process {i} of {os.environ['SI_NUM_PROCESSES']} at {os.environ['SI_COORD
 if "fail" in sys.argv and i == "1":
   print("boom", file=sys.stderr, flush=True)
   sys.exit(3)
+if "split" in sys.argv:  # a library writing half a line to stderr, unbuffered (gloo does)
+  os.write(2, b"[lib] half ")
+  print(f"whole line {i}", flush=True)
+  os.write(2, b"and the rest\\n")
 if "fail" in sys.argv:
   time.sleep(60)  # until the launcher stops it
   print("never printed", flush=True)
@@ -371,11 +375,22 @@ def test_local_runs_each_process_with_its_environment_and_prefixed_output(tmp_pa
       f"--xla_force_host_platform_device_count=3, args ['--config.x=a b']" for i in range(2)]
 
 
+def test_local_keeps_stdout_lines_whole_when_stderr_writes_half_lines(tmp_path):
+  """stdout and stderr are separate pipes: a half line on stderr cannot split a stdout line
+  (CI once saw '[p0] [Gloo] Rank 0 2 4 [0, 10]' from one shared pipe)."""
+  res = _local(tmp_path, "split")
+  assert res.returncode == 0, res.stderr
+  assert sorted(l for l in res.stdout.splitlines() if "whole" in l) == [
+      "[p0] whole line 0", "[p1] whole line 1"]
+  assert sorted(res.stderr.splitlines()) == [
+      "[p0] [lib] half and the rest", "[p1] [lib] half and the rest"]
+
+
 def test_local_stops_the_others_when_one_process_fails(tmp_path):
   res = _local(tmp_path, "fail")
   assert res.returncode == 3
-  assert res.stderr == "si-launch: process 1 of 2 exited with code 3; stopped process 0\n"
-  assert "[p1] boom" in res.stdout.splitlines()
+  assert res.stderr == ("[p1] boom\n"
+                        "si-launch: process 1 of 2 exited with code 3; stopped process 0\n")
   assert "never printed" not in res.stdout
 
 
