@@ -17,9 +17,9 @@ own detection (TPU VMs). The workdir of a multi-host run must be storage every h
 local: `--processes 1` (the default) is si-train as it is. With more processes, or
 `--devices_per_process`, it is a CPU simulation of a multi-host run: N processes here, each with
 SI_MULTIHOST=1, coordinator localhost:PORT (a free port), its index, JAX_PLATFORMS=cpu, gloo
-collectives and D fake CPU devices (XLA_FLAGS). Their stdout and stderr are streamed (each to its own) with a `[p<i>]` prefix;
-when one fails the others are stopped (their whole process groups) and si-launch exits with its
-exit code, naming it.
+collectives and D fake CPU devices (XLA_FLAGS). Their stdout and stderr are streamed, each to
+its own, with a `[p<i>]` prefix; when one fails the others are stopped (their whole process
+groups) and si-launch exits with its exit code, naming it.
 
 slurm: one `sbatch` of a generated script (read from stdin; `--dry_run` prints it): `#SBATCH
 --nodes=H --ntasks-per-node=1 --gpus-per-node=G`, coordinator = the first host of the
