@@ -25,6 +25,11 @@ memory: peak memory of the jitted train step (batch `--memory_batch`) at each of
   Compiled only, never run (dense at 8k tokens would not fit), so process RSS is not
   measured. Its own table; no torch side.
 
+floor: where the decode call and the train step spend their time (prefill, the decode step's
+  matmuls, attention, the rest; the train step's matmul share of the profiled op time) and
+  the ratio against HF that would remain at that floor (`si_jax/bench_floor.py`). Its own
+  table; with decode / train in the same run it takes HF's times from their rows.
+
 align (no model size): pairs/s of SI's alignment stage (align + edit arrays + token credit)
   against bare rapidfuzz `editops` on `--align_pairs` pairs of `--align_len` tokens, its own
   table (`si_jax/si/align_bench.py`).
@@ -77,7 +82,7 @@ import numpy as np
 # Benchmark targets from the speed issue: (size, workload) -> minimum si_jax / HF tok/s ratio.
 TARGETS = {("tiny", "decode"): 3.0, ("25m", "decode"): 2.0, ("tiny", "train"): 1.0,
            ("25m", "train"): 1.2}
-WORKLOADS = ("decode", "train", "align", "memory", "decode_mixed")
+WORKLOADS = ("decode", "train", "align", "memory", "decode_mixed", "floor")
 DEFAULT_WORKLOADS = ("decode", "train", "align")
 COLUMNS = ("size", "params", "workload", "shape", "si_jax tok/s", "HF tok/s", "ratio", "target",
            "si_jax GFLOP/s", "HF GFLOP/s", "si_jax % peak", "HF % peak", "si_jax faults/call",
@@ -584,6 +589,8 @@ def _check_args(p: argparse.ArgumentParser, args) -> tuple[list[str], list[str]]
                "align_pairs", "align_len", "attention_block", "memory_batch", "compact_every"):
     if getattr(args, name) < 1:
       p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+  if "floor" in workloads and args.new_tokens < 2:
+    p.error(f"--new_tokens must be >= 2 for the floor workload, got {args.new_tokens}")
   if args.train_len < 2:
     p.error(f"--train_len must be >= 2 (the loss predicts tokens 1..T-1), got {args.train_len}")
   for name in ("mixed_short", "mixed_cut"):
@@ -634,13 +641,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(f"f32 matmul {args.peak_n}^3 peak: jax {peaks['jax_gflops']:.1f} GFLOP/s, "
           f"torch {peaks['torch_gflops']:.1f} GFLOP/s", flush=True)
 
-  rows, mem_rows, mixed_rows = [], [], []
-  mixed = "decode_mixed" in workloads
-  for size in sizes if model_workloads or mixed or "memory" in workloads else []:
+  rows, mem_rows, mixed_rows, floor_rows = [], [], [], []
+  mixed, floor = "decode_mixed" in workloads, "floor" in workloads
+  if floor:
+    from si_jax import bench_floor
+  for size in sizes if model_workloads or mixed or floor or "memory" in workloads else []:
     cfg = preset(size, attention=args.attention, attention_block_size=args.attention_block)
     if "memory" in workloads:
       mem_rows += memory_rows(size, cfg, args)
-    if not model_workloads and not mixed:
+    if not model_workloads and not mixed and not floor:
       continue
     params = jax.jit(transformer.init_params, static_argnums=0)(cfg, jax.random.key(args.seed))
     if mixed:
@@ -649,16 +658,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             f"{r['on_tok_s']:,.0f} tok/s ({r['ratio']:.2f}x); {r['lengths']}; {r['parity']}",
             flush=True)
       mixed_rows.append(r)
-    if not model_workloads:
-      continue
-    model = torch_model(params, cfg)
-    for workload in model_workloads:
-      fn = bench_decode if workload == "decode" else bench_train
-      row = _row(size, cfg, workload, fn(cfg, params, model, args), peaks)
-      print(f"{size} {workload}: si_jax {row['jax_tok_s']:,.0f} tok/s, HF {row['hf_tok_s']:,.0f} "
-            f"tok/s ({row['ratio']:.2f}x); {row['parity']}", flush=True)
-      rows.append(row)
-    del model
+    hf_times = {}
+    if model_workloads:
+      model = torch_model(params, cfg)
+      for workload in model_workloads:
+        fn = bench_decode if workload == "decode" else bench_train
+        row = _row(size, cfg, workload, fn(cfg, params, model, args), peaks)
+        print(f"{size} {workload}: si_jax {row['jax_tok_s']:,.0f} tok/s, HF "
+              f"{row['hf_tok_s']:,.0f} tok/s ({row['ratio']:.2f}x); {row['parity']}", flush=True)
+        rows.append(row)
+        hf_times[workload] = statistics.median(row["hf_times"])
+      del model
+    if floor:
+      for r in bench_floor.rows_for(size, cfg, params, args, hf_times):
+        print(f"{size} {r['workload']} floor: {r['call_s']:.3f} s per call, at the floor "
+              f"{r['floor_s']:.3f} s", flush=True)
+        floor_rows.append(r)
 
   align_rows = []
   if "align" in workloads:
@@ -673,6 +688,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   if mixed_rows:
     print()
     print(mixed_table(mixed_rows))
+  if floor_rows:
+    print()
+    print(bench_floor.markdown_table(floor_rows))
   if mem_rows:
     print()
     print(memory_table(mem_rows))
@@ -686,7 +704,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                        f"(start {env['loadavg'][0]:.1f}, end {env['loadavg_end'][0]:.1f}, the "
                        "benchmark's own threads counted at the end)"))
   report = dict(env=env, peaks=peaks, args=vars(args), rows=rows, align_rows=align_rows,
-                memory_rows=mem_rows, mixed_rows=mixed_rows)
+                memory_rows=mem_rows, mixed_rows=mixed_rows, floor_rows=floor_rows)
   if args.json:
     with open(args.json, "w") as f:
       json.dump(report, f, indent=2)

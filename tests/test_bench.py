@@ -103,6 +103,7 @@ def test_contended_heuristic():
     (["--remat", "some"], "--remat"),
     (["--memory_lens", "1024,x"], "--memory_lens must be comma-separated integers >= 2"),
     (["--attention_block", "0"], "--attention_block must be >= 1, got 0"),
+    (["--workloads", "floor", "--new_tokens", "1"], "--new_tokens must be >= 2 for the floor"),
 ])
 def test_bad_flags_are_named(argv, message, capsys):
   with pytest.raises(SystemExit):
@@ -221,3 +222,64 @@ def test_memory_workload_compiles_train_steps_without_running_them(tmp_path, cap
   assert rows["dense", "none", 256]["temp_mb"] > rows["blockwise", "none", 256]["temp_mb"] + (
       t_by_t_mb)
   assert rows["blockwise", "dots", 256]["temp_mb"] < rows["blockwise", "none", 256]["temp_mb"]
+
+
+def test_floor_workload_splits_decode_and_train_time(tmp_path, capsys):
+  """The floor rows: the decode call's parts add up to the call, the train step's matmul share
+  comes from a real profile (an instruction-named event of the step), and with the decode /
+  train rows in the same run the ratios use HF's times from those rows."""
+  from si_jax import bench_floor
+  out = tmp_path / "bench.json"
+  bench.main(["--sizes", "tiny", "--workloads", "decode,train,floor", "--repeats", "1",
+              "--warmup", "1", "--batch", "2", "--prompt_len", "8", "--new_tokens", "4",
+              "--train_batch", "2", "--train_len", "16", "--peak_n", "64", "--json", str(out)])
+  printed = capsys.readouterr().out
+  saved = json.loads(out.read_text())
+  decode, train = saved["floor_rows"]
+  assert (decode["workload"], train["workload"]) == ("decode", "train")
+  assert math.isclose(decode["prefill_s"] + 4 * decode["step_s"], decode["call_s"])
+  assert math.isclose(decode["step_s"], decode["matmul_step_s"] + decode["attention_step_s"]
+                      + decode["rest_step_s"])
+  assert decode["matmul_step_s"] > 0 and decode["attention_step_s"] > 0
+  assert math.isclose(decode["floor_s"], decode["prefill_s"] + 3 * decode["matmul_step_s"])
+  assert 0 < train["matmul_share"] < 1 and train["matmul_thread_s"] > 0
+  assert train["other_thread_s"] > 0 and train["top_other"]
+  assert math.isclose(train["floor_s"], train["call_s"] * train["matmul_share"])
+  hf = {r["workload"]: statistics.median(r["hf_times"]) for r in saved["rows"]}
+  for r in (decode, train):
+    assert r["hf_s"] == hf[r["workload"]]
+    assert math.isclose(r["ratio_floor"], r["hf_s"] / r["floor_s"])
+    assert r["goal"] == bench.TARGETS[("tiny", r["workload"])]
+  header = "| " + " | ".join(bench_floor.COLUMNS) + " |"
+  lines = printed.splitlines()
+  body = lines[lines.index(header) + 2:lines.index(header) + 4]
+  assert [_cells(l)[:2] for l in body] == [["tiny", "decode"], ["tiny", "train"]]
+  assert all(len(_cells(l)) == len(bench_floor.COLUMNS) for l in body)
+
+
+def test_floor_instruction_kinds_find_dots_inside_fusions():
+  from si_jax import bench_floor
+  hlo = """HloModule m
+
+%fused_dot (p0: f32[2,2], p1: f32[2,2]) -> f32[2,2] {
+  %p0 = f32[2,2]{1,0} parameter(0)
+  %p1 = f32[2,2]{1,0} parameter(1)
+  ROOT %dot.1 = f32[2,2]{1,0} dot(%p0, %p1), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+}
+
+%fused_add (p0: f32[2,2]) -> f32[2,2] {
+  %p0 = f32[2,2]{1,0} parameter(0)
+  ROOT %add.1 = f32[2,2]{1,0} add(%p0, %p0)
+}
+
+ENTRY %main (a: f32[2,2]) -> f32[2,2] {
+  %a = f32[2,2]{1,0} parameter(0)
+  %ynn_fusion.3 = f32[2,2]{1,0} fusion(%a, %a), kind=kCustom, calls=%fused_dot
+  %add_fusion = f32[2,2]{1,0} fusion(%ynn_fusion.3), kind=kLoop, calls=%fused_add
+  %while.2 = f32[2,2]{1,0} while(%add_fusion), condition=%c, body=%b
+  ROOT %dot.9 = f32[2,2]{1,0} dot(%while.2, %a), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+}
+"""
+  kinds = bench_floor._instruction_kinds(hlo)
+  assert kinds["ynn_fusion.3"] == "matmul" and kinds["dot.9"] == "matmul"
+  assert kinds["add_fusion"] == "other" and kinds["while.2"] == "control"
