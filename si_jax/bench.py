@@ -25,6 +25,10 @@ memory: peak memory of the jitted train step (batch `--memory_batch`) at each of
   Compiled only, never run (dense at 8k tokens would not fit), so process RSS is not
   measured. Its own table; no torch side.
 
+decode_grow (si_jax only): greedy decoding of `--grow_new_tokens` tokens with the KV cache full
+  from the start versus grown by `--grow_every` columns between segments
+  (`Sampler(grow_every=...)`), and whether the tokens are equal (`si_jax/bench_grow.py`).
+
 floor: where the decode call and the train step spend their time (prefill, the decode step's
   matmuls, attention, the rest; the train step's matmul share of the profiled op time) and
   the ratio against HF that would remain at that floor (`si_jax/bench_floor.py`). Its own
@@ -82,7 +86,7 @@ import numpy as np
 # Benchmark targets from the speed issue: (size, workload) -> minimum si_jax / HF tok/s ratio.
 TARGETS = {("tiny", "decode"): 3.0, ("25m", "decode"): 2.0, ("tiny", "train"): 1.0,
            ("25m", "train"): 1.2}
-WORKLOADS = ("decode", "train", "align", "memory", "decode_mixed", "floor")
+WORKLOADS = ("decode", "train", "align", "memory", "decode_mixed", "floor", "decode_grow")
 DEFAULT_WORKLOADS = ("decode", "train", "align")
 COLUMNS = ("size", "params", "workload", "shape", "si_jax tok/s", "HF tok/s", "ratio", "target",
            "si_jax GFLOP/s", "HF GFLOP/s", "si_jax % peak", "HF % peak", "si_jax faults/call",
@@ -568,6 +572,10 @@ def _parser() -> argparse.ArgumentParser:
                  help="decode_mixed: sampling temperature (0 = greedy)")
   p.add_argument("--compact_every", type=int, default=16,
                  help="decode_mixed: decode steps between compaction decisions")
+  p.add_argument("--grow_every", type=int, default=64,
+                 help="decode_grow: cache columns added between decode segments")
+  p.add_argument("--grow_new_tokens", type=int, default=512,
+                 help="decode_grow: new tokens per row (an RL-length generation)")
   p.add_argument("--peak_n", type=int, default=2048, help="matmul size for the peak")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--json", help="also write the environment, peaks and rows here")
@@ -587,6 +595,9 @@ def _check_args(p: argparse.ArgumentParser, args) -> tuple[list[str], list[str]]
             f"{args.workloads!r}")
   for name in ("repeats", "batch", "prompt_len", "new_tokens", "train_batch", "peak_n",
                "align_pairs", "align_len", "attention_block", "memory_batch", "compact_every"):
+    if getattr(args, name) < 1:
+      p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+  for name in ("grow_every", "grow_new_tokens"):
     if getattr(args, name) < 1:
       p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
   if "floor" in workloads and args.new_tokens < 2:
@@ -641,15 +652,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(f"f32 matmul {args.peak_n}^3 peak: jax {peaks['jax_gflops']:.1f} GFLOP/s, "
           f"torch {peaks['torch_gflops']:.1f} GFLOP/s", flush=True)
 
-  rows, mem_rows, mixed_rows, floor_rows = [], [], [], []
-  mixed, floor = "decode_mixed" in workloads, "floor" in workloads
+  rows, mem_rows, mixed_rows, floor_rows, grow_rows = [], [], [], [], []
+  mixed, floor, grow = "decode_mixed" in workloads, "floor" in workloads, "decode_grow" in workloads
   if floor:
     from si_jax import bench_floor
-  for size in sizes if model_workloads or mixed or floor or "memory" in workloads else []:
+  if grow:
+    from si_jax import bench_grow
+  for size in sizes if model_workloads or mixed or floor or grow or "memory" in workloads else []:
     cfg = preset(size, attention=args.attention, attention_block_size=args.attention_block)
     if "memory" in workloads:
       mem_rows += memory_rows(size, cfg, args)
-    if not model_workloads and not mixed and not floor:
+    if not model_workloads and not mixed and not floor and not grow:
       continue
     params = jax.jit(transformer.init_params, static_argnums=0)(cfg, jax.random.key(args.seed))
     if mixed:
@@ -658,6 +671,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             f"{r['on_tok_s']:,.0f} tok/s ({r['ratio']:.2f}x); {r['lengths']}; {r['parity']}",
             flush=True)
       mixed_rows.append(r)
+    if grow:
+      r = bench_grow.row(size, cfg, params, args)
+      print(f"{size} decode_grow: full cache {r['off_tok_s']:,.0f} tok/s, grown every "
+            f"{r['grow_every']} {r['on_tok_s']:,.0f} tok/s ({r['ratio']:.2f}x); {r['parity']}",
+            flush=True)
+      grow_rows.append(r)
     hf_times = {}
     if model_workloads:
       model = torch_model(params, cfg)
@@ -688,6 +707,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   if mixed_rows:
     print()
     print(mixed_table(mixed_rows))
+  if grow_rows:
+    print()
+    print(bench_grow.markdown_table(grow_rows))
   if floor_rows:
     print()
     print(bench_floor.markdown_table(floor_rows))
@@ -704,7 +726,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                        f"(start {env['loadavg'][0]:.1f}, end {env['loadavg_end'][0]:.1f}, the "
                        "benchmark's own threads counted at the end)"))
   report = dict(env=env, peaks=peaks, args=vars(args), rows=rows, align_rows=align_rows,
-                memory_rows=mem_rows, mixed_rows=mixed_rows, floor_rows=floor_rows)
+                memory_rows=mem_rows, mixed_rows=mixed_rows, floor_rows=floor_rows,
+                grow_rows=grow_rows)
   if args.json:
     with open(args.json, "w") as f:
       json.dump(report, f, indent=2)

@@ -123,6 +123,10 @@ def base_config() -> ml_collections.ConfigDict:
       # move to smaller batches. Uses one random stream per row, so it changes which tokens are
       # sampled (rollouts and evaluation), not their distribution. Off keeps the old streams.
       decode_compaction=False,
+      # Grow the KV cache by this many columns between decode segments instead of making it
+      # prompt + max_new_tokens long from the start (sampling.Sampler(grow_every=...)), so
+      # attention reads only filled columns; 0 = off. Same tokens; one compile per length.
+      decode_cache_growth=0,
       max_bad_steps=3, optim=_optim(1e-6))
 
   # Supervision internalization (rl.credit = "si"; DESIGN 5.2-5.4). Read si_jax/si/credit.py.

@@ -151,7 +151,8 @@ class Run:
     self.state = ts.create(params, self.sft_opt if self.sft_steps else self.rl_opt, self.mesh)
     self.sampler = sampling.Sampler(self.model_cfg, self.mesh,
                                     max_len=self.model_cfg.max_position_embeddings,
-                                    compact=bool(config.rl.get("decode_compaction", False)))
+                                    compact=bool(config.rl.get("decode_compaction", False)),
+                                    grow_every=int(config.rl.get("decode_cache_growth", 0)))
     self.ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, workdir_lib.CHECKPOINTS),
                                       max_to_keep=config.checkpoint.keep,
                                       # every=0: only the forced saves (hand-over, end)
