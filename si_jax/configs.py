@@ -17,7 +17,9 @@ are checked when the trainer builds its pieces, with errors naming the config fi
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import json
+import os
 from typing import Any
 
 import ml_collections
@@ -161,6 +163,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint = dict(every=50, keep=2)  # every=0: only at the SFT->RL hand-over and the end
   c.log = dict(tensorboard=True, progress_every=10)
   return c
+
+
+def load_sibling(config_file: str, name: str):
+  """The module `name`.py next to `config_file` (a config file's `__file__`), loaded by path:
+  config files are not a package, and one builds on another (arith_gspo on arith_si)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(config_file)), name + ".py")
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def finalize(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

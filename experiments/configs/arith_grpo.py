@@ -11,20 +11,11 @@ For comparisons with SI from the same cold start use `arith_gspo.py` (arith_si's
 GSPO) or experiments/reproduce_arith.py. `:smoke` is a seconds-long run for tests.
 """
 
-import importlib.util
-import os
-
-
-def _arith_si():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "arith_si.py")
-  spec = importlib.util.spec_from_file_location("arith_si", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from si_jax import configs
 
 
 def get_config(arg=None):
-  c = _arith_si().get_config(arg)
+  c = configs.load_sibling(__file__, "arith_si").get_config(arg)
   c.rl.credit = "outcome"
   c.rl.loss = "grpo"
   c.sft.repair_pairs = 0

@@ -24,21 +24,11 @@ zero-shot with si_jax's repair prompt. To cold-start it, set `sft.steps`, `sft.d
 (policy traces) and `sft.repair_data_path` (error -> repair pairs).
 """
 
-import importlib.util
-import os
-
-
-def _shared():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_qwen3.py")
-  spec = importlib.util.spec_from_file_location("_qwen3", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from si_jax import configs
 
 
 def get_config(arg=None):
-  from si_jax import configs
-  q = _shared()
+  q = configs.load_sibling(__file__, "_qwen3")
   size, method = q.parse_arg(arg, "qwen3_math")
   c = q.base(size, method)
   c.task.name = "deepmath"
