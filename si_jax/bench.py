@@ -594,10 +594,8 @@ def _check_args(p: argparse.ArgumentParser, args) -> tuple[list[str], list[str]]
     p.error(f"--workloads must be a comma-separated subset of {WORKLOADS}, got "
             f"{args.workloads!r}")
   for name in ("repeats", "batch", "prompt_len", "new_tokens", "train_batch", "peak_n",
-               "align_pairs", "align_len", "attention_block", "memory_batch", "compact_every"):
-    if getattr(args, name) < 1:
-      p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-  for name in ("grow_every", "grow_new_tokens"):
+               "align_pairs", "align_len", "attention_block", "memory_batch", "compact_every",
+               "grow_every", "grow_new_tokens"):
     if getattr(args, name) < 1:
       p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
   if "floor" in workloads and args.new_tokens < 2:
@@ -653,16 +651,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
           f"torch {peaks['torch_gflops']:.1f} GFLOP/s", flush=True)
 
   rows, mem_rows, mixed_rows, floor_rows, grow_rows = [], [], [], [], []
-  mixed, floor, grow = "decode_mixed" in workloads, "floor" in workloads, "decode_grow" in workloads
+  mixed, floor = "decode_mixed" in workloads, "floor" in workloads
+  grow = "decode_grow" in workloads
   if floor:
     from si_jax import bench_floor
   if grow:
     from si_jax import bench_grow
-  for size in sizes if model_workloads or mixed or floor or grow or "memory" in workloads else []:
+  per_model = model_workloads or mixed or floor or grow
+  for size in sizes if per_model or "memory" in workloads else []:
     cfg = preset(size, attention=args.attention, attention_block_size=args.attention_block)
     if "memory" in workloads:
       mem_rows += memory_rows(size, cfg, args)
-    if not model_workloads and not mixed and not floor and not grow:
+    if not per_model:
       continue
     params = jax.jit(transformer.init_params, static_argnums=0)(cfg, jax.random.key(args.seed))
     if mixed:

@@ -526,13 +526,14 @@ class Sampler:
       done = np.asarray(jax.device_get(state.done))  # the one host sync per segment
       last = step >= N or done.all()
       size = self.bucket(int((~done).sum()))
-      if last or (self.compact and size < len(slots)):  # write back the rows before any are dropped
+      shrink = self.compact and size < len(slots)
+      if last or shrink:  # write back the rows before any are dropped
         got = jax.device_get(state.output())
         for name in ("tokens", "logprobs", "lengths", "finished"):
           getattr(out, name)[slots[real]] = np.asarray(getattr(got, name))[real]
       if last:
         return out
-      if self.compact and size < len(slots):
+      if shrink:
         alive = np.flatnonzero(~done)
         idx = np.concatenate([alive, np.flatnonzero(done)[:size - len(alive)]]).astype(np.int32)
         state = self._gather_fn(len(slots), size, S, N)(state, idx)
