@@ -49,10 +49,11 @@ def majority_reward(answers: Sequence[str | None], rewards: Sequence[float]) -> 
 def evaluate(sampler: sampling.Sampler, params, tokenizer, task, examples, *, k: int = 1,
              temperature: float = 0.0, max_new_tokens: int = 64, top_p: float = 1.0,
              top_k: int = 0,
-             key: jax.Array | None = None, batch_size: int = 256, threshold: float = 1.0
-             ) -> dict:
+             key: jax.Array | None = None, batch_size: int = 256, threshold: float = 1.0,
+             width: int = 0) -> dict:
   """Scores k samples per example. temperature 0 (greedy) makes the k samples identical, so
-  it is only meaningful with k = 1. Returns metrics and per-example rows.
+  it is only meaningful with k = 1. Returns metrics and per-example rows. width: the prompt
+  width floor of the sampler (a training run's policy prompt width: one compiled shape).
 
   With several processes every process passes all `examples` and samples its contiguous share
   of each batch; the metrics cover all examples, `rows` only this process's."""
@@ -68,7 +69,8 @@ def evaluate(sampler: sampling.Sampler, params, tokenizer, task, examples, *, k:
     chunk = examples[start:start + per]
     chunk = chunk[multihost.local_slice(len(chunk))]
     ro = rollout.sample_and_score(sampler, params, tokenizer, task, chunk,
-                                  jax.random.fold_in(key, start), sp, group_size=k)
+                                  jax.random.fold_in(key, start), sp, group_size=k,
+                                  width=width)
     for i, ex in enumerate(chunk):
       r = ro.rewards[i]
       texts = ro.texts[i * k:(i + 1) * k]

@@ -4,6 +4,10 @@ Any config field can be overridden (`--config.rl.loss=gspo`, `--config.rl.group_
 `--config.task.kwargs.manual_dir=data/gsm8k`). Running again on an existing workdir resumes
 the run.
 
+Compiled programs are kept in a persistent cache (`--compile_cache_dir`, default
+~/.cache/si_jax/xla; `--compile_cache_dir=off` turns it off), so a resumed run, another seed or
+a sweep on the same machine reads them back instead of compiling them again.
+
 Mistakes in the command or the config stop the run before any work with one line on stderr and
 exit code 2: an unknown field (`unknown config field config.rl.grop_size; did you mean
 config.rl.group_size?`), a bad value, a missing data file or column. Set SI_TRACEBACK=1 to see
@@ -25,6 +29,11 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "experiment config file, optionally with :variant", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory (created; resumed if it exists)")
+_COMPILE_CACHE = flags.DEFINE_string(
+    "compile_cache_dir", None,
+    "persistent compilation cache: compiled programs are kept here and read back by any later "
+    "run on this machine (a resume, another seed, a sweep). Default $SI_COMPILE_CACHE_DIR or "
+    "~/.cache/si_jax/xla; 'off' turns it off")
 
 _OVERRIDE_RE = re.compile(r"^--config\.([A-Za-z0-9_.]+)(=.*)?$")
 
@@ -73,6 +82,9 @@ def _main(argv):
     multihost.initialize_from_env()
   except ValueError as e:
     _fail(str(e))
+  from si_jax import compilation
+  cache = compilation.enable_cache(_COMPILE_CACHE.value or compilation.default_cache_dir())
+  logging.info("persistent compilation cache: %s", cache or "off")
   from si_jax.rl import trainer
   try:
     run = trainer.Run(_CONFIG.value, _WORKDIR.value)

@@ -14,14 +14,14 @@ itself, before jax starts). Per-device memory is read from each executable's
             shards) and a KV cache of prompt + rl.max_new_tokens positions.
   logprobs  the pack stage's trainer log-probs (`batching.make_logprob_fn`'s jit) of the
             packed rows, in rl.logprob_microbatches calls.
-  update    `update.make_update_fn` with the config's policy term (`credit.policy_term`), its
-            optimizer (`train_state.optimizer_from_config(config.rl.optim)`), rl.microbatches,
-            model.remat and model.attention, on one mini-batch: the rollout rows bucketed as
-            `batching.bucket` does (unit = lcm(minibatches x microbatches,
-            logprob_microbatches) x batch shards, as `Run.unit`), split
-            into rl.minibatches, each row `--prompt_len` (rounded up to 16) + rl.max_new_tokens
-            tokens wide. With model.lora.rank > 0 the state's params are the adapters and the
-            frozen base is an extra argument.
+  update    the `update.Updater` programs the trainer runs, with the config's policy term
+            (`credit.policy_term`), its optimizer (`train_state.optimizer_from_config(
+            config.rl.optim)`), model.remat and model.attention: the gradient call
+            (`update_grads`) on one call's rows (the rollout rows of a mini-batch /
+            rl.microbatches, `batching.call_rows`), each row `--prompt_len` (rounded up to
+            16) + rl.max_new_tokens tokens wide, while the optimizer state stays on the
+            device; and the optimizer step (`update_apply`). With model.lora.rank > 0 the
+            state's params are the adapters and the frozen base is an extra argument.
 
 A phase's peak per device is what stays on the device besides the program's arguments (the
 optimizer state while sampling, the KL reference, a LoRA base) plus the program's peak,
@@ -69,13 +69,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from si_jax import sampling
+from si_jax import shapes
 from si_jax import sharding as shd
 from si_jax.models import attention as attention_lib
 from si_jax.models import config as mc
 from si_jax.models import transformer
 from si_jax.rl import batching
 from si_jax.rl import credit as credit_lib
-from si_jax.rl import rollout
 from si_jax.rl import train_state as ts
 from si_jax.rl import update as update_lib
 
@@ -176,10 +176,13 @@ class Program:
   compile_s: float
   parts: dict[str, int]
   out_parts: dict[str, int] = dataclasses.field(default_factory=dict)
+  # bytes that stay on the device while this program runs without being its arguments (the
+  # optimizer state during the update's gradient calls), besides its phase's resident bytes
+  held: dict[str, int] = dataclasses.field(default_factory=dict)
 
   @property
   def peak(self) -> int:
-    return self.arguments + self.temp + self.outputs - self.aliased
+    return self.arguments + self.temp + self.outputs - self.aliased + sum(self.held.values())
 
   @classmethod
   def from_compiled(cls, name: str, compiled, compile_s: float, parts: dict[str, int]):
@@ -297,16 +300,18 @@ class Workload:
   """The shapes the trainer builds for one RL step (see the module docstring)."""
 
   rollouts: int           # prompts_per_step * group_size
-  sample_batch: int       # rollouts rounded up to the batch shards
+  sample_batch: int       # rollouts rounded up to the sampler's row ladder (shapes.rung)
   prompt_len: int         # the assumed prompt length, rounded up to the sampler's bucket
   new_tokens: int
-  rows: int               # packed rows after bucketing
-  unit: int               # lcm(minibatches * microbatches, logprob_calls) * batch shards
+  rows: int               # packed rows: whole update calls per mini-batch
+  unit: int               # rows are padded to a multiple of this: minibatches x call rows
   minibatches: int
   microbatches: int
-  logprob_calls: int      # rl.logprob_microbatches: the pack stage's log-prob calls
+  logprob_calls: int      # rl.logprob_microbatches: rollouts / this = rows per log-prob call
   width: int              # packed row width: bucketed prompt + new tokens
   batch_shards: int
+  call_rows: int = 0      # rows per update call (batching.call_rows)
+  logprob_rows: int = 0   # rows per log-prob call
 
   @property
   def cache_len(self) -> int:
@@ -318,26 +323,26 @@ class Workload:
 
   @property
   def micro_rows(self) -> int:
-    return self.minibatch_rows // self.microbatches
-
-  @property
-  def logprob_rows(self) -> int:
-    return self.rows // self.logprob_calls
+    return self.call_rows or self.minibatch_rows // self.microbatches
 
 
 def workload(config, mesh, prompt_len: int) -> Workload:
+  """The trainer's shapes (`Run.__init__`: call rows, log-prob rows, the sampler's rung)."""
   c = config.rl
   if prompt_len < 1:
     raise ValueError(f"--prompt_len must be >= 1, got {prompt_len}")
   div = shd.batch_divisor(mesh)
   rollouts = c.prompts_per_step * c.group_size
   calls = int(_get(config, "rl.logprob_microbatches", 1))
-  unit = math.lcm(c.minibatches * c.microbatches, calls) * div  # as the trainer's Run.unit
-  plen = rollout.bucket_width(prompt_len)  # packing and the sampler both use 16-token buckets
-  return Workload(rollouts=rollouts, sample_batch=-(-rollouts // div) * div, prompt_len=plen,
-                  new_tokens=c.max_new_tokens, rows=batching.bucket(rollouts, unit), unit=unit,
+  per_call = batching.call_rows(-(-rollouts // (c.minibatches * c.microbatches)), None,
+                                c.minibatches, div)
+  unit = c.minibatches * per_call
+  plen = shapes.round_up(prompt_len, shapes.QUANTUM)  # the trainer's policy prompt width
+  return Workload(rollouts=rollouts, sample_batch=shapes.rung(rollouts, div), prompt_len=plen,
+                  new_tokens=c.max_new_tokens, rows=shapes.round_up(rollouts, unit), unit=unit,
                   minibatches=c.minibatches, microbatches=c.microbatches, logprob_calls=calls,
-                  width=plen + c.max_new_tokens, batch_shards=div)
+                  width=plen + c.max_new_tokens, batch_shards=div, call_rows=per_call,
+                  logprob_rows=shapes.round_up(-(-rollouts // calls), div))
 
 
 def planned_attention(cfg: mc.ModelConfig, acc: Accelerator, seq_len: int
@@ -407,21 +412,32 @@ def policy_batch(config, mesh, rows: int, width: int) -> dict:
   return b
 
 
-def plan_update(config, cfg, mesh, wl: Workload, ab: Abstracts, optimizer) -> Program:
+def plan_update(config, cfg, mesh, wl: Workload, ab: Abstracts, optimizer) -> list[Program]:
+  """The update's programs (`update.Updater`, the trainer's): the policy term's gradient call
+  on one call's rows (`update_grads`, the accumulator donated; the optimizer state stays on
+  the device meanwhile) and the optimizer step (`update_apply`, the state donated)."""
   term = credit_lib.policy_term(config)
-  batch = {term.name: policy_batch(config, mesh, wl.minibatch_rows, wl.width)}
-  kw = dict(terms=(term,), cfg=cfg, optimizer=optimizer, num_micro=wl.microbatches,
-            chunk_size=config.model.logprob_chunk, remat=config.model.remat)
-  if ab.lora is not None:
-    kw.update(lora=ab.lora, frozen=ab.frozen)
-  fn = update_lib.make_update_fn(ab.state, batch, mesh, **kw)
+  updater = update_lib.Updater(ab.state, mesh, cfg=cfg, chunk_size=config.model.logprob_chunk,
+                               remat=config.model.remat, lora=ab.lora, frozen=ab.frozen)
+  chunk = policy_batch(config, mesh, wl.micro_rows, wl.width)
   st = ab.state
-  parts = {"params": tree_bytes(st.params), "opt_state": tree_bytes(st.opt_state),
-           "counters": tree_bytes((st.step, st.skipped, st.bad_streak)),
-           "batch": tree_bytes(batch)}
+  acc = update_lib.Accum(grads=st.params, loss=jax.ShapeDtypeStruct(
+      (), jnp.float32, sharding=shd.replicated(mesh)))
+  den = jax.ShapeDtypeStruct((), jnp.float32, sharding=shd.replicated(mesh))
+  args = (st.params, acc, chunk, den) + ((ab.frozen,) if ab.lora is not None else ())
+  parts = {"params": tree_bytes(st.params), "accumulator": tree_bytes(acc),
+           "batch": tree_bytes(chunk) + tree_bytes(den)}
   if ab.frozen is not None:
     parts["frozen_base"] = tree_bytes(ab.frozen)
-  return compile_program("update", fn, (ab.state, batch), parts)
+  grads = compile_program("update_grads", updater.accumulate_program(term, chunk), args, parts)
+  grads.held = {"opt_state": tree_bytes(st.opt_state)}
+  empty = jax.ShapeDtypeStruct((), jnp.bool_, sharding=shd.replicated(mesh))
+  apply = compile_program(
+      "update_apply", updater.apply_program(optimizer), (st, acc, empty),
+      {"params": tree_bytes(st.params), "opt_state": tree_bytes(st.opt_state),
+       "counters": tree_bytes((st.step, st.skipped, st.bad_streak)),
+       "accumulator": tree_bytes(acc), "batch": tree_bytes(empty)})
+  return [grads, apply]
 
 
 def plan_logprobs(config, cfg, mesh, wl: Workload, ab: Abstracts) -> Program:
@@ -503,10 +519,11 @@ class Plan:
     """The headline numbers: the model's params (a LoRA base included), the trained params'
     optimizer state, the update's temporaries, the KV cache, the peak."""
     up = self.phases.get("update")
-    parts = up.programs[0].parts if up else {}
+    grads, apply = (up.programs[0], up.programs[-1]) if up else (None, None)
+    parts = grads.parts if up else {}
     out = {"params": parts.get("frozen_base", parts.get("params", 0)),
-           "opt_state": parts.get("opt_state", 0),
-           "update_temp": up.programs[0].temp if up else 0, "kv_cache": self.kv_cache}
+           "opt_state": apply.parts.get("opt_state", 0) if up else 0,
+           "update_temp": max(grads.temp, apply.temp) if up else 0, "kv_cache": self.kv_cache}
     if "frozen_base" in parts:
       out["adapters"] = parts["params"]
     out["peak"] = self.peak()[0]
@@ -559,7 +576,7 @@ def plan(config, *, devices: int, acc: Accelerator, model: str | None = None,
   if "logprobs" in phases:
     out["logprobs"] = Phase("logprobs", [plan_logprobs(config, cfg, mesh, wl, ab)], resident)
   if "update" in phases:
-    out["update"] = Phase("update", [plan_update(config, cfg, mesh, wl, ab, optimizer)],
+    out["update"] = Phase("update", plan_update(config, cfg, mesh, wl, ab, optimizer),
                           {k: v for k, v in resident.items() if k == "kl_reference"})
   notes = [f"attention: {attn_note}"]
   if config.rl.credit != "outcome":
@@ -567,8 +584,8 @@ def plan(config, *, devices: int, acc: Accelerator, model: str | None = None,
                  f"(e.g. SI's repairs): planned is the policy term on the rollout rows")
   if wl.rows > wl.rollouts:
     notes.append(f"the trainer pads {wl.rollouts} rollout rows to {wl.rows} (a multiple of "
-                 f"unit = {wl.unit}: lcm({wl.minibatches} mini-batches x {wl.microbatches} "
-                 f"micro-batches, {wl.logprob_calls} log-prob calls) x {wl.batch_shards} "
+                 f"{wl.minibatches} mini-batches x {wl.call_rows} rows per update call, a "
+                 f"multiple of the {wl.batch_shards} "
                  f"batch shards)")
   if _get(config, "rl.decode_compaction"):
     notes.append("rl.decode_compaction: planned is the decode loop at the full batch (the "
@@ -726,9 +743,9 @@ def report(p: Plan, acc: Accelerator) -> str:
       f"--prompt_len) + {wl.new_tokens} new tokens; sampler batch {wl.sample_batch}, KV cache "
       f"{wl.cache_len} positions",
       f"  update: {wl.rows} rows x {wl.width} tokens in {wl.minibatches} mini-batches of "
-      f"{wl.minibatch_rows}, {wl.microbatches} micro-batches of {wl.micro_rows} "
-      f"({wl.micro_rows // wl.batch_shards} per batch shard); log-probs in "
-      f"{wl.logprob_calls} call(s) of {wl.logprob_rows} rows",
+      f"{wl.minibatch_rows}, update calls of {wl.micro_rows} rows "
+      f"({wl.micro_rows // wl.batch_shards} per batch shard); log-probs in calls of "
+      f"{wl.logprob_rows} rows",
       "  numerics: " + ", ".join(f"{k} {v}" for k, v in p.numerics.items()),
   ]
   lines += [f"  note: {n}" for n in p.notes]
@@ -744,7 +761,8 @@ def report(p: Plan, acc: Accelerator) -> str:
   rows = [("arguments (XLA)", lambda ph, g: g.arguments),
           ("temporaries", lambda ph, g: g.temp),
           ("outputs - aliased (donated)", lambda ph, g: g.outputs - g.aliased),
-          ("resident besides the arguments", lambda ph, g: sum(ph.resident.values())),
+          ("resident besides the arguments",
+           lambda ph, g: sum(ph.resident.values()) + sum(g.held.values())),
           ("peak", lambda ph, g: sum(ph.resident.values()) + g.peak)]
   for name, fn in rows:
     lines.append(f"  {name:34s}" + "".join(f"{fmt(fn(ph, g)):>10s}" for ph, g in progs))

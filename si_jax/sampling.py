@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from si_jax import multihost
+from si_jax import shapes
 from si_jax import sharding as shd
 from si_jax.models import transformer
 from si_jax.models.config import ModelConfig
@@ -314,8 +315,10 @@ class Sampler:
   """Jitted, sharded sampling for one model config on one mesh.
 
   Prefill and the decode loop are two jits; the cache made by prefill is donated to the decode
-  loop, which updates it in place. Prompt widths are rounded up to `prompt_bucket` and the batch
-  to the mesh's batch-shard count, so recompiles stay rare; padding rows are dropped again.
+  loop, which updates it in place. Shapes come from a small ladder (`si_jax/shapes.py`), so a
+  run compiles few programs: the prompt width is the caller's `width` floor while the prompts
+  fit in it (else the next rung of the `prompt_bucket` ladder), and the batch is the rung of
+  the batch-shard count at or above the number of prompts; padding rows are dropped again.
 
   max_len: the cache length (prompt + new tokens); a longer request is an error.
   compact: decode compaction (module docstring): segments of `compact_every` steps, and the
@@ -446,8 +449,15 @@ class Sampler:
     return div * (1 << (units - 1).bit_length())
 
   def generate(self, params, prompts: Sequence[Sequence[int]], key: jax.Array,
-               sp: SamplingParams) -> SampleOutput:
+               sp: SamplingParams, *, width: int = 0, rows: int = 0) -> SampleOutput:
     """Samples continuations of `prompts` (lists of token ids). Returns numpy arrays.
+
+    width: the prompt columns to use while the prompts fit (`shapes.fit`; 0: the ladder rung
+    of the longest prompt). Callers pass the bound of their kind of prompt (the run's policy
+    prompt width, SI's repair-prompt bound), so every call of a kind has one shape.
+    rows: likewise the batch rows (of the whole run) to use while the prompts fit: a caller
+    whose row count varies from step to step (SI's repairs) passes its most rows, so it
+    compiles once; 0: the ladder rung of the batch-shard count at or above the prompts.
 
     In a multi-process run `prompts` are this process's rows and every process must call
     (the jits are collective; a process may pass no prompts): the processes agree on the
@@ -465,11 +475,12 @@ class Sampler:
           f"prompt {i} has {longest} tokens; with max_new_tokens={sp.max_new_tokens} that needs "
           f"a cache of {longest + sp.max_new_tokens} > max_len={self.max_len}")
     B0 = len(prompts)
+    floor = rows
     if multi:  # one shape for all processes
       longest, rows = multihost.allgather(np.array([longest, B0], np.int64)).max(axis=0)
     else:
       rows = B0
-    P = -(-int(longest) // self.prompt_bucket) * self.prompt_bucket
+    P = shapes.fit(int(longest), width, self.prompt_bucket)
     P = min(P, self.max_len - sp.max_new_tokens)
     if B0:
       tokens, mask = pad_prompts(prompts, sp.pad_id, length=P)
@@ -477,7 +488,7 @@ class Sampler:
       tokens, mask = np.full((1, P), sp.pad_id, np.int32), np.zeros((1, P), bool)
       mask[:, -1] = True
     div = shd.batch_divisor(self.mesh) // jax.process_count()
-    B = -(-max(int(rows), 1) // div) * div  # rows per process
+    B = shapes.fit(int(rows), floor // jax.process_count(), div)  # rows per process
     if B != len(tokens):  # fill with copies of row 0; their outputs are dropped
       tokens = np.concatenate([tokens, np.repeat(tokens[:1], B - len(tokens), 0)])
       mask = np.concatenate([mask, np.repeat(mask[:1], B - len(mask), 0)])

@@ -15,7 +15,9 @@ Three kinds of pairs, mixed and shuffled together (`build`):
     (0.00 repair success without one) while half anchor-free pairs gave real repair (0.88).
   * reflection pairs (the reset variant, DESIGN 5.3): the reflection prompt on a failed
     solution -> `\\boxed{k}`, k its first wrong step; from the task's repair pairs, which know it.
-Batches are packed with `rollout.pack_rows`, the same layout RL trains on.
+Batches are packed with `rollout.pack_rows`, the same layout RL trains on, in groups of one
+length bucket each (`length_buckets`): a row pads to its own kind of pair, not to the longest
+pair of the set.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from typing import Sequence
 
 import numpy as np
 
+from si_jax import shapes
+from si_jax.rl import batching
 from si_jax.rl import rollout
 from si_jax.si import prompts as si_prompts
 
@@ -118,19 +122,61 @@ def build(config, task, tokenizer) -> tuple[list[list[int]], list[list[int]]]:
   return encode_pairs(tokenizer, text_pairs(config, task), task.system_prompt)
 
 
+def length_buckets(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
+                   min_size: int, quantum: int = shapes.QUANTUM
+                   ) -> tuple[np.ndarray, list[tuple[int, int]]]:
+  """Groups the pairs by length, so that a row pads only to its own kind of pair.
+
+  Each pair goes to the `shapes.rung` of its prompt + response length; a bucket's rows are
+  (its longest prompt, its longest response), each rounded up to `quantum`, wide. A bucket of
+  fewer than `min_size` pairs joins the next wider one, and buckets of equal widths merge, so
+  a run compiles a handful of shapes. Returns (bucket of every pair [N] int, [(prompt width,
+  response width)] per bucket, narrowest first)."""
+  total = np.asarray([len(p) + len(r) for p, r in zip(prompts, responses)])
+  rungs = np.asarray([shapes.rung(int(t), quantum) for t in total])
+  bucket = np.zeros(len(total), np.int64)
+  widths: list[tuple[int, int]] = []
+  pending: list[int] = []
+  keys = sorted(set(rungs.tolist()))
+  for j, key in enumerate(keys):
+    pending += np.flatnonzero(rungs == key).tolist()
+    if len(pending) < min_size and j < len(keys) - 1:
+      continue  # too few pairs for a shape of their own: join the next wider bucket
+    w = (shapes.round_up(max(len(prompts[i]) for i in pending), quantum),
+         shapes.round_up(max(len(responses[i]) for i in pending), quantum))
+    if not widths or widths[-1] != w:
+      widths.append(w)
+    bucket[pending] = len(widths) - 1
+    pending = []
+  return bucket, widths
+
+
 def batches(prompts: list[list[int]], responses: list[list[int]], *, batch_size: int,
-            prompt_len: int, response_len: int, pad_id: int, seed: int, start_step: int = 0):
-  """Endless iterator of packed batches, reshuffled every epoch; deterministic in (seed, step),
-  so a resumed run sees the same batches as an uninterrupted one."""
+            call_rows: int, pad_id: int, seed: int, start_step: int = 0):
+  """Endless iterator of batches: `batch_size` pairs drawn as a shuffled epoch (reshuffled
+  every epoch), deterministic in (seed, step), so a resumed run sees the same batches as an
+  uninterrupted one. A batch is a list of packed groups, one per length bucket
+  (`length_buckets`) present in it, each padded (with rows of no loss) to a multiple of
+  `call_rows` rows: the update runs each group in calls of that shape and takes one step on
+  the whole batch, so a short policy trace is not padded to the longest repair prompt, and
+  the batch's loss (a token mean over all its pairs) is what one wide array would give."""
   n = len(prompts)
   if n < batch_size:
     raise ValueError(f"SFT has {n} pairs, fewer than sft.batch_size={batch_size}")
+  bucket, widths = length_buckets(prompts, responses, min_size=batch_size)
   per_epoch = n // batch_size
   step = start_step
   while True:
     epoch, k = divmod(step, per_epoch)
     perm = np.random.default_rng([seed, epoch]).permutation(n)
     idx = perm[k * batch_size:(k + 1) * batch_size]
-    yield rollout.pack_rows([prompts[i] for i in idx], [responses[i] for i in idx],
-                            prefix_len=prompt_len, completion_len=response_len, pad_id=pad_id)
+    groups = []
+    for b in sorted(set(bucket[idx].tolist())):
+      members = idx[bucket[idx] == b]
+      pw, rw = widths[b]
+      rows = rollout.pack_rows([prompts[i] for i in members], [responses[i] for i in members],
+                               prefix_len=pw, completion_len=rw, pad_id=pad_id)
+      groups.append(batching.pad_rows(rows, shapes.round_up(len(members), call_rows)))
+    yield groups
     step += 1
+

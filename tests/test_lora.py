@@ -231,7 +231,8 @@ def _lora_config():
 
 def _rows(workdir):
   rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
-  return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
+  return [{k: v for k, v in r.items() if not k.startswith(("time/", "compile/"))}
+          for r in rows]
 
 
 def test_rl_run_with_lora_trains_adapters_only_and_resumes_exactly(tmp_path):

@@ -46,7 +46,8 @@ def _start(workdir, env, *args):
 
 def _metrics(workdir):
   rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
-  return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
+  return [{k: v for k, v in r.items() if not k.startswith(("time/", "compile/"))}
+          for r in rows]
 
 
 def _samples(workdir):

@@ -125,8 +125,11 @@ def test_workload_has_the_trainers_shapes():
                       "rl.microbatches": 2, "rl.logprob_microbatches": 8,
                       "rl.max_new_tokens": 100})
   wl = pl.workload(c, pl.make_mesh(c, 8), prompt_len=30)
-  assert (wl.rollouts, wl.sample_batch, wl.prompt_len, wl.width) == (40, 40, 32, 132)
-  assert wl.unit == 8 * 8  # lcm(2 x 2, 8) x 8 batch shards
+  # the sampler's rows: the rung of 8 batch shards at or above 40
+  assert (wl.rollouts, wl.sample_batch, wl.prompt_len, wl.width) == (40, 48, 32, 132)
+  # update calls: 40 rows / (2 mini-batches x 2 micro-batches) = 10 -> 16 (8 batch shards);
+  # rows padded to whole calls per mini-batch: 2 x 16 = 32 -> 64
+  assert wl.unit == 2 * 16 and wl.call_rows == 16
   assert (wl.rows, wl.minibatch_rows, wl.micro_rows, wl.logprob_rows) == (64, 32, 16, 8)
 
 
@@ -232,9 +235,12 @@ def update_search():
 
 def test_update_arguments_are_params_opt_state_counters_and_batch(update_search):
   p, _ = update_search
-  prog = p.phases["update"].programs[0]
-  assert sum(prog.parts.values()) == prog.arguments  # our shard sums = XLA's argument bytes
-  assert prog.aliased >= prog.parts["params"] + prog.parts["opt_state"]  # the state is donated
+  grads, apply = p.phases["update"].programs
+  for prog in (grads, apply):
+    assert sum(prog.parts.values()) == prog.arguments  # our shard sums = XLA's argument bytes
+  assert grads.aliased >= grads.parts["accumulator"]  # the accumulator is donated
+  assert grads.held == {"opt_state": apply.parts["opt_state"]}  # on the device meanwhile
+  assert apply.aliased >= apply.parts["params"] + apply.parts["opt_state"]  # the state too
   wl = p.workload
   assert (wl.rows, wl.width, wl.minibatches, wl.microbatches) == (8, 256, 1, 1)
 
@@ -309,9 +315,10 @@ def test_cli_dry_run_of_a_small_model_on_8_simulated_devices(tmp_path):
   p = entry["plan"]
   assert p["devices"] == 8 and p["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
   progs = {g["name"]: g for ph in p["phases"].values() for g in ph["programs"]}
-  assert set(progs) == {"prefill", "decode", "logprobs", "update"}
+  assert set(progs) == {"prefill", "decode", "logprobs", "update_grads", "update_apply"}
   for g in progs.values():
-    assert g["peak"] == g["arguments"] + g["temp"] + g["outputs"] - g["aliased"] > 0
+    held = sum(g["held"].values())
+    assert g["peak"] == g["arguments"] + g["temp"] + g["outputs"] - g["aliased"] + held > 0
   assert progs["decode"]["parts"]["kv_cache"] == progs["prefill"]["out_parts"]["kv_cache"]
   assert progs["prefill"]["outputs"] >= progs["prefill"]["out_parts"]["kv_cache"]
   assert progs["decode"]["aliased"] >= progs["decode"]["parts"]["kv_cache"]  # cache donated

@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 
+from si_jax import shapes
 from si_jax import workdir as workdir_lib
 from si_jax.rl import batching
 from si_jax.rl import credit as credit_lib
@@ -29,13 +30,20 @@ def _config(name="arith_grpo.py", variant="smoke"):
   return mod.get_config(variant)
 
 
-def test_bucket_ladder_bounds_compilations():
-  assert [batching.bucket(n, 1) for n in (1, 2, 3, 4, 5, 7, 9, 13, 17, 25)] == \
+def test_shape_ladders_bound_compilations():
+  assert [shapes.rung(n, 1) for n in (1, 2, 3, 4, 5, 7, 9, 13, 17, 25)] == \
       [1, 2, 3, 4, 6, 8, 12, 16, 24, 32]
-  assert batching.bucket(256, 16) == 256 and batching.bucket(257, 16) == 384
-  sizes = {batching.bucket(n, 16) for n in range(1, 1025)}
+  assert shapes.rung(256, 16) == 256 and shapes.rung(257, 16) == 384
+  sizes = {shapes.rung(n, 16) for n in range(1, 1025)}
   assert len(sizes) == 12  # 1024 row counts, 12 shapes
-  assert all(batching.bucket(n, 16) < 1.5 * n + 16 for n in range(1, 1025))
+  assert all(shapes.rung(n, 16) < 1.5 * n + 16 for n in range(1, 1025))
+  # widths: the floor while the input fits, then the ladder
+  assert [shapes.fit(n, 48) for n in (1, 30, 48, 49, 65, 100)] == [48, 48, 48, 64, 96, 128]
+  assert shapes.fit(20) == 32 and shapes.fit(20, 0, quantum=8) == 24
+  # update calls: a small term's calls are no larger than its share of a mini-batch
+  assert batching.call_rows(128, None, 2, 8) == 128
+  assert batching.call_rows(128, 64, 2, 8) == 32 and batching.call_rows(128, 60, 2, 8) == 32
+  assert batching.call_rows(128, 1000, 2, 8) == 128 and batching.call_rows(12, None, 2, 8) == 16
 
 
 def test_pad_rows_and_minibatches_split_each_term():
@@ -77,22 +85,25 @@ def test_prepare_recomputes_rows_without_own_logprobs():
                                  pad_id=0, advantages=[1.0, 1.0],
                                  old_logprobs=[np.full(2, -1.0), np.full(2, -1.0)])
   rows["has_old"] = np.array([True, False])
-  lp = np.full((2, 4), -3.0, np.float32)
-  fn = lambda params, tokens, mask: lp[:tokens.shape[0]]
-  (tr,), m = batching.prepare([credit_lib.TermRows(_term(), rows)], unit=2, params=None,
-                              ref_params=None, logprob_fn=fn, recompute=False)
+  fn = lambda params, tokens, mask: np.full(tokens.shape, -3.0, np.float32)
+  kw = dict(rows_per_call={"policy": 1}, minibatches=2, params=None, ref_params=None,
+            logprob_fn=fn)
+  (tr,), m = batching.prepare([credit_lib.TermRows(_term(), rows)], recompute=False, **kw)
   assert tr.rows["old_logprobs"][:, 2:].tolist() == [[-1, -1], [-3, -3]]
   assert m["policy/sampler_logprob_gap"] == pytest.approx(2.0)  # only rows with their own
-  (tr,), _ = batching.prepare([credit_lib.TermRows(_term(), rows)], unit=2, params=None,
-                              ref_params=None, logprob_fn=fn, recompute=True)
+  (tr,), _ = batching.prepare([credit_lib.TermRows(_term(), rows)], recompute=True, **kw)
   assert tr.rows["old_logprobs"][:, 2:].tolist() == [[-3, -3], [-3, -3]]
   empty = {k: v[:0] for k, v in rows.items()}
-  assert batching.prepare([credit_lib.TermRows(_term(), empty)], unit=2, params=None,
-                          ref_params=None, logprob_fn=fn, recompute=True)[0] == []
+  assert batching.prepare([credit_lib.TermRows(_term(), empty)], recompute=True, **kw)[0] == []
+  # rows are padded to whole calls per mini-batch: 2 rows, 3 per call, 2 mini-batches -> 6
+  kw["rows_per_call"] = {"policy": 3}
+  (tr,), _ = batching.prepare([credit_lib.TermRows(_term(), rows)], recompute=True, **kw)
+  assert tr.rows["tokens"].shape[0] == 6 and tr.rows["seq_mask"].tolist() == [1, 1, 0, 0, 0, 0]
 
 
 def test_logprobs_in_several_calls_equal_one_call():
-  """rl.logprob_microbatches: the pack stage's pass over all rows, split into calls."""
+  """The pack stage's pass over all rows in calls of a fixed number of rows (any row count,
+  the last call filled with masked rows) equals one call over every row."""
   import jax
   from si_jax import sharding as shd
   from si_jax.models import config as model_config, transformer
@@ -105,12 +116,15 @@ def test_logprobs_in_several_calls_equal_one_call():
   tokens = rng.integers(1, 64, (rows, 12)).astype(np.int32)
   mask = np.ones((rows, 12), bool)
   mask[::3, :4] = False  # left padding on some rows
-  one = batching.make_logprob_fn(cfg, mesh, sh, temperature=1.0, chunk_size=4)
-  four = batching.make_logprob_fn(cfg, mesh, sh, temperature=1.0, chunk_size=4, num_calls=4)
-  np.testing.assert_allclose(four(params, tokens, mask), one(params, tokens, mask), atol=1e-6)
-  with pytest.raises(ValueError, match="rl.logprob_microbatches=3"):
-    batching.make_logprob_fn(cfg, mesh, sh, temperature=1.0, chunk_size=4, num_calls=3)(
-        params, tokens, mask)
+  one = batching.make_logprob_fn(cfg, mesh, sh, temperature=1.0, chunk_size=4,
+                                 rows_per_call=rows)
+  quarter = batching.make_logprob_fn(cfg, mesh, sh, temperature=1.0, chunk_size=4,
+                                     rows_per_call=rows // 4)
+  full = one(params, tokens, mask)
+  np.testing.assert_allclose(quarter(params, tokens, mask), full, atol=1e-6)
+  # a row count that is not a multiple of the call: the last call is filled, its filler dropped
+  odd = rows // 4 * 3 - 1
+  np.testing.assert_allclose(quarter(params, tokens[:odd], mask[:odd]), full[:odd], atol=1e-6)
 
 
 CALLS = []
@@ -154,18 +168,11 @@ def test_a_registered_credit_function_plugs_in_by_name(dummy_run):
   assert all(r["time/credit"] > 0 for r in rl)
 
 
-def test_update_cache_keys_on_the_terms(tmp_path):
+def test_success_threshold_splits_correct_from_failed(tmp_path):
   c = _config()
   c.checkpoint.every = 0
   run = trainer.Run(c, str(tmp_path))
   try:
-    batch = {"policy": {k: np.zeros((16, 8), np.float32) for k in
-                        ("loss_mask", "advantages", "old_logprobs")}}
-    batch["policy"].update(tokens=np.zeros((16, 8), np.int32),
-                           input_mask=np.ones((16, 8), bool), seq_mask=np.ones(16, np.float32))
-    a = run.update_fn((_term(),), batch, run.rl_opt, 1)
-    assert run.update_fn((_term(),), batch, run.rl_opt, 1) is a
-    assert run.update_fn((_term(eps_high=0.3),), batch, run.rl_opt, 1) is not a
     # the success threshold splits correct from failed
     ro = rollout.Rollouts(examples=[None], group_size=2, prompt_ids=[[1]],
                           response_ids=[[2], [3]], logprobs=[np.zeros(1)] * 2, texts=["", ""],

@@ -85,7 +85,8 @@ def _params(workdir, step=None):
 
 def _metrics(workdir):
   rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
-  return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
+  return [{k: v for k, v in r.items() if not k.startswith(("time/", "compile/"))}
+          for r in rows]
 
 
 def test_smoke_run_then_sigkill_resume_is_the_same_run(tmp_path):

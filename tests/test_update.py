@@ -2,6 +2,7 @@
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 from si_jax import sharding as shd
@@ -47,20 +48,48 @@ def params():
 @pytest.mark.parametrize("ratio,aggregation", [
     ("token", "token_mean"), ("sequence", "seq_mean_token_mean"),
     ("token", "seq_mean_token_sum_norm")])
-def test_micro_batches_equal_one_big_batch(params, aggregation, ratio):
+def test_calls_of_few_rows_equal_one_big_call(params, aggregation, ratio):
+  """Rows cut into 4 calls per term give the loss, the gradient (SGD with lr 1: the params move
+  by it) and the metrics of one call."""
   terms = (_term(ratio=ratio, aggregation=aggregation, max_len=8, eps_low=0.1, eps_high=0.3),
            update.NLLTerm(weight=0.5))
-  batch = _batch()
-  fn = lambda n: jax.jit(lambda p, b: update.loss_and_grads(p, b, terms=terms, cfg=CFG,
-                                                            num_micro=n, chunk_size=5))
-  l1, g1, m1 = fn(1)(params, batch)
-  for n in (4,):
-    ln, gn, mn = fn(n)(params, batch)
-    np.testing.assert_allclose(ln, l1, rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(gn), jax.tree.leaves(g1)):
-      np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-7)
-    np.testing.assert_allclose(mn["policy/loss"][0] / mn["policy/loss"][1],
-                               m1["policy/loss"][0] / m1["policy/loss"][1], rtol=1e-5)
+  opt = optax.sgd(1.0)
+  mesh = shd.make_mesh(devices=jax.devices()[:1])
+  out = []
+  for per in (B, B // 4):
+    state = ts.create(params, opt, mesh)
+    updater = update.Updater(state, mesh, cfg=CFG, chunk_size=5)
+    out.append(updater(state, _batch(), terms=terms, rows_per_call=per, optimizer=opt))
+  (s1, m1), (s4, m4) = out
+  np.testing.assert_allclose(m4["loss"], m1["loss"], rtol=1e-5)
+  np.testing.assert_allclose(m4["grad_norm"], m1["grad_norm"], rtol=2e-4)
+  for k in ("policy/loss", "policy/pg_loss", "policy/advantage", "sft/nll", "sft/loss"):
+    np.testing.assert_allclose(m4[k], m1[k], rtol=1e-5, err_msg=k)
+  np.testing.assert_allclose(m1["loss"], m1["policy/loss"] + 0.5 * m1["sft/loss"], rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(jax.device_get(s4.params)),
+                  jax.tree.leaves(jax.device_get(s1.params))):
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-7)
+
+
+def test_one_program_per_term_and_call_shape_whatever_the_row_counts(params):
+  """More rows make more calls, not new programs; terms do not combine into programs."""
+  from si_jax import compilation
+  terms = (_term(), update.NLLTerm(weight=0.5))
+  opt = ts.make_optimizer(1e-2, 10)
+  mesh = shd.make_mesh(devices=jax.devices()[:1])
+  state = ts.create(params, opt, mesh)
+  updater = update.Updater(state, mesh, cfg=CFG, chunk_size=5)
+  big = _batch()
+  calls = []
+  for p_rows, n_rows in ((8, 2), (4, 6), (2, 8), (6, 4)):
+    batch = {"policy": {k: v[:p_rows] for k, v in big["policy"].items()},
+             "sft": {k: v[:n_rows] for k, v in big["sft"].items()}}
+    with compilation.counter().since() as c:
+      state, _ = updater(state, batch, terms=terms, rows_per_call=2, optimizer=opt)
+    calls.append(c[0].requests)
+  assert calls[0] > 0 and calls[1:] == [0, 0, 0]
+  keys = sorted(k if isinstance(k, str) else k[0] for k in updater._programs)  # pylint: disable=protected-access
+  assert keys == ["acc", "acc", "apply", "zeros"]
 
 
 def _run_updates(state, batches, step_fn):

@@ -1,10 +1,11 @@
 """Pack stage: from the credit stage's rows to the mini-batches the update consumes.
 
-Rows per step vary (SI adds repairs; dynamic sampling may keep fewer groups), so each term's row
-count is padded up to a bucket: `unit * b` with b on the ladder 1, 2, 3, 4, 6, 8, 12, 16, ...
-(each step at most 1.5x the last), where unit = minibatches * microbatches * (batch shards of
-the mesh). The update then compiles once per bucket combination, a number that grows with the
-log of the row count. Padding rows have seq_mask 0 and no loss tokens.
+Rows per step vary (SI adds repairs; dynamic sampling may keep fewer groups), but the programs
+that consume them must not: every term's rows are cut into calls of a fixed number of rows
+(`call_rows`: the rollout rows of a mini-batch divided by rl.microbatches, or fewer for a term
+whose credit function declares a smaller capacity), and a term's rows are padded to a whole
+number of calls per mini-batch (`prepare`). A step with more rows makes more calls; no row count
+compiles a new program (`si_jax/shapes.py`). Padding rows have seq_mask 0 and no loss tokens.
 
 Old log-probs (the ratio's denominator) are recomputed with the trainer's forward pass where a
 row has none of its own (`has_old` False: e.g. a repair sampled under the repair prompt and
@@ -12,40 +13,27 @@ trained under the policy prompt) and, for all rows, when `recompute` is on. The 
 log-probs of the sampled tokens are always computed, to log the sampler-trainer gap
 (`policy/sampler_logprob_gap`: mean |sampler - trainer| log-prob over response tokens):
 sequence-level ratios (GSPO, eps ~3e-4) clip most sequences when that gap exceeds eps (bf16,
-top-p/top-k), which is why `rl.recompute_logprobs` defaults to on for them.
+top-p/top-k), which is why `rl.recompute_logprobs` defaults to on for them. The log-prob pass
+runs in calls of a fixed number of rows too (`make_logprob_fn`).
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
 
 import jax
 import numpy as np
 
 from si_jax import multihost
+from si_jax import shapes
 from si_jax import sharding as shd
 from si_jax.models import transformer
 from si_jax.rl import credit as credit_lib
 from si_jax.rl import update as update_lib
 
 UPDATE_KEYS = ("tokens", "input_mask", "loss_mask", "seq_mask", "advantages", "old_logprobs",
-               "ref_logprobs")
-
-
-def bucket(n: int, unit: int) -> int:
-  """The smallest `unit * b >= n` with b in 1, 2, 3, 4, 6, 8, 12, 16, 24, ... (n >= 1)."""
-  if unit < 1:
-    raise ValueError(f"bucket: unit must be >= 1, got {unit}")
-  units = max(1, -(-n // unit))
-  if units == 1:
-    return unit
-  p = 2
-  while True:
-    for b in (p, p * 3 // 2):
-      if b >= units:
-        return unit * b
-    p *= 2
+               "ref_logprobs", "row_len", "behavior_logprobs", "behavior_rows")
 
 
 def pad_rows(rows: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
@@ -63,24 +51,43 @@ def pad_rows(rows: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
   return out
 
 
+def call_rows(base: int, capacity: int | None, minibatches: int, divisor: int) -> int:
+  """Rows per update call of a loss term (global, a multiple of the batch shards `divisor`):
+  `base` (the rollout rows of a mini-batch / rl.microbatches), or, for a term whose rows per
+  step are at most `capacity`, no more than its share of a mini-batch, so that a small term
+  (SI's repairs) is not padded up to the policy term's calls."""
+  rows = base
+  if capacity is not None:
+    rows = min(rows, -(-max(int(capacity), 1) // minibatches))
+  return shapes.round_up(rows, divisor)
+
+
 def make_logprob_fn(cfg, mesh, param_shardings, *, temperature: float, chunk_size: int,
-                    num_calls: int = 1) -> Callable:
-  """(params, tokens [R, W], input_mask [R, W]) -> log-probs [R, W], jitted, rows sharded.
-  `num_calls` > 1 scores the rows in that many equal calls (rl.logprob_microbatches: a pass
-  over all packed rows at once can be the step's memory peak); R must split into them."""
+                    rows_per_call: int) -> Callable:
+  """(params, tokens [R, W], input_mask [R, W]) -> log-probs [R, W], jitted, rows sharded,
+  in calls of `rows_per_call` rows (rows of the whole run; a process brings its share): any
+  R compiles one program per width. The last call is filled with masked rows whose outputs
+  are dropped."""
   fn = functools.partial(transformer.token_logprobs, cfg=cfg, temperature=temperature,
                          chunk_size=chunk_size)
+  per = rows_per_call // jax.process_count()  # this process's rows of a call
+  if per < 1 or rows_per_call % jax.process_count():
+    raise ValueError(f"log-probs: {rows_per_call} rows per call do not split over "
+                     f"{jax.process_count()} processes")
   cache: dict = {}
 
   def call(params, tokens, input_mask):
     """tokens, input_mask: this process's rows (all rows with one process)."""
-    if num_calls > 1:
-      if tokens.shape[0] % num_calls:
-        raise ValueError(f"log-probs: {tokens.shape[0]} rows do not split into "
-                         f"rl.logprob_microbatches={num_calls} calls")
-      return np.concatenate([one(params, t, m) for t, m in
-                             zip(np.split(tokens, num_calls), np.split(input_mask, num_calls))])
-    return one(params, tokens, input_mask)
+    n = tokens.shape[0]
+    pad = -n % per
+    if pad:
+      tokens = np.concatenate([tokens, np.zeros((pad,) + tokens.shape[1:], tokens.dtype)])
+      filler = np.zeros((pad,) + input_mask.shape[1:], bool)
+      filler[:, -1] = True  # one valid token keeps attention rows well defined
+      input_mask = np.concatenate([input_mask, filler])
+    out = [one(params, tokens[i:i + per], input_mask[i:i + per])
+           for i in range(0, tokens.shape[0], per)]
+    return np.concatenate(out)[:n] if out else np.zeros(tokens.shape, np.float32)
 
   def one(params, tokens, input_mask):
     shape = (tokens.shape[0] * jax.process_count(),) + tokens.shape[1:]
@@ -137,20 +144,22 @@ def agree_terms(term_rows: list[credit_lib.TermRows]
   return out
 
 
-def prepare(term_rows: list[credit_lib.TermRows], *, unit: int, params, ref_params,
-            logprob_fn, recompute: bool) -> tuple[list[credit_lib.TermRows], dict[str, float]]:
-  """Pads every term's rows to its bucket and fills old / reference log-probs of policy terms.
-  Terms with no rows are dropped. Returns (terms, metrics).
+def prepare(term_rows: list[credit_lib.TermRows], *, rows_per_call: Mapping[str, int],
+            minibatches: int, params, ref_params, logprob_fn, recompute: bool
+            ) -> tuple[list[credit_lib.TermRows], dict[str, float]]:
+  """Pads every term's rows to a whole number of calls per mini-batch (rows_per_call[name]
+  x minibatches, counted over the whole run) and fills old / reference log-probs of policy
+  terms. Terms with no rows are dropped. Returns (terms, metrics).
 
-  With several processes, `term_rows` are this process's rows, `unit` counts the rows of the
-  whole run, and every process pads to the bucket of the largest process's row count (the
-  update is one collective program), so each term has the same rows on every process."""
+  With several processes, `term_rows` are this process's rows and every process pads to the
+  count of the process with the most rows (the update is one collective program), so each
+  term has the same rows on every process."""
   out, metrics = [], {}
-  local_unit = unit // jax.process_count()
   for tr, n in agree_terms(term_rows):
     if n == 0:
       continue
-    rows = pad_rows(tr.rows, bucket(n, local_unit))
+    quantum = rows_per_call[tr.term.name] * minibatches // jax.process_count()
+    rows = pad_rows(tr.rows, shapes.round_up(n, quantum))
     if isinstance(tr.term, update_lib.PolicyTerm):
       resp = rows["loss_mask"] != 0
       lp = logprob_fn(params, rows["tokens"], rows["input_mask"])

@@ -78,14 +78,16 @@ class Rollouts:
 
 
 def encode_prompts(tokenizer, task: Task, examples: Sequence[Example]) -> list[list[int]]:
-  return [tokenizer.prompt_ids(ex.prompt, task.system_prompt) for ex in examples]
+  return tokenizer.encode_batch([tokenizer.prompt_text(ex.prompt, task.system_prompt)
+                                 for ex in examples])
 
 
 def generate(sampler: sampling.Sampler, params, prompts: Sequence[Sequence[int]],
-             key: jax.Array, sp: sampling.SamplingParams
+             key: jax.Array, sp: sampling.SamplingParams, *, width: int = 0, rows: int = 0
              ) -> tuple[list[list[int]], list[np.ndarray], np.ndarray]:
-  """(response ids, their sampler log-probs [len] float32, finished [N] bool) per prompt."""
-  out = sampler.generate(params, prompts, key, sp)
+  """(response ids, their sampler log-probs [len] float32, finished [N] bool) per prompt.
+  width, rows: the prompt width and batch rows floors (`Sampler.generate`)."""
+  out = sampler.generate(params, prompts, key, sp, width=width, rows=rows)
   lengths = np.asarray(out.lengths)
   ids = [list(map(int, out.tokens[i, :lengths[i]])) for i in range(len(prompts))]
   lps = [np.asarray(out.logprobs[i, :lengths[i]], np.float32) for i in range(len(prompts))]
@@ -94,12 +96,13 @@ def generate(sampler: sampling.Sampler, params, prompts: Sequence[Sequence[int]]
 
 def sample(sampler: sampling.Sampler, params, tokenizer, task: Task,
            examples: Sequence[Example], key: jax.Array, sp: sampling.SamplingParams,
-           group_size: int) -> Rollouts:
-  """Samples `group_size` responses per example (not yet scored: see `score`)."""
+           group_size: int, *, width: int = 0) -> Rollouts:
+  """Samples `group_size` responses per example (not yet scored: see `score`). width: the
+  prompt width floor (the run's policy prompt width)."""
   t0 = time.perf_counter()
   prompt_ids = encode_prompts(tokenizer, task, examples)
   rows = [p for p in prompt_ids for _ in range(group_size)]
-  response_ids, logprobs, finished = generate(sampler, params, rows, key, sp)
+  response_ids, logprobs, finished = generate(sampler, params, rows, key, sp, width=width)
   texts = [tokenizer.decode(r) for r in response_ids]
   return Rollouts(examples=list(examples), group_size=group_size, prompt_ids=prompt_ids,
                   response_ids=response_ids, logprobs=logprobs, texts=texts, verdicts=[],
@@ -117,18 +120,10 @@ def score(ro: Rollouts, task: Task) -> Rollouts:
   return ro
 
 
-def sample_and_score(sampler, params, tokenizer, task, examples, key, sp, group_size
-                     ) -> Rollouts:
-  return score(sample(sampler, params, tokenizer, task, examples, key, sp, group_size), task)
-
-
-PROMPT_BUCKET = 16
-
-
-def bucket_width(n: int, multiple: int = PROMPT_BUCKET) -> int:
-  """n rounded up to a multiple of `multiple` (>= one multiple): prompt widths of packed rows,
-  so that prompts of nearby lengths share one compiled shape."""
-  return -(-max(n, 1) // multiple) * multiple
+def sample_and_score(sampler, params, tokenizer, task, examples, key, sp, group_size, *,
+                     width: int = 0) -> Rollouts:
+  return score(sample(sampler, params, tokenizer, task, examples, key, sp, group_size,
+                      width=width), task)
 
 
 def pack_rows(prefixes: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], *,

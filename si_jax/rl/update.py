@@ -1,42 +1,59 @@
-"""One jit-compiled, sharded optimizer update over a sum of loss terms.
+"""The optimizer update over a sum of loss terms: one small program per term, a fixed shape each.
 
 An update consumes a *mini-batch*: a dict mapping each loss term's name to that term's own
 sub-batch (sequences may differ per term: the policy term trains on rollouts under the task
-prompt, a repair-mode term on repairs under the repair prompt). Every term returns a loss sum,
-and its denominator is computed from masks over the whole mini-batch before the micro-batch
-loop, so
+prompt, a repair-mode term on repairs under the repair prompt). Each term's rows are cut into
+*calls* of a fixed number of rows (`rows_per_call`), and the update runs as
 
-    loss = sum_k weight_k * (sum over micro-batches of loss_sum_k) / denominator_k
+    for each term, for each call:  acc <- acc + grad(weight * loss_sum(call) / denominator)
+    apply:                          clip, AdamW, skip if non-finite or empty
 
-is the same number, with the same gradient, whatever the number of micro-batches.
+where a term's denominator is computed from the masks of its whole sub-batch first (it adds
+over rows: `losses.denominator`), so
 
-Sub-batch arrays (all [B, T] unless noted; B a multiple of the number of micro-batches):
+    loss = sum_k weight_k * (sum over calls of loss_sum_k) / denominator_k
+
+is the same number, with the same gradient, whatever the number of calls. The programs are
+`accumulate_step` (one per term and call shape) and `apply_step` (one per optimizer); a step
+with more rows makes more calls, not a new program, and the terms' shapes do not multiply into
+combinations (SI's policy rows, repair rows and repair-RL rows each vary on their own). The
+accumulator (gradients and the loss) is donated from call to call.
+
+Sub-batch arrays (all [B, T] unless noted; B a multiple of the term's rows per call):
   tokens int32, input_mask (1 = real token), loss_mask (1 = token gets loss; may be an SI gate),
   and per term: old_logprobs, advantages, ref_logprobs (policy term with KL), seq_mask [B].
 
 With LoRA (`si_jax.models.lora`) the state's params are the adapters; the frozen base params
 are an extra, non-donated argument, merged with them inside the loss, so gradients, clipping
 and the optimizer state cover the adapters only.
+
+Several processes: each brings its own rows (`local=True`, the RL terms) or every process holds
+the whole batch (`local=False`, SFT); calls are cut the same way on every process (the row
+counts agree, `batching.agree_terms`), and denominators are summed over processes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Mapping
+from typing import Any, Mapping
 
+import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
+from si_jax import multihost
 from si_jax import sharding as shd
 from si_jax.models import lora as lora_lib
 from si_jax.models import transformer
 from si_jax.models.config import ModelConfig
 from si_jax.rl import losses
+from si_jax.rl import train_state as ts
 from si_jax.rl.train_state import TrainState
 
-Batch = Mapping[str, Mapping[str, jax.Array]]
+Batch = Mapping[str, Mapping[str, Any]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +74,9 @@ class PolicyTerm:
   temperature: float
   name: str = "policy"
   weight: float = 1.0
+  # cap of the truncated importance weight of rows sampled by another policy (SI's repairs,
+  # `losses.policy_loss`'s behavior_logprobs); rows without behavior log-probs ignore it
+  tis_cap: float = 1.0
 
   def __post_init__(self):
     if self.ratio not in losses.RATIOS:
@@ -73,12 +93,13 @@ class PolicyTerm:
         logprobs, b["old_logprobs"], b["advantages"], b["loss_mask"], ratio=self.ratio,
         eps_low=self.eps_low, eps_high=self.eps_high, aggregation=self.aggregation,
         max_len=self.max_len, ref_logprobs=b.get("ref_logprobs"), kl_beta=self.kl_beta,
-        kl_estimator=self.kl_estimator, seq_mask=b.get("seq_mask"), entropy=entropy)
+        kl_estimator=self.kl_estimator, seq_mask=b.get("seq_mask"), entropy=entropy,
+        row_len=b.get("row_len"), behavior_logprobs=b.get("behavior_logprobs"),
+        behavior_rows=b.get("behavior_rows"), tis_cap=self.tis_cap)
 
-  def denominator(self, b) -> jax.Array:
-    z = jnp.zeros(b["loss_mask"].shape, jnp.float32)
-    return losses.aggregate(z, b["loss_mask"], self.aggregation, max_len=self.max_len,
-                            seq_mask=b.get("seq_mask"))[1]
+  def denominator(self, b, xp=jnp) -> jax.Array:
+    return losses.denominator(b["loss_mask"], self.aggregation, max_len=self.max_len,
+                              seq_mask=b.get("seq_mask"), xp=xp)
 
   def loss(self, params, b, cfg: ModelConfig, chunk_size: int, remat: bool | str):
     lp, ent = transformer.token_logprobs(params, b["tokens"], b["input_mask"], cfg,
@@ -95,8 +116,8 @@ class NLLTerm:
   name: str = "sft"
   weight: float = 1.0
 
-  def denominator(self, b) -> jax.Array:
-    return jnp.sum(b["loss_mask"].astype(jnp.float32))
+  def denominator(self, b, xp=jnp) -> jax.Array:
+    return losses.denominator(b["loss_mask"], "token_mean", xp=xp)
 
   def loss(self, params, b, cfg: ModelConfig, chunk_size: int, remat: bool | str):
     lp = transformer.token_logprobs(params, b["tokens"], b["input_mask"], cfg,
@@ -105,85 +126,63 @@ class NLLTerm:
     return s, {"nll": (s, d)}
 
 
-def _split_micro(x: jax.Array, n: int) -> jax.Array:
-  if x.shape[0] % n:
-    raise ValueError(f"batch of {x.shape[0]} rows does not split into {n} micro-batches")
-  return x.reshape(n, x.shape[0] // n, *x.shape[1:])
+@flax.struct.dataclass
+class Accum:
+  """What the calls of one update add up: gradients (the shape of the trained params) and the
+  loss, both already divided by each term's denominator."""
+
+  grads: Any
+  loss: jax.Array
 
 
-def loss_and_grads(params, batch: Batch, *, terms: tuple, cfg: ModelConfig, num_micro: int = 1,
-                   chunk_size: int = 128, remat: bool | str = False, to_model=None):
-  """(loss, grads, metrics) of the weighted sum of `terms` over `batch`, accumulated over
-  `num_micro` micro-batches with a scan. metrics: name -> (sum, count) pairs, prefixed with
-  the term name, plus '<term>/loss'. to_model: maps `params` (what is differentiated) to the
-  model's params inside the loss (LoRA: the frozen base merged with the adapters); default
-  the identity."""
-  dens = {t.name: jnp.maximum(t.denominator(batch[t.name]), 1e-9) for t in terms}
-  micro = jax.tree.map(functools.partial(_split_micro, n=num_micro), dict(batch))
-
-  def micro_loss(p, mb):
-    total, metrics = 0.0, {}
-    p = p if to_model is None else to_model(p)
-    for t in terms:
-      s, m = t.loss(p, mb[t.name], cfg, chunk_size, remat)
-      total = total + t.weight * s / dens[t.name]
-      metrics[f"{t.name}/loss"] = (s, dens[t.name] / num_micro)
-      metrics.update({f"{t.name}/{k}": v for k, v in m.items()})
-    return total, metrics
-
-  grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
-
-  def step(carry, mb):
-    loss, grads, metrics = carry
-    l, m = None, None
-    (l, m), g = grad_fn(params, mb)
-    grads = jax.tree.map(jnp.add, grads, g)
-    metrics = jax.tree.map(jnp.add, metrics, m) if metrics is not None else m
-    return (loss + l, grads, metrics), None
-
-  first = jax.tree.map(lambda x: x[0], micro)
-  (l0, m0), g0 = grad_fn(params, first)
-  if num_micro == 1:
-    return l0, g0, m0
-  rest = jax.tree.map(lambda x: x[1:], micro)
-  (loss, grads, metrics), _ = jax.lax.scan(step, (l0, g0, m0), rest)
-  return loss, grads, metrics
+def groups(sub) -> list[Mapping[str, Any]]:
+  """A term's sub-batch as a list of groups of one shape each (a dict is one group)."""
+  return list(sub) if isinstance(sub, (list, tuple)) else [sub]
 
 
-def loss_tokens(batch: Batch) -> jax.Array:
-  """Number of tokens that get loss in a mini-batch, over all terms (loss_mask * seq_mask)."""
-  n = jnp.zeros((), jnp.float32)
+def loss_tokens(batch: Batch) -> float:
+  """Tokens that get loss in a mini-batch, over all terms (loss_mask * seq_mask); host rows."""
+  n = 0.0
   for sub in batch.values():
-    m = sub["loss_mask"].astype(jnp.float32)
-    if "seq_mask" in sub:
-      m = m * sub["seq_mask"].astype(jnp.float32)[:, None]
-    n = n + jnp.sum(m)
+    for g in groups(sub):
+      m = np.asarray(g["loss_mask"], np.float32)
+      if "seq_mask" in g:
+        m = m * np.asarray(g["seq_mask"], np.float32)[:, None]
+      n += float(m.sum())
   return n
 
 
-def update_step(state: TrainState, batch: Batch, frozen=None, *, terms: tuple, cfg: ModelConfig,
-                optimizer: optax.GradientTransformation, num_micro: int = 1,
-                chunk_size: int = 128, remat: bool | str = False,
-                lora: lora_lib.LoraConfig | None = None):
-  """One optimizer update. With `lora`, state.params are LoRA adapters and `frozen` the base
-  params they are merged into inside the loss (`lora.merge`): gradients, clipping and the
-  optimizer state cover the adapters only.
+def accumulate_step(params, acc: Accum, chunk, denominator, frozen=None, *, term,
+                    cfg: ModelConfig, chunk_size: int = 128, remat: bool | str = False,
+                    lora: lora_lib.LoraConfig | None = None):
+  """acc + the gradient of `term.weight * loss_sum(chunk) / denominator`, and the chunk's
+  metrics as (sum, count) pairs ('<term>/loss': (loss_sum, the chunk's own denominator), so
+  the pairs of all calls finalize to the term's loss). With `lora`, params are the adapters
+  and `frozen` the base they are merged into inside the loss."""
+  def scaled(p):
+    model = p if lora is None else lora_lib.merge(frozen, p, lora)
+    s, m = term.loss(model, chunk, cfg, chunk_size, remat)
+    return term.weight * s / denominator, (s, m)
+
+  (value, (s, m)), g = jax.value_and_grad(scaled, has_aux=True)(params)
+  metrics = {f"{term.name}/loss": (s, term.denominator(chunk))}
+  metrics.update({f"{term.name}/{k}": v for k, v in m.items()})
+  return Accum(grads=jax.tree.map(jnp.add, acc.grads, g), loss=acc.loss + value), metrics
+
+
+def apply_step(state: TrainState, acc: Accum, empty, *, optimizer: optax.GradientTransformation):
+  """The optimizer step on accumulated gradients.
 
   Skipped (params, optimizer state and its schedule unchanged) when the loss or gradient is
   non-finite (counted in `skipped` / `bad_streak`, metric 'update_skipped') or when no token
-  of the mini-batch gets loss, e.g. every group was filtered out (metric
+  of the mini-batch gets loss (`empty`), e.g. every group was filtered out (metric
   'update_skipped_empty'; AdamW would otherwise still move the moments, decay the weights and
   advance the schedule)."""
-  to_model = None if lora is None else (lambda p: lora_lib.merge(frozen, p, lora))
-  loss, grads, metrics = loss_and_grads(state.params, batch, terms=terms, cfg=cfg,
-                                        num_micro=num_micro, chunk_size=chunk_size,
-                                        remat=remat, to_model=to_model)
-  grad_norm = optax.tree.norm(grads)
-  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-  empty = loss_tokens(batch) == 0
+  grad_norm = optax.tree.norm(acc.grads)
+  finite = jnp.isfinite(acc.loss) & jnp.isfinite(grad_norm)
 
   def apply(_):
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    updates, opt_state = optimizer.update(acc.grads, state.opt_state, state.params)
     return optax.apply_updates(state.params, updates), opt_state
 
   params, opt_state = jax.lax.cond(finite & ~empty, apply,
@@ -193,36 +192,164 @@ def update_step(state: TrainState, batch: Batch, frozen=None, *, terms: tuple, c
   new = state.replace(step=state.step + (1 - bad) * (1 - skip_empty), params=params,
                       opt_state=opt_state, skipped=state.skipped + bad,
                       bad_streak=(state.bad_streak + bad) * bad)
-  out = losses.finalize_metrics(metrics)
-  out.update(loss=loss, grad_norm=grad_norm, update_skipped=bad,
-             update_skipped_empty=skip_empty)
-  return new, out
+  return new, dict(loss=acc.loss, grad_norm=grad_norm, update_skipped=bad,
+                   update_skipped_empty=skip_empty)
+
+
+def _sum_metrics(parts: list[dict]) -> dict[str, float]:
+  """Finalizes (sum, count) pairs added over calls, in float64 on the host (NaN: count 0)."""
+  sums: dict[str, list[float]] = {}
+  for m in parts:
+    for k, (s, c) in m.items():
+      acc = sums.setdefault(k, [0.0, 0.0])
+      acc[0] += float(s)
+      acc[1] += float(c)
+  return {k: (s / c if c > 0 else float("nan")) for k, (s, c) in sums.items()}
+
+
+class Updater:
+  """Updates a `TrainState` with the programs of the module docstring, built on first use per
+  (term, call shape) and per optimizer, with explicit shardings: params and the accumulator as
+  the state's params, every batch array split over the batch axes, metrics replicated; the
+  state is donated to `apply_step` and the accumulator from call to call.
+
+  state: the state as it is placed (its shardings are the programs'). frozen: with `lora`,
+  the base params (placed), an extra never-donated argument of every call.
+  """
+
+  def __init__(self, state: TrainState, mesh, *, cfg: ModelConfig, chunk_size: int = 128,
+               remat: bool | str = False, lora: lora_lib.LoraConfig | None = None,
+               frozen=None):
+    if lora is not None and frozen is None:
+      raise ValueError("Updater: lora is set but frozen (the base params) is None")
+    self.mesh, self.cfg, self.chunk_size, self.remat = mesh, cfg, chunk_size, remat
+    self.lora, self.frozen = lora, frozen
+    self.state_sh = ts.state_shardings(state, mesh)
+    rep = shd.replicated(mesh)
+    self.acc_sh = Accum(grads=self.state_sh.params, loss=rep)
+    self._frozen_sh = (None if frozen is None else
+                       jax.tree.map(lambda x: x.sharding, frozen))
+    self._programs: dict = {}
+
+  # -- the programs (public: si-plan lowers them from shapes)
+
+  def zeros_program(self):
+    """params -> a zero accumulator."""
+    if "zeros" not in self._programs:
+      self._programs["zeros"] = jax.jit(
+          lambda p: Accum(grads=jax.tree.map(jnp.zeros_like, p), loss=jnp.zeros((), jnp.float32)),
+          in_shardings=(self.state_sh.params,), out_shardings=self.acc_sh)
+    return self._programs["zeros"]
+
+  def accumulate_program(self, term, chunk_example: Mapping[str, Any]):
+    """(params, acc, chunk, denominator[, frozen]) -> (acc, metrics) for one term and the shape
+    of `chunk_example` (arrays or ShapeDtypeStructs)."""
+    shapes = tuple(sorted((k, tuple(v.shape), np.dtype(v.dtype).str)
+                          for k, v in chunk_example.items()))
+    key = ("acc", term, shapes)
+    if key not in self._programs:
+      rep = shd.replicated(self.mesh)
+      chunk_sh = {k: shd.batch_sharding(self.mesh, v.shape) for k, v in chunk_example.items()}
+      fn = shd.on_mesh(functools.partial(
+          accumulate_step, term=term, cfg=self.cfg, chunk_size=self.chunk_size,
+          remat=self.remat, lora=self.lora), self.mesh)
+      in_sh = (self.state_sh.params, self.acc_sh, chunk_sh, rep)
+      if self.lora is not None:
+        in_sh = in_sh + (self._frozen_sh,)
+      self._programs[key] = jax.jit(fn, in_shardings=in_sh, out_shardings=(self.acc_sh, rep),
+                                    donate_argnums=(1,))
+    return self._programs[key]
+
+  def apply_program(self, optimizer: optax.GradientTransformation):
+    """(state, acc, empty) -> (state, metrics); the state donated (the accumulator is freed
+    when dropped: no output has its shape)."""
+    key = ("apply", id(optimizer))
+    if key not in self._programs:
+      rep = shd.replicated(self.mesh)
+      self._programs[key] = (optimizer, jax.jit(
+          shd.on_mesh(functools.partial(apply_step, optimizer=optimizer), self.mesh),
+          in_shardings=(self.state_sh, self.acc_sh, rep), out_shardings=(self.state_sh, rep),
+          donate_argnums=(0,)))  # the optimizer is kept alive with its program (id key)
+    return self._programs[key][1]
+
+  # -- one update
+
+  def _put(self, x: np.ndarray, local: bool):
+    """Host rows -> what a program takes: this process's rows (`local`) or rows every process
+    holds in full, as global arrays (one process: the numpy array, placed by jit)."""
+    if jax.process_count() == 1:
+      return x
+    x = np.asarray(x)
+    if local:
+      shape = (x.shape[0] * jax.process_count(),) + x.shape[1:]
+      return multihost.to_global(x, shd.batch_sharding(self.mesh, shape))
+    return multihost.global_from_host(x, shd.batch_sharding(self.mesh, x.shape))
+
+  def __call__(self, state: TrainState, batch: Batch, *, terms: tuple, rows_per_call,
+               optimizer: optax.GradientTransformation, local: bool = True
+               ) -> tuple[TrainState, dict[str, float]]:
+    """One optimizer update on `batch` (host arrays: {term name: {key: [R, ...]}}, or a list
+    of such dicts of different widths for a term whose rows come in groups, e.g. SFT pairs
+    grouped by length; the term's denominator covers all its groups).
+
+    rows_per_call: {term name: rows per call} (or one int for every term), rows of the whole
+    run (with `local`, each process brings its share: rows_per_call / processes); every
+    term's rows must be a multiple of it.
+    Returns the new state and the update's metrics (host floats): 'loss', 'grad_norm',
+    'update_skipped', 'update_skipped_empty' and each term's '<term>/...'."""
+    by_name = {t.name: t for t in terms}
+    if set(by_name) != set(batch):
+      raise ValueError(f"Updater: terms {sorted(by_name)} but batch holds {sorted(batch)}")
+    dens, tokens = {}, loss_tokens(batch)
+    for name, sub in batch.items():
+      dens[name] = sum(float(by_name[name].denominator(g, xp=np)) for g in groups(sub))
+    if local and jax.process_count() > 1:  # every process holds its own rows: global sums
+      tot = multihost.allgather(np.asarray([tokens] + [dens[n] for n in batch], np.float64))
+      tot = tot.sum(axis=0)
+      tokens, dens = float(tot[0]), {n: float(v) for n, v in zip(batch, tot[1:])}
+    acc = self.zeros_program()(state.params)
+    parts = []
+    for name, sub in batch.items():
+      term = by_name[name]
+      per = rows_per_call if isinstance(rows_per_call, int) else rows_per_call[name]
+      if local:
+        per //= jax.process_count()
+      den = np.float32(max(dens[name], 1e-9))
+      for group in groups(sub):
+        rows = next(iter(group.values())).shape[0]
+        if per < 1 or rows % per:
+          raise ValueError(f"Updater: term {name!r} has {rows} rows, not a multiple of its "
+                           f"{per} rows per call")
+        for i in range(0, rows, per):
+          chunk = {k: v[i:i + per] for k, v in group.items()}
+          fn = self.accumulate_program(term, chunk)
+          args = (state.params, acc, {k: self._put(v, local) for k, v in chunk.items()}, den)
+          acc, m = fn(*(args + ((self.frozen,) if self.lora is not None else ())))
+          parts.append(m)
+    state, out = self.apply_program(optimizer)(state, acc, np.bool_(tokens == 0))
+    metrics = {k: float(v) if np.ndim(v) == 0 else v for k, v in jax.device_get(out).items()}
+    metrics["update_skipped"] = int(metrics["update_skipped"])
+    metrics["update_skipped_empty"] = int(metrics["update_skipped_empty"])
+    metrics.update(_sum_metrics(jax.device_get(parts)))
+    return state, metrics
 
 
 def make_update_fn(state: TrainState, batch_example: Batch, mesh, *, terms: tuple,
                    cfg: ModelConfig, optimizer, num_micro: int = 1, chunk_size: int = 128,
                    remat: bool | str = False, lora: lora_lib.LoraConfig | None = None,
                    frozen=None):
-  """`update_step` jitted with explicit shardings: state as it is placed (donated), every
-  batch array split over the batch axes, metrics replicated. With `lora`, `frozen` (the base
-  params, placed) is bound as an extra argument in its own shardings, never donated: the
-  returned function is still `(state, batch) -> (state, metrics)`."""
-  from si_jax.rl.train_state import state_shardings  # local: avoid a cycle at import
-  st_sh = state_shardings(state, mesh)
-  b_sh = jax.tree.map(lambda x: shd.batch_sharding(mesh, x.shape), batch_example)
-  fn = shd.on_mesh(functools.partial(update_step, terms=terms, cfg=cfg, optimizer=optimizer,
-                                     num_micro=num_micro, chunk_size=chunk_size, remat=remat,
-                                     lora=lora), mesh)
-  out_sh = (st_sh, shd.replicated(mesh))
-  if lora is None:
-    return jax.jit(fn, in_shardings=(st_sh, b_sh), out_shardings=out_sh, donate_argnums=(0,))
-  if frozen is None:
-    raise ValueError("make_update_fn: lora is set but frozen (the base params) is None")
-  f_sh = jax.tree.map(lambda x: x.sharding, frozen)
-  jitted = jax.jit(fn, in_shardings=(st_sh, b_sh, f_sh), out_shardings=out_sh,
-                   donate_argnums=(0,))
+  """`(state, batch) -> (state, metrics)`: an `Updater` whose terms each take `num_micro` calls
+  of the example batch's shape (every term's rows split into num_micro equal calls)."""
+  updater = Updater(state, mesh, cfg=cfg, chunk_size=chunk_size, remat=remat, lora=lora,
+                    frozen=frozen)
+  per = {}
+  for name, sub in batch_example.items():
+    rows = next(iter(sub.values())).shape[0]
+    if rows % num_micro:
+      raise ValueError(f"batch of {rows} rows does not split into {num_micro} micro-batches")
+    per[name] = rows // num_micro
 
   def step(state, batch):
-    return jitted(state, batch, frozen)
-  step.lower = lambda state, batch: jitted.lower(state, batch, frozen)  # as jit's, for AOT
+    return updater(state, batch, terms=terms, rows_per_call=per, optimizer=optimizer)
+  step.updater = updater
   return step
