@@ -105,16 +105,25 @@ def base_config() -> ml_collections.ConfigDict:
   # {"problem", "failed", "anchor" (may be null), "repaired"} lines; a fraction
   # repair_no_anchor_frac of them is shown without the anchor. reflection_pairs: reset-variant
   # pairs (failed solution -> \boxed{first wrong step}), synthetic task only.
+  # A batch's pairs are grouped by length (sft.py: length_buckets) and each group runs in
+  # update calls of call_rows rows (rounded up to the batch shards), one optimizer step per
+  # batch: a short pair is not padded to the longest one, and each bucket compiles once.
   c.sft = dict(steps=0, batch_size=64, num_traces=10000, error_rate=0.3, data_path="",
                repair_pairs=0, repair_no_anchor_frac=0.5, repair_data_path="",
-               reflection_pairs=0, microbatches=1, optim=_optim(1e-3))
+               reflection_pairs=0, call_rows=8, optim=_optim(1e-3))
 
   c.rl = dict(
       steps=100, loss="grpo", credit="outcome", prompts_per_step=16, group_size=8,
       max_new_tokens=64, temperature=1.0, top_p=1.0, top_k=0, epochs=1, minibatches=1,
       microbatches=1, success_threshold=1.0,
-      # the pack stage scores the packed rows (old / reference log-probs) in this many calls
+      # the pack stage scores the packed rows (old / reference log-probs) in calls of
+      # prompts_per_step x group_size / logprob_microbatches rows
       logprob_microbatches=1,
+      # Columns of the policy prompts (si_jax/shapes.py): 0 = the longest prompt of the train
+      # and eval splits, measured when the run starts. Every rollout, log-prob and update row
+      # of the policy is this wide, so each program compiles once; a longer prompt takes the
+      # next rung of the width ladder (one more compile, counted in compile/*).
+      max_prompt_len=0,
       ratio=_P(str), aggregation=_P(str), eps_low=_P(float), eps_high=_P(float),
       normalize_std=_P(bool), dynamic_sampling=_P(bool), overlong=_P(bool),
       overlong_buffer_frac=_P(float), max_sampling_rounds=4,
@@ -146,8 +155,23 @@ def base_config() -> ml_collections.ConfigDict:
       judge_dir="",                 # HF model dir of the judge gate
       judge_threshold=0.0,          # judge passes iff logp(yes) - logp(no) > threshold
       truncation_k=1,               # K of adaptive truncation (K, then 2K, then all edits)
+      # how a rung of K* is checked: "continue" = the policy continues the repair's prefix up
+      # to the end of the K-th edit (truncation_samples times; the rung passes when a
+      # fraction truncation_pass of them verify, 0 = any one); "graft" = the first K edits
+      # grafted into the failure's own suffix must verify (a propagated mistake never does)
+      truncation="continue",
+      truncation_samples=2,
+      truncation_pass=0.0,
+      both_sides=True,              # every edit gates a token on both sides (si/credit.py)
       adv_minus=1.0,                # advantage -adv_minus on g_minus tokens of the failure
       adv_plus=1.0,                 # advantage +adv_plus on g_plus tokens of the repair
+      adv_scale="fixed",            # "group": both times the failure's |group advantage|
+      gate_norm="gate",             # gated rows under seq_mean_token_mean: "gate" | "response"
+      plus="pg",                    # the repair under the policy prompt: "pg" | "is" | "sft"
+      plus_tis_cap=1.0,             # si.plus = "is": cap of the importance weight pi_old / rho
+      plus_weight=1.0,              # si.plus = "sft": weight of the NLL term "plus"
+      anchor_dropout=0.0,           # repair-mode NLL rows shown without their anchor
+      repair_copy_weight=1.0,       # repair-mode NLL weight of the tokens outside the edits
       train_correct_base=False,     # outcome credit on correct rollouts too
       unrepaired="outcome",         # failures without a kept repair: outcome | drop
       lambda_rep=0.5,               # weight of the repair-mode NLL term (internalization)
@@ -243,15 +267,17 @@ def validate(c: ml_collections.ConfigDict) -> None:
       raise _err(path, f"must be one of {list(options)}, got {v!r}")
 
   for p in ("rl.prompts_per_step", "rl.max_new_tokens", "rl.epochs", "rl.minibatches",
-            "rl.microbatches", "rl.logprob_microbatches", "sft.batch_size", "sft.microbatches", "eval.k",
+            "rl.microbatches", "rl.logprob_microbatches", "sft.batch_size", "sft.call_rows", "eval.k",
             "eval.max_new_tokens", "eval.batch_size", "checkpoint.keep",
             "rl.max_sampling_rounds", "log.progress_every", "si.repair_samples",
-            "si.reset_samples", "si.max_failed_per_prompt", "si.truncation_k"):
+            "si.reset_samples", "si.max_failed_per_prompt", "si.truncation_k",
+            "si.truncation_samples"):
     pos(p)
   for p in ("rl.steps", "sft.steps", "eval.every", "checkpoint.every", "eval.num_examples",
             "eval.num_samples_logged", "sft.repair_pairs", "sft.reflection_pairs",
-            "si.repair_max_new_tokens", "si.probe_examples", "rl.top_k"):
+            "si.repair_max_new_tokens", "si.probe_examples", "rl.top_k", "rl.max_prompt_len"):
     pos(p, allow_zero=True)
+
   if c.rl.group_size < 2:
     raise _err("rl.group_size", f"must be >= 2 (group-relative advantages), got "
                f"{c.rl.group_size}")
@@ -294,10 +320,16 @@ def validate(c: ml_collections.ConfigDict) -> None:
   choice("si.audit", AUDIT_GATES)
   if c.si.audit == "judge" and not c.si.judge_dir:
     raise _err("si.judge_dir", "must name an HF model directory when si.audit = 'judge'")
-  for p in ("si.lambda_edit", "si.copy_margin"):
+  choice("si.truncation", ("continue", "graft"))
+  choice("si.adv_scale", ("fixed", "group"))
+  choice("si.gate_norm", ("gate", "response"))
+  choice("si.plus", ("pg", "is", "sft"))
+  for p in ("si.lambda_edit", "si.copy_margin", "si.truncation_pass", "si.anchor_dropout"):
     frac(p)
-  for p in ("si.adv_minus", "si.adv_plus", "si.lambda_rep", "si.repair_rl_weight"):
+  for p in ("si.adv_minus", "si.adv_plus", "si.lambda_rep", "si.repair_rl_weight",
+            "si.plus_weight", "si.repair_copy_weight"):
     frac(p, 0.0, 100.0)
+  frac("si.plus_tis_cap", 1e-6, 1e6)
   for p in ("si.repair_temperature", "si.reflection_temperature"):
     if _get(c, p) <= 0:
       raise _err(p, f"must be > 0 (repairs are sampled), got {_get(c, p)}")

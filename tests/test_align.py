@@ -300,6 +300,101 @@ def test_truncation_names_a_verifier_that_miscounts():
     adaptive_truncation([failed], [repaired], [al, al], StubVerifier(), 1)
 
 
+# --- truncation by continuation ---------------------------------------------------------------
+
+
+class ChainPolicy:
+  """A scripted policy on a propagating chain: the failure is 1..n with value v_j at position j,
+  every value after a wrong one is computed from it (so every later value differs too). Its
+  continuation of a prefix recomputes the rest from the last value of the prefix, rightly
+  when `competent`; a continuation verifies iff the whole sequence is the correct chain.
+  attempt() returns, per prefix, the fraction of its `samples` continuations that verify."""
+
+  def __init__(self, correct, competent=True, samples=2):
+    self.correct, self.competent, self.samples = correct, competent, samples
+    self.calls = []
+
+  def __call__(self, pairs, prefixes, rung):
+    self.calls.append((rung, list(pairs), [list(p) for p in prefixes]))
+    out = []
+    for i, prefix in zip(pairs, prefixes):
+      good = self.correct[i]
+      right = prefix == good[:len(prefix)]
+      ok = [right and self.competent] * (self.samples - 1) + [False]  # one sample errs
+      out.append(sum(ok) / self.samples)
+    return out
+
+
+def _propagated(n_values: int, wrong_at: int):
+  """(failed, repaired): a chain whose value at `wrong_at` is wrong and propagates: every later
+  value is shifted too, so the repair differs from the failure at every value from there on
+  (separated by the unchanged operator tokens: one edit per value)."""
+  correct, failed = [], []
+  for j in range(n_values):
+    correct += [100 + j, 7]            # value, then an operator token both sides share
+    failed += [100 + j + (50 if j >= wrong_at else 0), 7]
+  return failed, correct
+
+
+def test_continuation_truncation_credits_a_propagated_mistake_at_its_first_edit():
+  """The graft of the first edit keeps the failure's later (wrong-carried) values and never
+  verifies: K* = all. The policy continuing the repair's prefix after the first edit
+  recomputes them: K* = K = 1. A policy that never finishes right leaves K* = all."""
+  from si_jax.si.truncate import continuation_truncation
+  pairs = [_propagated(5, 1), _propagated(4, 0), _propagated(3, 2)]
+  failed, repaired = [p[0] for p in pairs], [p[1] for p in pairs]
+  alignments = align_many(pairs)
+  assert [a.num_edits for a in alignments] == [4, 4, 1]
+
+  def graft_ok(rows, grafts):
+    return [g == repaired[i] for i, g in zip(rows, grafts)]
+
+  kstar, _ = adaptive_truncation(failed, repaired, alignments, graft_ok, 1)
+  assert kstar == [4, 4, 1]  # by graft: all edits, the downstream values are credited too
+
+  policy = ChainPolicy(repaired)
+  kstar, stats = continuation_truncation(repaired, alignments, policy, 1, pass_frac=0.5)
+  assert kstar == [1, 1, 1] and (stats.at_k, stats.at_2k, stats.at_all) == (2, 0, 1)
+  # one call per rung, the prefix ends with the first edit's repaired value
+  (rung, rows, prefixes), (rung2, rows2, _) = policy.calls
+  assert (rung, rows, rung2, rows2) == (0, [0, 1], 1, [])  # rung 2K: called with no pairs
+  assert prefixes[0] == repaired[0][:int(alignments[0].b_end[0])] == [100, 7, 101]
+  # a pass fraction above what the continuations reach: the rung does not pass
+  kstar, _ = continuation_truncation(repaired, alignments, ChainPolicy(repaired), 1,
+                                     pass_frac=1.0)
+  assert kstar == [4, 4, 1]
+  kstar, stats = continuation_truncation(repaired, alignments,
+                                         ChainPolicy(repaired, competent=False), 1, 1e-9)
+  assert kstar == [4, 4, 1] and stats.at_all == 3
+  with pytest.raises(ValueError, match="pass_frac must be in"):
+    continuation_truncation(repaired, alignments, policy, 1, pass_frac=0.0)
+  with pytest.raises(ValueError, match="attempt returned 1 results for 2 prefixes at K=1"):
+    continuation_truncation(repaired, alignments, lambda p, x, r: [1.0], 1, 0.5)
+
+
+def test_both_sides_gates_the_divergent_token_of_an_insertion_and_a_deletion():
+  """An insertion has no failed-side token and a deletion no repaired-side token; with
+  both_sides the token each side emitted where the other diverged carries the credit."""
+  skip = align([5, 6, 8, 9], [5, 6, 7, 8, 9])  # the failure skipped 7 (an insertion)
+  assert (skip.a_start[0], skip.a_end[0], skip.b_start[0], skip.b_end[0]) == (2, 2, 2, 3)
+  assert edit_arrays([skip], "failed")[1].tolist() == [[2]]  # empty: [2, 2)
+  start, end = edit_arrays([skip], "failed", both_sides=True)
+  assert (start.tolist(), end.tolist()) == ([[2]], [[3]])  # the failure's 8, where 7 was due
+  assert edit_arrays([skip], "repaired", both_sides=True)[1].tolist() == [[3]]  # unchanged
+  extra = align([5, 6, 7, 8, 9], [5, 6, 8, 9])  # the failure wrote a step too many
+  start, end = edit_arrays([extra], "repaired", both_sides=True)
+  assert (start.tolist(), end.tolist()) == ([[2]], [[3]])  # the repair's 8, where 7 was
+  tail = align([5, 6], [5, 6, 7])  # an insertion at the very end: the failure's last token
+  start, end = edit_arrays([tail], "failed", both_sides=True)
+  assert (start.tolist(), end.tolist()) == ([[1]], [[2]])
+  # placed in rows, the failed row of the skipped step is gated on its 8
+  credit = make_credit_fn(sharding.make_mesh(devices=jax.devices()[:1]))
+  s, e = edit_arrays([skip], "failed", both_sides=True)
+  gate, adv = credit(s, e, np.array([1], np.int32), np.array([3], np.int32),
+                     np.array([-1.0], np.float32), width=8)
+  assert gate.tolist() == [[0, 0, 0, 0, 0, 1, 0, 0]] and adv[0, 5] == -1.0
+
+
 # --- token credit: edits -> gates and advantages in packed rows -------------------------------
 
 
@@ -365,19 +460,26 @@ def test_credit_fn_equals_edit_masks_placed_at_the_offsets(devices):
     want = placed(als, kstar, offsets, width, side)
     np.testing.assert_array_equal(np.asarray(gate), want)
     np.testing.assert_array_equal(np.asarray(adv), value * want)
-    expected_sharding = sharding.batch_sharding(mesh, (len(als), width))
-    assert gate.sharding.is_equivalent_to(expected_sharding, 2)
-    assert len(gate.sharding.device_set) == devices
+    assert gate.shape == adv.shape == (len(als), width)
 
 
-def test_credit_fn_rows_not_divisible_by_the_mesh_are_replicated():
+def test_credit_fn_pads_rows_to_a_rung_of_the_mesh_one_program_per_rung():
+  """3, 5, 6 or 7 pairs on 8 devices run in the 8-row program (empty rows added and dropped):
+  the number of kept repairs varies every step, the compiled shapes do not."""
+  from si_jax import compilation
   credit = make_credit_fn(sharding.make_mesh(data=8))
-  als = align_many(random_pairs(3, seed=8))
-  kstar = np.array([al.num_edits for al in als], np.int32)
-  offsets = np.array([0, 4, 9], np.int32)
-  start, end = edit_arrays(als, "repaired")
-  gate, _ = credit(start, end, kstar, offsets, np.ones(3, np.float32), width=50)
-  np.testing.assert_array_equal(np.asarray(gate), placed(als, kstar, offsets, 50, "repaired"))
+  pairs = align_many(random_pairs(7, seed=8))
+  compiles = []
+  for n in (3, 5, 6, 7):
+    als = pairs[:n]
+    kstar = np.array([al.num_edits for al in als], np.int32)
+    offsets = (np.arange(n, dtype=np.int32) * 3) % 10
+    start, end = edit_arrays(als, "repaired", e_max=16)
+    with compilation.counter().since() as c:
+      gate, _ = credit(start, end, kstar, offsets, np.ones(n, np.float32), width=50)
+    compiles.append(c[0].compiles)
+    np.testing.assert_array_equal(gate, placed(als, kstar, offsets, 50, "repaired"))
+  assert compiles[1:] == [0, 0, 0]
 
 
 def test_credit_fn_many_edits_span_several_chunks():
@@ -423,7 +525,7 @@ def ladder(num_edits: int, marker_edit: int | None, k: int) -> int:
   return num_edits
 
 
-def test_end_to_end_from_id_lists_to_sharded_advantages():
+def test_end_to_end_from_id_lists_to_advantages_on_8_devices():
   """Pairs -> alignments -> adaptive truncation -> packed gates on an 8-device data mesh."""
   rng = np.random.default_rng(9)
   specs = []
@@ -445,7 +547,6 @@ def test_end_to_end_from_id_lists_to_sharded_advantages():
                        np.full(len(specs), value, np.float32), width=width)
     want = placed(alignments, kstar, offsets, width, side)
     np.testing.assert_array_equal(np.asarray(adv), value * want)
-    assert gate.sharding.spec[0] in ("data", ("data",))
     # Each gated row holds exactly its first K* edits' tokens (substitutions: 1 token each).
     np.testing.assert_array_equal(np.asarray(gate).sum(axis=1), kstar)
 

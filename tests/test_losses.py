@@ -400,3 +400,58 @@ def test_policy_loss_errors_name_the_problem():
     L.policy_loss(x, x, x, x, eps_low=1.0)
   with pytest.raises(ValueError, match=r"kl_estimator must be one of .*got 'k5'"):
     L.policy_loss(x, x, x, x, kl_estimator="k5")
+
+
+@pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean_token_mean",
+                                         "seq_mean_token_sum_norm"])
+def test_a_gated_token_weighs_what_a_response_token_weighs(aggregation):
+  """SI's gated rows (a gate over 2 of a row's 6 response tokens) with row_len = the response
+  length: under every aggregation the gradient on a gated token, per unit of advantage,
+  equals that on a token of a whole-response (outcome) row of the same length. Under
+  seq_mean_token_mean without row_len a 2-token gate weighs as much as a 6-token row: each of
+  its tokens 3x more."""
+  T = 6
+  lp = jnp.full((2, T), -1.0)
+  outcome_mask = jnp.ones((2, T)).at[1].set(0.0)                      # row 0: whole response
+  gate = jnp.zeros((2, T)).at[1, 2:4].set(1.0)                        # row 1: 2 gated tokens
+  mask = outcome_mask + gate
+  adv = 1.0 * mask
+  kw = dict(ratio="token", aggregation=aggregation, max_len=T, eps_low=0.2, eps_high=0.2)
+
+  def grad(row_len):
+    f = lambda x: (lambda s, d, _: s / d)(*L.policy_loss(x, lp, adv, mask, row_len=row_len,
+                                                              **kw))
+    return np.asarray(jax.grad(f)(lp))
+
+  g = grad(jnp.array([T, T], jnp.float32))
+  np.testing.assert_allclose(g[1, 2:4], g[0, 0], rtol=1e-6)
+  assert (g[1, :2] == 0).all() and (g[1, 4:] == 0).all()
+  g_gate = grad(None)  # today's "gate" normalization
+  if aggregation == "seq_mean_token_mean":
+    np.testing.assert_allclose(g_gate[1, 2], 3 * g_gate[0, 0], rtol=1e-6)
+  else:
+    np.testing.assert_allclose(g_gate, g, rtol=1e-6)  # row_len changes nothing there
+
+
+def test_truncated_importance_weight_of_rows_sampled_by_another_policy():
+  """behavior_logprobs: a row sampled under another policy (SI's repair under the repair
+  prompt) has its policy gradient scaled by sg(min(pi_old / behavior, cap)); other rows not."""
+  lp = jnp.array([[-1.0, -1.0], [-1.0, -1.0]])
+  old = lp
+  mask = jnp.ones((2, 2))
+  adv = jnp.ones((2, 2))
+  beh = jnp.array([[-1.0, -1.0], [-3.0, -0.5]])  # row 1: pi_old/beh = e^2, e^-0.5
+  rows = jnp.array([0.0, 1.0])
+  for ratio, want in (("token", [[1, 1], [1, np.exp(-0.5)]]),
+                      ("sequence", [[1, 1], [1, 1]])):  # the gate mean: exp(0.75), capped
+    f = lambda x: L.policy_loss(x, old, adv, mask, ratio=ratio, aggregation="token_mean",
+                                     eps_low=0.2, eps_high=0.2, behavior_logprobs=beh,
+                                     behavior_rows=rows, tis_cap=1.0)[0]
+    np.testing.assert_allclose(-np.asarray(jax.grad(f)(lp)), want, rtol=1e-6)
+  f = lambda x: L.policy_loss(x, old, adv, mask, ratio="token", aggregation="token_mean",
+                                   eps_low=0.2, eps_high=0.2, behavior_logprobs=beh,
+                                   behavior_rows=rows, tis_cap=2.0)
+  _, _, m = f(lp)
+  np.testing.assert_allclose(-np.asarray(jax.grad(lambda x: f(x)[0])(lp))[1], [2.0, np.exp(-0.5)],
+                             rtol=1e-6)
+  assert float(m["tis_weight"][0] / m["tis_weight"][1]) == pytest.approx((2 + np.exp(-0.5)) / 2)

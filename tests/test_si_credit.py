@@ -109,29 +109,29 @@ def test_reset_corrections_end_to_end(tmp_path, correction):
 
 
 def test_locate_and_prefix():
-  from si_jax.si import reset as reset_lib
+  from si_jax.si import locate as locate_lib
   texts = ["1+2=3\n3*3=9\nAnswer: 9", "7-1=6\nAnswer: 5"]
   refl = ["\\boxed{2}", "no box"]
-  assert reset_lib.locate("reset", texts, step_mode="lines", reflections=refl) == [2, None]
-  assert reset_lib.locate("oracle_reset", texts, step_mode="lines", truth=[1, None]) == [2, None]
-  assert reset_lib.locate("oracle_reset", texts, step_mode="lines", truth=[3, 0]) == [None, 1]
-  ks = reset_lib.locate("random_reset", texts * 50, step_mode="lines",
+  assert locate_lib.locate("reset", texts, step_mode="lines", reflections=refl) == [2, None]
+  assert locate_lib.locate("oracle_reset", texts, step_mode="lines", truth=[1, None]) == [2, None]
+  assert locate_lib.locate("oracle_reset", texts, step_mode="lines", truth=[3, 0]) == [None, 1]
+  ks = locate_lib.locate("random_reset", texts * 50, step_mode="lines",
                         rng=np.random.default_rng(0))
   assert set(ks[0::2]) == {1, 2, 3} and set(ks[1::2]) == {1, 2}
   with pytest.raises(ValueError, match="correction must be one of"):
-    reset_lib.locate("bogus", texts, step_mode="lines")
+    locate_lib.locate("bogus", texts, step_mode="lines")
 
 
 def test_prefix_ids_are_the_sampled_ids_before_the_step(tmp_path):
-  from si_jax.si import reset as reset_lib
+  from si_jax.si import locate as locate_lib
   from si_jax.tokenizer import Tokenizer, build_char_tokenizer
   tok = Tokenizer.from_dir(build_char_tokenizer(str(tmp_path)))
   text = "1+2=3\n3*3=9\nAnswer: 9"
   ids = tok.encode(text) + [tok.stop_ids[0]]
-  assert reset_lib.prefix_ids(tok, ids, text, 1, "lines") == []
-  p2 = reset_lib.prefix_ids(tok, ids, text, 2, "lines")
+  assert locate_lib.prefix_ids(tok, ids, text, 1, "lines") == []
+  p2 = locate_lib.prefix_ids(tok, ids, text, 2, "lines")
   assert p2 == ids[:len(p2)] and tok.decode(p2) == "1+2=3\n"
-  assert tok.decode(reset_lib.prefix_ids(tok, ids, text, 3, "lines")) == "1+2=3\n3*3=9\n"
+  assert tok.decode(locate_lib.prefix_ids(tok, ids, text, 3, "lines")) == "1+2=3\n3*3=9\n"
 
 
 # ----------------------------------------------------------------------------- repair credit,
@@ -146,7 +146,7 @@ class ScriptedSampler:
     self.stop_id = stop_id
     self.prompts = []
 
-  def generate(self, params, prompts, key, sp):
+  def generate(self, params, prompts, key, sp, *, width=0, rows=0):
     from si_jax.sampling import SampleOutput
     self.prompts.append([list(p) for p in prompts])
     outs = [self.responses.pop(0) for _ in prompts]
@@ -212,29 +212,38 @@ def _span(row_tokens, gate):
 
 
 def test_repair_credit_marks_the_decisive_tokens_of_failure_and_repair(tok):
-  from si_jax.si import credit as si_credit
+  from si_jax.si import repair as si_repair
   task, scored = _scored(tok, [SPACED, BAD])
   stop = tok.stop_ids[0]
   garbage = tok.encode("7*3")  # cut by the budget: no stop token -> audit 'truncated'
   repair = tok.encode(GOOD) + [stop]
-  sampler = ScriptedSampler([garbage, repair], stop)
+  # truncation by continuation: the policy continues the repair's prefix up to the end of its
+  # first edit ("3+4=7\n7*3=1"); one of its two continuations recomputes the answer right
+  right, wrong = tok.encode("\nAnswer: 1") + [stop], tok.encode("\nAnswer: 5") + [stop]
+  sampler = ScriptedSampler([garbage, repair, wrong, right], stop)
   ctx = _ctx(tok, task, sampler, repair_samples=2)
-  credit = si_credit.repair_credit(ctx, scored)
+  credit = si_repair.repair_credit(ctx, scored)
   m = credit.metrics
   assert m["si/requests"] == 1 and m["si/kept"] == 1 and m["si/repair_success"] == 1.0
   assert m["si/audit_block/truncated"] == 1 and m["si/candidate_success"] == 0.5
   # the repair prompt shows the failure and the correct sibling as the anchor
-  (prompts,) = sampler.prompts
-  assert "Failed:\n" + BAD in tok.decode(prompts[0])
-  assert "Reference:\n" + SPACED in tok.decode(prompts[0])
-  # edits: the two wrong values; K = 1 does not verify, 2K covers all -> K* = 2 (all)
-  assert (m["si/kstar_at_k"], m["si/kstar_at_all"], m["si/kstar_mean"]) == (0, 1, 2.0)
+  repair_prompts, cont_prompts = sampler.prompts
+  assert "Failed:\n" + BAD in tok.decode(repair_prompts[0])
+  assert "Reference:\n" + SPACED in tok.decode(repair_prompts[0])
+  # the continuations start from the policy prompt + the repair up to its first edit
+  assert len(cont_prompts) == 2 and tok.decode(cont_prompts[0]).endswith("3+4=7\n7*3=1")
+  # edits: the two wrong values (the result, and the answer that follows from it); the first
+  # alone lets the policy finish right: K* = K = 1, the answer is not credited
+  assert (m["si/kstar_at_k"], m["si/kstar_at_all"], m["si/kstar_mean"]) == (1, 0, 1.0)
+  assert m["tokens/credit_sampled"] == len(garbage) + len(repair) + len(right) + len(wrong)
   assert m["si/localization_precision"] == 1.0  # the first edit is in step 1, the true one
+  (detail,) = credit.details
+  assert detail["rung"] == "K" and detail["continuation"] == "3+4=7\n7*3=1\nAnswer: 1"
   policy, nll = credit.terms[0].rows, credit.terms[1].rows
   assert credit.terms[1].term.name == "repair" and policy["tokens"].shape[0] == 2
   minus, plus = policy["tokens"]
-  assert tok.decode(_span(minus, policy["loss_mask"][0])) == "22"  # 7*3=[2], Answer: [2]
-  assert tok.decode(_span(plus, policy["loss_mask"][1])) == "11"   # 7*3=[1], Answer: [1]
+  assert tok.decode(_span(minus, policy["loss_mask"][0])) == "2"  # 7*3=[2], Answer: 2
+  assert tok.decode(_span(plus, policy["loss_mask"][1])) == "1"   # 7*3=[1], Answer: 1
   assert (policy["advantages"][0][policy["loss_mask"][0] > 0] == -1.0).all()
   assert (policy["advantages"][1][policy["loss_mask"][1] > 0] == 1.0).all()
   assert policy["advantages"][:, :48].sum() == 0 and policy["loss_mask"][:, :48].sum() == 0
@@ -246,37 +255,48 @@ def test_repair_credit_marks_the_decisive_tokens_of_failure_and_repair(tok):
   # internalization: the NLL row is the repair prompt + the kept repair's ids
   assert nll["loss_mask"].sum() == len(repair)
   assert [int(t) for t in nll["tokens"][0][nll["loss_mask"][0] > 0]] == repair
-  assert m["si/active_token_ratio"] == pytest.approx(4 / (len(failed_ids) + len(repair)))
+  assert m["si/active_token_ratio"] == pytest.approx(2 / (len(failed_ids) + len(repair)))
+  # by graft (the failure's own suffix after the first edit: "Answer: 2") K = 1 cannot
+  # verify: the mistake propagated, and K* = all
+  sampler = ScriptedSampler([garbage, repair], stop)
+  credit = si_repair.repair_credit(_ctx(tok, task, sampler, repair_samples=2,
+                                        truncation="graft"), scored)
+  m = credit.metrics
+  assert (m["si/kstar_at_k"], m["si/kstar_at_all"], m["si/kstar_mean"]) == (0, 1, 2.0)
+  policy = credit.terms[0].rows
+  assert tok.decode(_span(policy["tokens"][0], policy["loss_mask"][0])) == "22"
+  assert tok.decode(_span(policy["tokens"][1], policy["loss_mask"][1])) == "11"
 
 
 def test_unrepaired_failures_take_the_configured_fallback(tok):
-  from si_jax.si import credit as si_credit
+  from si_jax.si import repair as si_repair
   task, scored = _scored(tok, [SPACED, BAD, BAD2])
   stop = tok.stop_ids[0]
   # m_fail = 1: one failure is requested and its repair does not verify, the other is not
   # requested; both take the fallback.
   for fallback, rows in (("outcome", 2), ("drop", 0)):
     sampler = ScriptedSampler([tok.encode(BAD2) + [stop]] * 2, stop)  # no repair verifies
-    credit = si_credit.repair_credit(_ctx(tok, task, sampler, unrepaired=fallback,
+    credit = si_repair.repair_credit(_ctx(tok, task, sampler, unrepaired=fallback,
                                           repair_samples=2, max_failed_per_prompt=1), scored)
     assert credit.metrics["si/kept"] == 0
     n = credit.terms[0].rows["tokens"].shape[0] if credit.terms else 0
     assert n == rows
   # without an anchor (an all-failed group) nothing is requested unless require_anchor=False
   task, scored = _scored(tok, [BAD, BAD2])
-  credit = si_credit.repair_credit(_ctx(tok, task, ScriptedSampler([], stop)), scored)
+  credit = si_repair.repair_credit(_ctx(tok, task, ScriptedSampler([], stop)), scored)
   assert credit.metrics["si/requests"] == 0
   sampler = ScriptedSampler([tok.encode(GOOD) + [stop]] * 4, stop)
-  credit = si_credit.repair_credit(_ctx(tok, task, sampler, require_anchor=False,
-                                        max_failed_per_prompt=2, audit="none"), scored)
+  credit = si_repair.repair_credit(_ctx(tok, task, sampler, require_anchor=False,
+                                        max_failed_per_prompt=2, audit="none",
+                                        truncation="graft"), scored)
   assert credit.metrics["si/requests"] == 2 and credit.metrics["si/kept"] == 2
   assert all("Reference" not in tok.decode(p) for p in sampler.prompts[0])
   # correct rollouts get outcome credit only with train_correct_base
   task, scored = _scored(tok, [GOOD, SPACED])
   ctx = _ctx(tok, task, ScriptedSampler([], stop), train_correct_base=True)
-  assert si_credit.repair_credit(ctx, scored).terms[0].rows["tokens"].shape[0] == 2
+  assert si_repair.repair_credit(ctx, scored).terms[0].rows["tokens"].shape[0] == 2
   ctx = _ctx(tok, task, ScriptedSampler([], stop))
-  assert si_credit.repair_credit(ctx, scored).terms == []
+  assert si_repair.repair_credit(ctx, scored).terms == []
 
 
 def test_gated_sequence_ratio_value_and_gradient_by_hand():
@@ -297,3 +317,49 @@ def test_gated_sequence_ratio_value_and_gradient_by_hand():
   g = jax.grad(lambda x: losses.policy_loss(x, old, adv, gate, **kw)[0])(lp)
   # d/dlp_t of mean_t(-A_t * sg(w) * exp(lp_t - sg(lp_t))) = -A_t * w / 2 on gated tokens
   np.testing.assert_allclose(np.asarray(g), [[w / 2, 0.0, w / 2, 0.0]], rtol=1e-6)
+
+
+def test_reset_without_signal_takes_the_outcome_fallback_and_reflections_are_weighted(tok):
+  """A reset whose M continuations all fail (or all succeed) carries no signal: the failure
+  keeps its outcome credit instead of getting nothing. Reflections whose reset found a correct
+  continuation are internalized with weight k / (the failure's steps): resetting from the
+  start (k = 1) is always possible and says little about where the mistake was."""
+  from si_jax.si import reset as si_reset
+  task, scored = _scored(tok, [GOOD, BAD])  # BAD: lines 7*3=2 (step 1) and the answer wrong
+  stop = tok.stop_ids[0]
+  wrong = tok.encode("7*3=5\nAnswer: 5") + [stop]
+  right = tok.encode("7*3=1\nAnswer: 1") + [stop]
+  ctx = _ctx(tok, task, ScriptedSampler([wrong] * 4, stop), correction="oracle_reset",
+             reset_samples=4)
+  credit = si_reset.reset_credit(ctx, scored)
+  m, policy = credit.metrics, credit.terms[0].rows
+  assert m["si/resets"] == 1 and m["si/resets_with_signal"] == 0
+  assert policy["tokens"].shape[0] == 1  # the failure itself, with its outcome advantage
+  assert (policy["advantages"][0][policy["loss_mask"][0] > 0] < 0).all()
+  ctx = _ctx(tok, task, ScriptedSampler([wrong, right, wrong, wrong], stop),
+             correction="oracle_reset", reset_samples=4)
+  credit = si_reset.reset_credit(ctx, scored)
+  policy = credit.terms[0].rows
+  assert credit.metrics["si/resets_with_signal"] == 1 and policy["tokens"].shape[0] == 4
+  # reflection (reset): "\boxed{2}" names line 2 of 3 (the first wrong one); its reset finds a
+  # correct continuation -> NLL with weight 2/3 on the reflection's tokens
+  refl = tok.encode("\\boxed{2}") + [stop]
+  ctx = _ctx(tok, task, ScriptedSampler([refl, wrong, right, wrong, wrong], stop),
+             correction="reset", reset_samples=4)
+  credit = si_reset.reset_credit(ctx, scored)
+  (nll,) = [t.rows for t in credit.terms if t.term.name == "repair"]
+  w = nll["loss_mask"][0][nll["loss_mask"][0] > 0]
+  assert len(w) == len(refl) and np.allclose(w, 2 / 3)
+
+
+def test_repair_rl_rows_recompute_old_logprobs_sampled_at_another_temperature(tok):
+  from si_jax.si import repair as si_repair
+  task, scored = _scored(tok, [SPACED, BAD])
+  stop = tok.stop_ids[0]
+  repair = tok.encode(GOOD) + [stop]
+  for temperature, has_old in ((1.0, True), (0.7, False)):
+    ctx = _ctx(tok, task, ScriptedSampler([repair] * 2, stop), repair_samples=2,
+               repair_rl=True, repair_temperature=temperature, truncation="graft")
+    (rl_term,) = [t for t in si_repair.repair_credit(ctx, scored).terms
+                  if t.term.name == "repair_rl"]
+    assert rl_term.rows["has_old"].tolist() == [has_old] * 2

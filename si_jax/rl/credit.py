@@ -5,8 +5,11 @@ their own sub-batches, plus its metrics:
 
     credit_fn(ctx: CreditContext, scored: Scored) -> Credit
 
-A credit function may carry an `evaluate(ctx, key) -> dict` attribute: metrics it adds to every
-evaluation (SI's held-out repair probe).
+A credit function may carry attributes: `evaluate(ctx, key) -> dict`, metrics it adds to every
+evaluation (SI's held-out repair probe); `capacity(config) -> {term name: rows}`, the most rows
+each of its terms can get per step, by which the trainer sizes the term's update calls
+(`batching.call_rows`; a term not named gets the policy term's calls); `summary`, the names
+of its metrics the trainer prints first -> last RL step at the end of a run.
 
 `outcome` (the GRPO family: one group-relative advantage per rollout, broadcast onto its tokens)
 is registered here; supervision internalization registers `si` (`si_jax.si.credit`). A new
@@ -79,6 +82,8 @@ class Credit:
   terms: list[TermRows]
   metrics: dict[str, float] = dataclasses.field(default_factory=dict)
   timing: dict[str, float] = dataclasses.field(default_factory=dict)
+  # optional, per credited item, what the credit did (for inspection; never trained on)
+  details: list[dict] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -86,6 +91,8 @@ class CreditContext:
   """What a credit function may use besides the scored rollouts.
 
   key(purpose): the step's PRNG key for a purpose (int), fold_in(fold_in(seed, step), purpose).
+  prompt_width: the run's policy prompt width (`si_jax/shapes.py`): sample and pack prompts
+    built from the policy's at widths derived from it, so every step compiles the same shapes.
   loss: the resolved loss fields (`configs.resolve_loss`).
   policy_term: the policy loss term built from config (`policy_term`).
   sampling_params: how the policy samples (temperature, stop ids, budget).
@@ -102,6 +109,7 @@ class CreditContext:
   loss: dict[str, Any]
   policy_term: update_lib.PolicyTerm
   sampling_params: Any
+  prompt_width: int = 0
 
 
 CreditFn = Callable[[CreditContext, Scored], Credit]
@@ -148,7 +156,8 @@ def policy_term(config, name: str = "policy", weight: float = 1.0,
     return update_lib.PolicyTerm(
         ratio=ratio or loss["ratio"], eps_low=loss["eps_low"], eps_high=loss["eps_high"],
         aggregation=loss["aggregation"], max_len=c.max_new_tokens, kl_beta=c.kl_beta,
-        kl_estimator=c.kl_estimator, temperature=c.temperature, name=name, weight=weight)
+        kl_estimator=c.kl_estimator, temperature=c.temperature, name=name, weight=weight,
+        tis_cap=config.si.plus_tis_cap)
   except ValueError as e:
     field = str(e).split(" ", 1)[0]
     raise ValueError(f"config.rl.{field} {str(e).split(' ', 1)[1]}") from None

@@ -29,6 +29,7 @@ from typing import Literal, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from si_jax.rl import advantages as adv_lib
 
@@ -37,6 +38,7 @@ __all__ = [
     "MAX_LOG_RATIO",
     "RATIOS",
     "aggregate",
+    "denominator",
     "finalize_metrics",
     "policy_loss",
     "sft_loss",
@@ -86,6 +88,7 @@ def aggregate(
     *,
     max_len: int | None = None,
     seq_mask: jax.Array | None = None,
+    row_len: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
   """Reduces per-token losses to (loss_sum, denominator) under an aggregation mode.
 
@@ -96,29 +99,58 @@ def aggregate(
     max_len: the constant of 'seq_mean_token_sum_norm' (e.g. max_new_tokens); required there.
     seq_mask: optional [B] bool/float, 0 for rows that are not part of the batch (padding
       rows); they get no loss and do not count as sequences.
+    row_len: optional [B], what each row's token sum is divided by under
+      'seq_mean_token_mean' instead of the row's own mask sum. A row whose mask is a gate over
+      part of its response (SI) passes the response length, so each gated token weighs what
+      a token of a whole-response row of that length weighs; the other aggregations weigh
+      every token alike already and ignore it.
 
   Returns:
     (loss_sum, denominator), float32 scalars; both add across micro-batches (of whole rows).
   """
   where = "aggregate"
-  m, rows = _effective_mask(mask, seq_mask, where)
+  m, _ = _effective_mask(mask, seq_mask, where)
   _check_shape("token_losses", token_losses, m.shape, where)
+  denom = denominator(mask, aggregation, max_len=max_len, seq_mask=seq_mask)
   l = jnp.where(m != 0, jnp.asarray(token_losses, jnp.float32), 0.0)
-  if aggregation == "token_mean":
-    return (m * l).sum(), m.sum()
   if aggregation == "seq_mean_token_mean":
     n = m.sum(axis=1)
     has_tokens = n > 0
+    if row_len is not None:
+      _check_shape("row_len", row_len, m.shape[:1], where)
+      n = jnp.maximum(jnp.asarray(row_len, jnp.float32), n)  # never below the row's own tokens
     per_seq = jnp.where(has_tokens, (m * l).sum(axis=1) / jnp.where(has_tokens, n, 1.0), 0.0)
-    return per_seq.sum(), has_tokens.astype(jnp.float32).sum()
-  if aggregation == "seq_mean_token_sum_norm":
-    if max_len is None:
-      raise ValueError(f"{where}: aggregation='seq_mean_token_sum_norm' (Dr.GRPO) needs "
-                       "max_len (e.g. the generation budget max_new_tokens), got None")
-    if isinstance(max_len, numbers.Number) and max_len <= 0:
-      raise ValueError(f"{where}: max_len must be > 0, got {max_len}")
-    return (m * l).sum(), rows.sum() * jnp.float32(max_len)
-  raise ValueError(f"{where}: aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+    return per_seq.sum(), denom
+  return (m * l).sum(), denom
+
+
+def denominator(mask, aggregation: str = "token_mean", *, max_len: int | None = None,
+                seq_mask=None, xp=jnp):
+  """The denominator of `aggregate` (see the module docstring): loss tokens, sequences with a
+  loss token, or sequences x max_len. It adds over row splits, so the update can take it from
+  the whole mini-batch before looping over calls. xp: jnp (traced) or np (host rows).
+
+  Returns a float32 scalar."""
+  where = "aggregate"
+  if aggregation not in AGGREGATIONS:
+    raise ValueError(f"{where}: aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+  if xp is jnp:
+    m, rows = _effective_mask(mask, seq_mask, where)
+  else:
+    m = np.asarray(mask, np.float32)
+    rows = (np.ones(m.shape[:1], np.float32) if seq_mask is None
+            else np.asarray(seq_mask, np.float32))
+    m = m * rows[:, None]
+  if aggregation == "token_mean":
+    return m.sum(dtype=xp.float32)
+  if aggregation == "seq_mean_token_mean":
+    return (m.sum(axis=1) > 0).astype(xp.float32).sum()
+  if max_len is None:
+    raise ValueError(f"{where}: aggregation='seq_mean_token_sum_norm' (Dr.GRPO) needs "
+                     "max_len (e.g. the generation budget max_new_tokens), got None")
+  if isinstance(max_len, numbers.Number) and max_len <= 0:
+    raise ValueError(f"{where}: max_len must be > 0, got {max_len}")
+  return rows.sum(dtype=xp.float32) * xp.float32(max_len)
 
 
 def policy_loss(
@@ -137,6 +169,10 @@ def policy_loss(
     kl_estimator: Literal["k1", "k2", "k3"] = "k3",
     seq_mask: jax.Array | None = None,
     entropy: jax.Array | None = None,
+    row_len: jax.Array | None = None,
+    behavior_logprobs: jax.Array | None = None,
+    behavior_rows: jax.Array | None = None,
+    tis_cap: float = 1.0,
 ) -> tuple[jax.Array, jax.Array, Metrics]:
   """Clipped surrogate policy loss (to minimize) of the GRPO family, per token, aggregated.
 
@@ -176,6 +212,14 @@ def policy_loss(
       sampled tokens is zero in expectation, and allowed with kl_beta = 0 (a metric only).
     seq_mask: optional [B], 0 for padding rows (no loss, not counted as sequences).
     entropy: optional [B, T] per-token policy entropy, only for the 'entropy' metric.
+    row_len: optional [B], see `aggregate` (SI's gated rows: their response lengths).
+    behavior_logprobs, behavior_rows: optional [B, T] log-probs of the tokens under the
+      policy that actually sampled them, for rows (behavior_rows [B] = 1) sampled by another
+      policy than the one `old_logprobs` describe (SI's repairs: sampled under the repair
+      prompt, trained under the policy prompt). Their policy-gradient term is multiplied by
+      the truncated importance weight sg(min(pi_old / behavior, tis_cap)): per token for
+      ratio='token', the gate-mean of the log-ratio per row for sequence ratios. Other rows
+      get weight 1.
 
   Returns:
     (loss_sum, denominator, metrics): float32 scalars and a dict name -> (sum, count):
@@ -239,6 +283,19 @@ def policy_loss(
 
   lo, hi = 1.0 - eps_low, 1.0 + eps_high
   pg = jnp.maximum(-adv * w, -adv * jnp.clip(w, lo, hi))  # [B, T]
+  tis = None
+  if behavior_logprobs is not None:
+    _check_shape("behavior_logprobs", behavior_logprobs, shape, where)
+    beh = sg(jnp.where(on, jnp.asarray(behavior_logprobs, jnp.float32), 0.0))
+    log_w = jnp.clip(old_lp - beh, -MAX_LOG_RATIO, MAX_LOG_RATIO)
+    if ratio != "token":
+      n = m.sum(axis=1, keepdims=True)
+      log_w = jnp.broadcast_to((m * log_w).sum(axis=1, keepdims=True) /
+                               jnp.where(n > 0, n, 1.0), shape)
+    rows = (jnp.ones(shape[:1], bool) if behavior_rows is None
+            else jnp.asarray(behavior_rows) != 0)
+    tis = jnp.where(rows[:, None], jnp.minimum(jnp.exp(log_w), tis_cap), 1.0)
+    pg = pg * tis
 
   if ref_logprobs is not None:
     _check_shape("ref_logprobs", ref_logprobs, shape, where)
@@ -249,7 +306,7 @@ def policy_loss(
     kl = None
     kl_term = jnp.zeros_like(pg)
 
-  agg = dict(aggregation=aggregation, max_len=max_len, seq_mask=seq_mask)
+  agg = dict(aggregation=aggregation, max_len=max_len, seq_mask=seq_mask, row_len=row_len)
   loss_sum, denom = aggregate(pg + kl_term, mask, **agg)
   pg_sum, _ = aggregate(pg, mask, **agg)
   kl_sum, _ = aggregate(kl_term, mask, **agg)
@@ -268,6 +325,8 @@ def policy_loss(
   }
   if kl is not None:
     metrics["kl_ref"] = _token_mean(kl, on)
+  if tis is not None:
+    metrics["tis_weight"] = _token_mean(tis, on & (tis != 1.0))
   if entropy is not None:
     _check_shape("entropy", entropy, shape, where)
     metrics["entropy"] = _token_mean(jnp.asarray(entropy, jnp.float32), on)

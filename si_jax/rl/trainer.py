@@ -24,6 +24,7 @@ Checkpoints and the KL reference then hold adapters only.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import json
@@ -36,12 +37,14 @@ import numpy as np
 from etils import epath
 
 from si_jax import checkpoint as ckpt_lib
+from si_jax import compilation
 from si_jax import configs
 from si_jax import evaluate as eval_lib
 from si_jax import metrics as metrics_lib
 from si_jax import multihost
 from si_jax import sampling
 from si_jax import sft as sft_lib
+from si_jax import shapes
 from si_jax import sharding as shd
 from si_jax import workdir as workdir_lib
 from si_jax.data import tasks as tasks_lib
@@ -164,22 +167,53 @@ class Run:
                                      data_cursor=0, eval_before=None, eval_history=[],
                                      seed=config.seed, config=configs.to_json(config))
     self.root_key = jax.random.key(config.seed)
-    self._update_fns: dict = {}
     self.ref_params = None
+    self.updater = update_lib.Updater(self.state, self.mesh, cfg=self.model_cfg,
+                                      chunk_size=config.model.logprob_chunk,
+                                      remat=config.model.remat, lora=self.lora, frozen=self.base)
+    c = config.rl
+    # Shapes (si_jax/shapes.py): every program an RL step runs takes them from here.
+    div = shd.batch_divisor(self.mesh)
+    self.rollout_rows = c.prompts_per_step * c.group_size
+    self.prompt_width = self._prompt_width()  # the policy prompts' columns
+    base = -(-self.rollout_rows // (c.minibatches * c.microbatches))
+    capacity = getattr(self.credit_fn, "capacity", None)  # rows per step of each term
+    caps = capacity(config) if capacity is not None else {}
+    self.call_rows = {name: batching.call_rows(base, cap, c.minibatches, div)
+                      for name, cap in caps.items()}
+    self.default_call_rows = batching.call_rows(base, None, c.minibatches, div)
     self.logprob_fn = batching.make_logprob_fn(
         self.model_cfg, self.mesh, param_sh, temperature=config.rl.temperature,
-        chunk_size=config.model.logprob_chunk, num_calls=config.rl.logprob_microbatches)
+        chunk_size=config.model.logprob_chunk,
+        rows_per_call=shapes.round_up(-(-self.rollout_rows // c.logprob_microbatches), div))
     self.recompute = batching.needs_recompute(config.rl.recompute_logprobs,
                                               self.policy_term.ratio, self.model_cfg.param_dtype)
-    c = config.rl
     self.sp = sampling.SamplingParams(max_new_tokens=c.max_new_tokens, temperature=c.temperature,
                                       top_p=c.top_p, top_k=c.top_k,
                                       stop_ids=self.tokenizer.stop_ids,
                                       pad_id=self.tokenizer.pad_id)
-    # packed rows per term: a multiple of every split of them (mini-, micro-batches, log-prob
-    # calls) times the batch shards
-    self.unit = (int(np.lcm(c.minibatches * c.microbatches, c.logprob_microbatches))
-                 * shd.batch_divisor(self.mesh))
+    self.compiles = compilation.counter()
+    self.compiled_from = self.compiles.now()  # this process's compilations, for the summary
+    self.compile_log: list[tuple[int, int]] = []  # (step, programs compiled) of RL steps
+
+  def _prompt_width(self) -> int:
+    """Columns of the policy prompts (rl.max_prompt_len, or the longest prompt of the train and
+    eval splits, measured once here): the sampler's prompts and the policy term's rows are
+    this wide, so each program compiles once. A longer prompt (rl.max_prompt_len set too
+    small) takes the next rung of the width ladder: one more compile, counted."""
+    c = self.config
+    if c.rl.max_prompt_len:
+      return shapes.round_up(c.rl.max_prompt_len, shapes.QUANTUM)
+    longest = 0
+    for split in (c.task.train_split, c.task.eval_split):
+      examples = self.task.examples(split)
+      texts = [self.tokenizer.prompt_text(ex.prompt, self.task.system_prompt) for ex in examples]
+      longest = max([longest] + [len(x) for x in self.tokenizer.encode_batch(texts)])
+    return shapes.round_up(longest, shapes.QUANTUM)
+
+  def term_call_rows(self, name: str) -> int:
+    """Rows per update call of loss term `name` (of the whole run; batching.call_rows)."""
+    return self.call_rows.get(name, self.default_call_rows)
 
   # -- checkpoints
 
@@ -213,33 +247,11 @@ class Run:
     return ckpt_lib.Checkpointer(os.path.join(self.workdir, "reference"), max_to_keep=1,
                                  async_save=False)
 
-  def update_fn(self, terms: tuple, batch: dict, optimizer, num_micro: int):
-    shapes = tuple(sorted((name, k, tuple(v.shape)) for name, sub in batch.items()
-                          for k, v in sub.items()))
-    key = (terms, shapes, id(optimizer), num_micro)
-    if key not in self._update_fns:
-      self._update_fns[key] = update_lib.make_update_fn(
-          self.state, batch, self.mesh, terms=terms, cfg=self.model_cfg, optimizer=optimizer,
-          num_micro=num_micro, chunk_size=self.config.model.logprob_chunk,
-          remat=self.config.model.remat, lora=self.lora, frozen=self.base)
-    return self._update_fns[key]
-
-  def _global_batch(self, batch: dict, local: bool) -> dict:
-    """Host rows -> what the update consumes: this process's rows (`local`) or rows every
-    process holds in full, as global arrays (with one process: the numpy arrays)."""
-    if jax.process_count() == 1:
-      return batch
-    put = multihost.to_global if local else multihost.global_from_host
-    def one(x):
-      x = np.asarray(x)
-      shape = (x.shape[0] * (jax.process_count() if local else 1),) + x.shape[1:]
-      return put(x, shd.batch_sharding(self.mesh, shape))
-    return jax.tree.map(one, batch)
-
-  def _apply_update(self, fn, batch) -> dict:
+  def _apply_update(self, batch: dict, terms: tuple, rows_per_call: dict, optimizer,
+                    local: bool) -> dict:
     self._policy = None  # a LoRA run's merged params go stale: free them for the update
-    self.state, m = fn(self.state, batch)
-    m = jax.device_get(m)
+    self.state, m = self.updater(self.state, batch, terms=terms, rows_per_call=rows_per_call,
+                                 optimizer=optimizer, local=local)
     if int(self.state.bad_streak) > self.config.rl.max_bad_steps:
       raise FloatingPointError(
           f"{int(self.state.bad_streak)} consecutive updates had a non-finite loss or "
@@ -257,7 +269,8 @@ class Run:
     res = eval_lib.evaluate(self.sampler, self.policy_params(), self.tokenizer, self.task,
                             [examples[i] for i in range(n)], k=c.k, temperature=c.temperature,
                             max_new_tokens=c.max_new_tokens, key=self.key(step, EVAL),
-                            batch_size=c.batch_size, threshold=self.config.rl.success_threshold)
+                            batch_size=c.batch_size, threshold=self.config.rl.success_threshold,
+                            width=self.prompt_width)
     self._log_samples(step, res["rows"][:c.num_samples_logged])
     out = {k: v for k, v in res.items() if k != "rows"}
     probe = getattr(self.credit_fn, "evaluate", None)
@@ -284,24 +297,28 @@ class Run:
   def run_sft(self, progress):
     c = self.config.sft
     prompts, responses = sft_lib.build(self.config, self.task, self.tokenizer)
-    plen = rollout.bucket_width(max(map(len, prompts)))
-    rlen = max(map(len, responses))
-    if plen + rlen > self.model_cfg.max_position_embeddings:
-      raise ValueError(f"SFT rows need {plen + rlen} tokens > model max_position_embeddings "
+    longest = max(len(p) + len(r) for p, r in zip(prompts, responses))
+    if longest > self.model_cfg.max_position_embeddings:
+      raise ValueError(f"SFT pairs need up to {longest} tokens > model max_position_embeddings "
                        f"{self.model_cfg.max_position_embeddings}")
     terms = (update_lib.NLLTerm(name="sft"),)
-    it = sft_lib.batches(prompts, responses, batch_size=c.batch_size, prompt_len=plen,
-                         response_len=rlen, pad_id=self.tokenizer.pad_id, seed=self.config.seed,
+    per_call = shapes.round_up(c.call_rows, shd.batch_divisor(self.mesh))
+    it = sft_lib.batches(prompts, responses, batch_size=c.batch_size, call_rows=per_call,
+                         pad_id=self.tokenizer.pad_id, seed=self.config.seed,
                          start_step=self.meta["step"])
     while self.meta["step"] < self.sft_steps:
       step = self.meta["step"]
       t0 = time.perf_counter()
-      batch = self._global_batch({"sft": next(it)}, local=False)
-      fn = self.update_fn(terms, batch, self.sft_opt, c.microbatches)
-      m = self._apply_update(fn, batch)
+      batch = {"sft": next(it)}
+      compiled: dict[str, compilation.CompileStats] = {}
+      with self.compiling("update", compiled):
+        m = self._apply_update(batch, terms, {"sft": per_call}, self.sft_opt, local=False)
       self.meta["step"] = step + 1
       out = {"phase": 0, "sft/nll": float(m["sft/nll"]), "grad_norm": float(m["grad_norm"]),
-             "update_skipped": int(m["update_skipped"]), "time/update": time.perf_counter() - t0}
+             "update_skipped": int(m["update_skipped"]), "time/update": time.perf_counter() - t0,
+             "sft/real_token_fraction": float(np.mean(np.concatenate(
+                 [g["input_mask"].reshape(-1) for g in batch["sft"]]))),
+             **compilation.stage_metrics(compiled)}
       progress.update(step + 1, nll=out["sft/nll"])
       if step + 1 < self.sft_steps or not self.rl_steps:
         self.writer.write(step + 1, out)
@@ -322,9 +339,16 @@ class Run:
     row = self._pending_row or {}
     self._pending_row = None
     if self.config.eval.num_examples:
-      self.meta["eval_before"] = self.evaluate(self.meta["step"])
+      compiled: dict[str, compilation.CompileStats] = {}
+      with self.compiling("eval", compiled):
+        self.meta["eval_before"] = self.evaluate(self.meta["step"])
       row.update({f"eval/{k}": v for k, v in self.meta["eval_before"].items()
                   if isinstance(v, (int, float))})
+      if "compile/compiles" in row:  # the last SFT step's row: add the evaluation's
+        row["compile/compiles"] += compiled["eval"].compiles
+        row["compile/cache_hits"] += compiled["eval"].cache_hits
+        row["compile/seconds"] += compiled["eval"].seconds
+      row["compile/compiles_eval"] = compiled["eval"].compiles
     if row:
       self.writer.write(self.meta["step"], row)
     self.save(force=True)
@@ -349,7 +373,7 @@ class Run:
         config=self.config, step=step, key=functools.partial(self.key, step),
         params=self.policy_params(), sampler=self.sampler, tokenizer=self.tokenizer,
         task=self.task, mesh=self.mesh, loss=self.loss, policy_term=self.policy_term,
-        sampling_params=self.sp)
+        sampling_params=self.sp, prompt_width=self.prompt_width)
 
   def sample_and_score(self, step: int, stream: PromptStream) -> credit_lib.Scored:
     """sample -> score, with DAPO's refill of groups whose rewards are all equal (up to
@@ -363,13 +387,14 @@ class Run:
     if not self.loss["dynamic_sampling"]:
       ro = rollout.sample(self.sampler, params, self.tokenizer, self.task,
                           stream.take(c.prompts_per_step)[share], self.key(step, ROLLOUT),
-                          self.sp, G)
+                          self.sp, G, width=self.prompt_width)
       return self.score(rollout.score(ro, self.task), np.ones(P, bool))
     kept, dropped, n_kept = [], [], 0
     for r in range(c.max_sampling_rounds):
       ro = rollout.sample(self.sampler, params, self.tokenizer, self.task,
                           stream.take(c.prompts_per_step)[share],
-                          jax.random.fold_in(self.key(step, ROLLOUT), r), self.sp, G)
+                          jax.random.fold_in(self.key(step, ROLLOUT), r), self.sp, G,
+                          width=self.prompt_width)
       ro = rollout.score(ro, self.task)
       keep = np.asarray(adv_lib.dynamic_sampling_keep(ro.rewards))
       kept.append(ro.select(keep))
@@ -398,10 +423,13 @@ class Run:
     return credit_lib.Scored(
         rollouts=ro, rewards=rewards, success=ro.rewards >= self.config.rl.success_threshold,
         group_mask=np.asarray(group_mask, bool),
-        prompt_len=rollout.bucket_width(multihost.global_max(max(map(len, ro.prompt_ids)))))
+        prompt_len=shapes.fit(multihost.global_max(max(map(len, ro.prompt_ids))),
+                              self.prompt_width))
 
   def pack(self, credit: credit_lib.Credit) -> tuple[list[credit_lib.TermRows], dict]:
-    return batching.prepare(credit.terms, unit=self.unit, params=self.policy_params(),
+    per_call = {tr.term.name: self.term_call_rows(tr.term.name) for tr in credit.terms}
+    return batching.prepare(credit.terms, rows_per_call=per_call,
+                            minibatches=self.config.rl.minibatches, params=self.policy_params(),
                             ref_params=self.ref_params, logprob_fn=self.logprob_fn,
                             recompute=self.recompute)
 
@@ -411,23 +439,32 @@ class Run:
     if not terms:  # nothing to train on this step
       return [{"update_skipped_empty": c.epochs * c.minibatches}]
     term_tuple = tuple(t.term for t in terms)
+    per_call = {t.term.name: self.term_call_rows(t.term.name) for t in terms}
     out = []
     for epoch in range(c.epochs):
       rng = np.random.default_rng([self.config.seed, step, SHUFFLE, epoch])
       for mb in batching.minibatches(terms, c.minibatches, rng):
-        mb = self._global_batch(mb, local=True)
-        fn = self.update_fn(term_tuple, mb, self.rl_opt, c.microbatches)
-        out.append(self._apply_update(fn, mb))
+        out.append(self._apply_update(mb, term_tuple, per_call, self.rl_opt, local=True))
     return out
 
-  def rl_step(self, step: int, stream: PromptStream) -> dict:
-    timer = metrics_lib.Timer()
-    scored = self.sample_and_score(step, stream)
-    with timer("credit"):
+  @contextlib.contextmanager
+  def compiling(self, stage: str, out: dict[str, compilation.CompileStats]):
+    """Counts what the block compiles into out[stage] (compile/* metrics)."""
+    with self.compiles.since() as stats:
+      yield
+    out[stage] = stats[0]
+
+  def rl_step(self, step: int, stream: PromptStream,
+              compiled: dict[str, compilation.CompileStats] | None = None) -> dict:
+    """One RL iteration; `compiled` receives what each stage compiled."""
+    timer, compiled = metrics_lib.Timer(), {} if compiled is None else compiled
+    with self.compiling("sample", compiled):
+      scored = self.sample_and_score(step, stream)
+    with timer("credit"), self.compiling("credit", compiled):
       credit = self.credit_fn(self.credit_context(step), scored)
-    with timer("pack"):
+    with timer("pack"), self.compiling("pack", compiled):
       terms, pack_metrics = self.pack(credit)
-    with timer("update"):
+    with timer("update"), self.compiling("update", compiled):
       upd = self.update(step, terms)
     return self.log_row(scored, credit, pack_metrics, upd, timer)
 
@@ -464,15 +501,20 @@ class Run:
     ev = self.config.eval
     while self.meta["step"] < self.total_steps:
       step = self.meta["step"]
-      out = multihost.reduce_metrics(self.rl_step(step, stream))
+      compiled: dict[str, compilation.CompileStats] = {}
+      out = multihost.reduce_metrics(self.rl_step(step, stream, compiled))
       self.meta["step"] = step + 1
       self.meta["data_cursor"] = stream.cursor
       if ev.every and ev.num_examples and (step + 1 - self.sft_steps) % ev.every == 0:
-        res = self.evaluate(step + 1)
+        with self.compiling("eval", compiled):
+          res = self.evaluate(step + 1)
         out.update({f"eval/{k}": v for k, v in res.items() if isinstance(v, (int, float))})
         self.meta["eval_history"].append(dict(step=step + 1, **res))
+      out.update(compilation.stage_metrics(compiled))  # this process's (they all compile alike)
+      self.compile_log.append((step + 1 - self.sft_steps, out["compile/compiles"]))
       self.writer.write(step + 1, out)
-      credit_metrics = {k: v for k, v in out.items() if k.startswith("si/")}
+      summary_keys = getattr(self.credit_fn, "summary", ())
+      credit_metrics = {k: v for k, v in out.items() if k in summary_keys}
       if step == self.sft_steps:
         self.meta["credit_first"] = credit_metrics
       self.meta["credit_last"] = credit_metrics
@@ -509,10 +551,17 @@ def train(config, workdir: str, run: Run | None = None) -> dict:
     progress.close()
     if run.ckpt.latest_step() != run.meta["step"]:  # the end of a run is always saved
       run.save(force=True)
+    comp = run.compiles.now() - run.compiled_from
     summary = dict(workdir=workdir, steps=run.meta["step"], resumed=resumed,
                    wall_s=time.perf_counter() - t_start, eval_before=run.meta["eval_before"],
                    credit_first=run.meta.get("credit_first"),
-                   credit_last=run.meta.get("credit_last"))
+                   credit_last=run.meta.get("credit_last"),
+                   # what this process compiled (a resumed run: since it resumed), and the
+                   # programs each RL step compiled, as [RL step, programs]
+                   compile=dict(compiles=comp.compiles, cache_hits=comp.cache_hits,
+                                seconds=comp.seconds,
+                                hit_rate=comp.cache_hits / comp.requests if comp.requests else 0.0,
+                                rl_steps=[list(x) for x in run.compile_log]))
     if config.eval.num_examples and run.rl_steps:
       hist = run.meta["eval_history"]
       last = hist[-1] if hist and hist[-1]["step"] == run.meta["step"] else None
@@ -521,10 +570,24 @@ def train(config, workdir: str, run: Run | None = None) -> dict:
       if multihost.is_primary():
         _print_summary(summary, config.eval.k)
     if multihost.is_primary():
+      print(compile_line(summary["compile"]), flush=True)
       (epath.Path(workdir) / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
   finally:
     run.close()
+
+
+# RL steps that may compile: the first steps meet every program of the run once (repairs,
+# evaluations, a second mini-batch shape); after them a run should compile nothing.
+WARMUP_STEPS = 5
+
+
+def compile_line(comp: dict) -> str:
+  """One line on what a run compiled (summary['compile'])."""
+  late = [f"{s} ({n})" for s, n in comp["rl_steps"] if s > WARMUP_STEPS and n]
+  return (f"compilation: {comp['compiles']} programs compiled, {comp['cache_hits']} read from "
+          f"the persistent cache (hit rate {comp['hit_rate']:.2f}), {comp['seconds']:.1f} s; "
+          f"RL steps after step {WARMUP_STEPS} that compiled: {', '.join(late) or 'none'}")
 
 
 def _print_summary(summary: dict, k: int):
@@ -539,8 +602,7 @@ def _print_summary(summary: dict, k: int):
     line += f" before RL {before[name]:.3f} ->" if before and name in before else ""
     print(f"{line} after RL {after[name]:.3f}", flush=True)
   first, last = summary.get("credit_first") or {}, summary.get("credit_last") or {}
-  shown = [n for n in ("si/repair_success", "si/active_token_ratio", "si/kstar_mean",
-                       "si/localization_precision", "si/audit_block_rate") if n in last]
+  shown = list(last)  # the credit function's summary metrics (its `summary` attribute)
   if shown:
     print("during RL (training rollouts, first -> last RL step):", flush=True)
     for name in shown:

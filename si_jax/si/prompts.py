@@ -32,7 +32,7 @@ import re
 from si_jax.data.steps import segment_steps
 
 __all__ = [
-    "REPAIR_INSTRUCTION", "REFLECTION_INSTRUCTION", "repair_prompt", "parse_repair",
+    "REPAIR_INSTRUCTION", "REFLECTION_INSTRUCTION", "repair_prompt", "repair_prompt_ids", "parse_repair",
     "reflection_prompt", "reflection_target", "parse_reflection",
 ]
 
@@ -58,6 +58,12 @@ def repair_prompt(problem_text: str, failed: str, anchor: str | None = None,
   if anchor is not None:
     parts += ["Reference:", _block(anchor)]
   return "\n".join(parts)
+
+
+def repair_prompt_ids(tokenizer, problem: str, failed: str, anchor: str | None,
+                      system: str | None = None, instruction: str | None = None) -> list[int]:
+  """`repair_prompt` in the tokenizer's chat template (with the task's system prompt), ids."""
+  return tokenizer.prompt_ids(repair_prompt(problem, failed, anchor, instruction), system)
 
 
 def _after_thinking(text: str) -> str | None:

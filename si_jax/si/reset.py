@@ -1,91 +1,130 @@
-"""Correction by reset (DESIGN 5.3): locate a step k of a failed rollout, resample from before it.
+"""SI by reset (DESIGN 5.3, si.correction = "reset" | "random_reset" | "oracle_reset").
 
-  reset:        the model, in reflection mode (`prompts.reflection_prompt`: told only that the
-                answer is wrong, shown the steps numbered), answers `\\boxed{k}` (1-based),
-                parsed robustly (`prompts.parse_reflection`; no box or k out of range: no reset).
-  random_reset: k uniform over the failed rollout's steps (RRPO).
-  oracle_reset: k = the true first wrong step + 1, where the task knows it (synthetic tasks);
-                the upper bound of localization.
+For each selected failure: locate a step k (`locate.py`: the model's reflection, a random step,
+or the task's true first wrong step), keep the failure's sampled ids before step k, and let the
+policy continue M = si.reset_samples times from `policy prompt + prefix`. The continuations get
+suffix-only advantages, group-relative within their M.
 
-The prefix is the failed rollout's token ids before step k (steps as `segment_steps` cuts the
-decoded text with the task's step mode; the token boundary is found by decoding prefixes, so
-the ids are the sampled ones, never re-tokenized). M continuations are sampled from
-`policy prompt + prefix` with the remaining token budget; their suffix-only advantages are
-group-relative within the M continuations of one reset.
+* A reset whose M continuations all score alike carries no signal (its group advantages are
+  0): the failure then takes the outcome fallback (si.unrepaired), like a failure without a
+  kept repair, instead of getting nothing.
+* "reset" internalizes its reflections by NLL: only those whose reset found a correct
+  continuation (steps before k were right), weighted by k / (the failure's step count). Any k
+  up to the true first wrong step can find one, so an unweighted NLL favours k = 1 (a reset
+  from the start is just resampling); the weight favours the latest k that still worked.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import numpy as np
 
+from si_jax import metrics as metrics_lib
+from si_jax import multihost
 from si_jax.data.steps import segment_steps
-from si_jax.si import prompts
+from si_jax.rl import advantages as adv_lib
+from si_jax.rl import credit as credit_lib
+from si_jax.rl import rollout
+from si_jax.si import locate as locate_lib
+from si_jax.si import rows as rows_lib
 
-__all__ = ["CORRECTIONS", "char_to_token", "token_to_char", "step_of_char", "locate",
-           "reflection_prompt_ids"]
-
-CORRECTIONS = ("reset", "random_reset", "oracle_reset")
-
-
-def token_to_char(tokenizer, ids: Sequence[int], j: int) -> int:
-  """Character offset in decode(ids) where token j starts (= len(decode(ids[:j])))."""
-  return len(tokenizer.decode(list(ids[:j])))
+__all__ = ["reset_credit"]
 
 
-def char_to_token(tokenizer, ids: Sequence[int], pos: int) -> int:
-  """The number of leading tokens whose text ends at or before character `pos` of
-  decode(ids): the largest j with len(decode(ids[:j])) <= pos (binary search)."""
-  lo, hi = 0, len(ids)
-  while lo < hi:
-    mid = (lo + hi + 1) // 2
-    if token_to_char(tokenizer, ids, mid) <= pos:
-      lo = mid
-    else:
-      hi = mid - 1
-  return lo
+def reset_credit(ctx: credit_lib.CreditContext, scored: credit_lib.Scored) -> credit_lib.Credit:
+  c, cfg = ctx.config.si, ctx.config
+  ro, tok, task = scored.rollouts, ctx.tokenizer, ctx.task
+  timer = metrics_lib.Timer()
+  with timer("locate"):
+    requests = rows_lib.select(ctx, scored, require_anchor=False)  # resets show no anchor
+    texts = [ro.texts[r.row] for r in requests]
+    refl_prompts, refl_ids, refl_texts = [], [], None
+    if c.correction == "reset" and multihost.any_true(bool(requests)):  # collective sampling
+      refl_prompts = [locate_lib.reflection_prompt_ids(tok, ro.examples[r.group].prompt, t,
+                                                       task.step_mode, task.system_prompt)
+                      for r, t in zip(requests, texts)]
+      refl_ids, _, _ = rollout.generate(
+          ctx.sampler, ctx.params, refl_prompts, ctx.key(rows_lib.REFLECT),
+          rows_lib.sampling_params(ctx, c.reflection_temperature, rows_lib.repair_budget(cfg)),
+          width=rows_lib.repair_prompt_width(ctx), rows=rows_lib.max_requests(cfg))
+      refl_texts = [tok.decode(x) for x in refl_ids]
+    truth = [task.first_wrong_step(ro.examples[r.group], t) for r, t in zip(requests, texts)]
+    ks = locate_lib.locate(c.correction, texts, step_mode=task.step_mode,
+                           reflections=refl_texts, truth=truth,
+                           rng=rows_lib.rng(ctx.key(rows_lib.RESET)))
 
+  with timer("reset"):
+    budget = cfg.rl.max_new_tokens
+    resets = []  # (request index, prefix ids)
+    for i, (r, k) in enumerate(zip(requests, ks)):
+      if k is None:
+        continue
+      prefix = locate_lib.prefix_ids(tok, ro.response_ids[r.row], texts[i], k, task.step_mode)
+      if len(prefix) < budget:
+        resets.append((i, prefix))
+    M = c.reset_samples
+    row_prompts = ro.row_prompt_ids()
+    conts, cont_lps = rows_lib.continue_prefixes(
+        ctx, [row_prompts[requests[i].row] for i, _ in resets for _ in range(M)],
+        [p for _, p in resets for _ in range(M)], ctx.key(rows_lib.RESET),
+        rows=rows_lib.max_requests(cfg) * M)
+    rewards = np.zeros((len(resets), M), np.float32)
+    if conts:
+      full = [tok.decode(resets[j // M][1] + conts[j]) for j in range(len(conts))]
+      exs = [ro.examples[requests[resets[j // M][0]].group] for j in range(len(conts))]
+      rewards = np.asarray([v.reward for v in task.score(exs, full)],
+                           np.float32).reshape(len(resets), M)
 
-def step_of_char(steps, pos: int) -> int:
-  """Index of the step holding character `pos` (the last step for pos at the very end)."""
-  for i, s in enumerate(steps):
-    if s.start <= pos < s.end:
-      return i
-  return len(steps) - 1
+  with timer("credit_rows"):
+    signal = rewards.std(axis=1) > 0  # a reset whose continuations all tie teaches nothing
+    adv = np.asarray(adv_lib.group_advantages(rewards, normalize_std=ctx.loss["normalize_std"]))
+    responses, old, gate, advs, prm = [], [], [], [], []
+    for j, cont in enumerate(conts):
+      n = j // M
+      if not signal[n]:
+        continue
+      i, prefix = resets[n]
+      responses.append(prefix + cont)
+      old.append(np.concatenate([np.zeros(len(prefix), np.float32), cont_lps[j]]))
+      gate.append(np.concatenate([np.zeros(len(prefix)), np.ones(len(cont))]).astype(np.float32))
+      advs.append(float(adv[n, j % M]))
+      prm.append(row_prompts[requests[i].row])
+    parts = []
+    if responses:
+      parts.append(rows_lib.with_row_len(ctx, credit_lib.rollout_rows(
+          prm, responses, prompt_len=scored.prompt_len,
+          completion_len=rows_lib.completion_width(cfg), pad_id=tok.pad_id, advantages=advs,
+          old_logprobs=old, gate=gate), [len(x) for x in responses]))
+    success = rewards >= cfg.rl.success_threshold
+    corrected = {requests[i].row for n, (i, _) in enumerate(resets) if signal[n]}
+    parts.append(rows_lib.base_rows(ctx, scored, corrected))
+    policy = rows_lib.concat(parts)
+    nll = None
+    if c.correction == "reset" and resets:
+      good = [(i, n) for n, (i, _) in enumerate(resets) if success[n].any()]
+      if good:
+        weights = [np.full(len(refl_ids[i]), ks[i] / max(len(segment_steps(
+            texts[i], task.step_mode)), 1), np.float32) for i, _ in good]
+        nll = rows_lib.nll_rows([refl_prompts[i] for i, _ in good],
+                                [refl_ids[i] for i, _ in good], tok.pad_id,
+                                rows_lib.repair_budget(cfg), rows_lib.repair_prompt_width(ctx),
+                                weights)
 
-
-def reflection_prompt_ids(tokenizer, problem: str, failed_text: str, step_mode: str,
-                          system: str | None = None) -> list[int]:
-  return tokenizer.prompt_ids(prompts.reflection_prompt(problem, failed_text, step_mode), system)
-
-
-def locate(correction: str, texts: Sequence[str], *, step_mode: str,
-           reflections: Sequence[str] | None = None, truth: Sequence[int | None] | None = None,
-           rng: np.random.Generator | None = None) -> list[int | None]:
-  """The 1-based step k to reset to for each failed text, or None (no reset).
-
-  reset: parsed from `reflections`; random_reset: uniform with `rng`; oracle_reset: truth + 1
-  (0-based first wrong steps, None when unknown).
-  """
-  out = []
-  for i, text in enumerate(texts):
-    n = len(segment_steps(text, step_mode))
-    if n == 0:
-      out.append(None)
-    elif correction == "reset":
-      out.append(prompts.parse_reflection(reflections[i], num_steps=n))
-    elif correction == "random_reset":
-      out.append(int(rng.integers(1, n + 1)))
-    elif correction == "oracle_reset":
-      t = truth[i]
-      out.append(None if t is None or t >= n else int(t) + 1)
-    else:
-      raise ValueError(f"locate: correction must be one of {CORRECTIONS}, got {correction!r}")
-  return out
-
-
-def prefix_ids(tokenizer, ids: Sequence[int], text: str, k: int, step_mode: str) -> list[int]:
-  """The failed rollout's ids before (1-based) step k."""
-  steps = segment_steps(text, step_mode)
-  return list(ids[:char_to_token(tokenizer, ids, steps[k - 1].start)])
+  cont_tokens = sum(len(x) for x in conts)
+  all_tokens = sum(len(p) for _, p in resets) * M + cont_tokens
+  loc = [ks[i] - 1 == truth[i] for i, _ in resets if truth[i] is not None]
+  m = {
+      "si/failed": int((~scored.success & scored.group_mask[:, None]).sum()),
+      "si/requests": len(requests),
+      "si/located": rows_lib.mean([k is not None for k in ks], 0.0),
+      "si/resets": len(resets),
+      "si/resets_with_signal": int(signal.sum()),
+      "si/repair_success": rows_lib.mean(success.any(axis=1), 0.0) if resets else 0.0,
+      "si/candidate_success": rows_lib.mean(success, 0.0) if resets else 0.0,
+      "si/reset_step_mean": rows_lib.mean([ks[i] for i, _ in resets]),
+      "si/active_token_ratio": cont_tokens / all_tokens if all_tokens else float("nan"),
+      "si/localization_precision": rows_lib.mean(loc),
+      "si/policy_rows": int(policy["tokens"].shape[0]) if policy else 0,
+      "tokens/credit_sampled": cont_tokens + sum(len(x) for x in refl_ids),
+  }
+  return credit_lib.Credit(terms=rows_lib.terms(ctx, policy, nll), metrics=m,
+                           timing=timer.summary())

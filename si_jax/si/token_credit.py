@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from si_jax import shapes
 from si_jax import sharding
 from si_jax.si.align import Alignment
 
@@ -50,7 +51,8 @@ def _bucket(n: int) -> int:
 
 
 def edit_arrays(alignments: Sequence[Alignment], side: Side,
-                e_max: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                e_max: int | None = None, both_sides: bool = False
+                ) -> tuple[np.ndarray, np.ndarray]:
   """Pads the edits of one side of R alignments into (start, end), int32 [R, E_max].
 
   Args:
@@ -58,6 +60,10 @@ def edit_arrays(alignments: Sequence[Alignment], side: Side,
     side: 'failed' -> (a_start, a_end); 'repaired' -> (b_start, b_end).
     e_max: padded width; None = the smallest power of two >= the largest edit count (so a
       jitted consumer sees few distinct shapes).
+    both_sides: every edit credits a token on both sides. An edit that is empty on this side
+      (a pure insertion seen from the failure, a pure deletion seen from the repair) then
+      covers this side's token at the point of divergence: the token this side emitted where
+      the other side emitted something else (the last token if the edit is at the very end).
 
   Padding entries are empty edits start = end = 0, which gate nothing.
   """
@@ -77,8 +83,16 @@ def edit_arrays(alignments: Sequence[Alignment], side: Side,
   start = np.zeros((len(alignments), e_max), np.int32)
   end = np.zeros((len(alignments), e_max), np.int32)
   if len(rows):
-    start[rows, cols] = np.concatenate([getattr(a, lo) for a in alignments])
-    end[rows, cols] = np.concatenate([getattr(a, hi) for a in alignments])
+    s_, e_ = (np.concatenate([getattr(a, lo) for a in alignments]),
+              np.concatenate([getattr(a, hi) for a in alignments]))
+    if both_sides:
+      length = np.repeat([a.len_a if side == "failed" else a.len_b for a in alignments],
+                         counts)
+      empty = (s_ == e_) & (length > 0)
+      s_ = np.where(empty, np.minimum(s_, length - 1), s_)
+      e_ = np.where(empty, s_ + 1, e_)
+    start[rows, cols] = s_
+    end[rows, cols] = e_
   return start, end
 
 
@@ -158,10 +172,12 @@ def make_credit_fn(mesh: Mesh) -> Callable[..., tuple[jax.Array, jax.Array]]:
 
   Returns credit_fn(start, end, kstar, offset, value, *, width) -> (gate, advantages), taking
   host arrays (checked: shapes, non-negative, edits within the width) and returning [R, W]
-  arrays sharded like `sharding.batch_sharding` (replicated when R does not divide evenly).
-  Edit columns at or past the largest kstar (bucketed to a power of two) are dropped before
-  the jit: they gate nothing. One compilation per (R, used E_max, W).
+  numpy arrays. Edit columns at or past the largest kstar (bucketed to a power of two, at
+  least EDIT_CHUNK) are dropped before the jit: they gate nothing. Rows are padded to the
+  `shapes.rung` of the batch shards (empty rows), so the pairs of a step, whose number varies,
+  compile one program per rung, E_max bucket and W, not one per count.
   """
+  divisor = sharding.batch_divisor(mesh)
 
   @functools.lru_cache(maxsize=None)
   def compiled(rows: int, e_max: int, width: int):
@@ -172,12 +188,22 @@ def make_credit_fn(mesh: Mesh) -> Callable[..., tuple[jax.Array, jax.Array]]:
                    in_shardings=(edges, edges, per_row, per_row, per_row),
                    out_shardings=(out, out))
 
-  def credit_fn(start, end, kstar, offset, value, *, width: int):
+  def credit_fn(start, end, kstar, offset, value, *, width: int, rows: int = 0):
+    """rows: the most rows such a call gets in a run; fewer are padded to it (one shape)."""
     if width < 1:
       raise ValueError(f"credit: width must be >= 1, got {width}")
     start, end, kstar, offset, value = _host_inputs(start, end, kstar, offset, value, width)
-    used = min(start.shape[1], _bucket(int(kstar.max(initial=0))))  # later edits are inactive
-    start, end = start[:, :used], end[:, :used]
-    return compiled(start.shape[0], used, int(width))(start, end, kstar, offset, value)
+    used = min(start.shape[1], max(EDIT_CHUNK, _bucket(int(kstar.max(initial=0)))))
+    start, end = start[:, :used], end[:, :used]  # later edits are inactive
+    if used < EDIT_CHUNK:  # one shape for every K* up to EDIT_CHUNK
+      pad = ((0, 0), (0, EDIT_CHUNK - used))
+      start, end, used = np.pad(start, pad), np.pad(end, pad), EDIT_CHUNK
+    R = start.shape[0]
+    rows = shapes.fit(R, rows, divisor)
+    if rows != R:  # empty rows: no active edit, zero advantage
+      grow = lambda x: np.concatenate([x, np.zeros((rows - R,) + x.shape[1:], x.dtype)])
+      start, end, kstar, offset, value = map(grow, (start, end, kstar, offset, value))
+    gate, adv = compiled(rows, used, int(width))(start, end, kstar, offset, value)
+    return np.asarray(gate)[:R], np.asarray(adv)[:R]
 
   return credit_fn
