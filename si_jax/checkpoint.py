@@ -49,6 +49,7 @@ import logging
 import math
 import os
 import sys
+import warnings
 from typing import Any, Callable, Mapping
 
 from etils import epath
@@ -203,8 +204,26 @@ class _DropNoSpaceLogs(logging.Filter):
     return not ("No space left on device" in text or "os_error_code='28'" in text)
 
 
+def _drop_closed_loop_noise(hook):
+  """sys.unraisablehook without the 'Event loop is closed' errors of a failed save: writes
+  still in flight when Orbax gave up finish later and cannot call back into its closed
+  event loop; tensorstore reports each as unraisable."""
+  def drop(u):
+    if isinstance(u.exc_value, RuntimeError) and str(u.exc_value) == "Event loop is closed":
+      return
+    hook(u)
+  drop.si_jax_quiet = True
+  return drop
+
+
 @contextlib.contextmanager
 def _quiet_no_space():
+  """Quiet the parts of a failed save that repeat its error: Orbax's and asyncio's logged
+  tracebacks, and the stragglers' closed-loop errors. The unraisable-hook filter is installed
+  by the first save and stays (stragglers of a failed save report after it has raised; it
+  drops nothing else)."""
+  if not getattr(sys.unraisablehook, "si_jax_quiet", False):
+    sys.unraisablehook = _drop_closed_loop_noise(sys.unraisablehook)
   filt = _DropNoSpaceLogs()
   loggers = [logging.getLogger(), logging.getLogger("absl")]
   for lg in loggers:
@@ -227,7 +246,9 @@ def _collect_abandoned_writes() -> None:
   hook = sys.unraisablehook
   sys.unraisablehook = lambda _: None
   try:
-    gc.collect()
+    with warnings.catch_warnings():  # "coroutine ... was never awaited"
+      warnings.simplefilter("ignore", RuntimeWarning)
+      gc.collect()
   finally:
     sys.unraisablehook = hook
 
@@ -346,8 +367,9 @@ class Checkpointer:
           "meta_sha256": checksum_lib.json_digest(meta)})
     needed = self._needed_bytes(state)
     self._pending = (step, needed)
-    with self._on_no_space(step, needed):
-      self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+    self._or_no_space(
+        lambda: self._manager.save(step, args=ocp.args.Composite(**items), force=True),
+        step, needed)
     if not self._async:
       self._pending = None
     return True
@@ -360,20 +382,19 @@ class Checkpointer:
       return _dir_bytes(epath.Path(self._directory) / str(latest))
     return int(sum(getattr(x, "nbytes", np.asarray(x).nbytes) for x in jax.tree.leaves(state)))
 
-  @contextlib.contextmanager
-  def _on_no_space(self, step: int, needed: int):
-    """Turns a full disk during a save into NoSpaceError, removing the partial checkpoint."""
+  def _or_no_space(self, fn: Callable[[], Any], step: int, needed: int) -> Any:
+    """fn(), with a full disk turned into NoSpaceError and the partial checkpoint removed."""
     try:
       with _quiet_no_space():
-        yield
-    except NoSpaceError:
-      raise
+        return fn()
     except Exception as e:  # pylint: disable=broad-except
-      if not is_no_space(e):
+      if isinstance(e, NoSpaceError) or not is_no_space(e):
         raise
+    # Out of the except block, the failed save's frames are free: collect what it left.
+    with _quiet_no_space():
       _collect_abandoned_writes()
-      self._discard_partial(step)
-      raise NoSpaceError(step, self._directory, needed) from None
+    self._discard_partial(step)
+    raise NoSpaceError(step, self._directory, needed)
 
   def _discard_partial(self, step: int) -> None:
     """Removes `<step>.orbax-checkpoint-tmp*` (what a failed save leaves); process 0 does."""
@@ -584,8 +605,7 @@ class Checkpointer:
     if step is None:
       self._manager.wait_until_finished()
       return
-    with self._on_no_space(step, needed):
-      self._manager.wait_until_finished()
+    self._or_no_space(self._manager.wait_until_finished, step, needed)
     self._pending = None
 
   def close(self) -> None:

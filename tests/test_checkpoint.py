@@ -1,5 +1,6 @@
 """Tests for si_jax.checkpoint: round trips, retention, sharded restore, errors, kill mid-save."""
 
+import errno
 import glob
 import importlib.util
 import os
@@ -352,6 +353,70 @@ def test_checkpoints_without_checksums_restore_unverified_with_a_warning(tmp_pat
     restored, _ = ckpt.restore(abstract_of(state))
   assert_trees_equal(restored, state)
   assert "has no checksums" in caplog.text
+
+
+# --- a full disk -----------------------------------------------------------------------------
+
+
+def _full_disk_for(monkeypatch, step: int) -> None:
+  """Orbax's writes into checkpoint `step`'s temporary folder go to /dev/full: the kernel
+  answers ENOSPC, as a full filesystem did in a tmpfs probe (at this very call)."""
+  from orbax.checkpoint._src.path import async_path
+  real = async_path.write_text
+
+  async def write_text(path, text, **kwargs):
+    if f"/{step}.orbax-checkpoint-tmp" in os.fspath(path):
+      with open("/dev/full", "w", encoding="utf-8") as f:
+        f.write(text)
+    return await real(path, text, **kwargs)
+
+  monkeypatch.setattr(async_path, "write_text", write_text)
+
+
+def test_a_full_disk_is_one_error_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch,
+                                                                    capfd):
+  with Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, _random_state(1), {"s": 1})
+    used = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(tmp_path / "1")
+               for f in fs)
+    capfd.readouterr()
+    _full_disk_for(monkeypatch, 2)
+    with pytest.raises(ckpt_lib.NoSpaceError) as e:
+      ckpt.save(2, _random_state(2), {"s": 2})
+    assert str(e.value) == (f"no space left on device while saving checkpoint 2 to {tmp_path} "
+                            f"(needed about {used / 1e6:.1f} MB)")
+    assert e.value.errno == errno.ENOSPC and e.value.step == 2
+    assert sorted(os.listdir(tmp_path)) == ["1"]  # no 2.orbax-checkpoint-tmp left behind
+    assert ckpt.all_steps() == [1]
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err and "No space left" not in out + err, out + err
+    monkeypatch.undo()  # room made: the previous checkpoint restores, the same step saves
+    state, meta = ckpt.restore(abstract_of(_random_state(0)))
+    assert_trees_equal(state, _random_state(1))
+    assert meta == {"s": 1}
+    assert ckpt.save(2, _random_state(2), {"s": 2})
+    assert_trees_equal(ckpt.restore(abstract_of(_random_state(0)))[0], _random_state(2))
+
+
+def test_no_space_is_read_from_oserrors_and_from_tensorstore_messages():
+  # tensorstore's error for a data write on a full tmpfs (recorded from a probe, paths cut)
+  ts_error = ValueError(
+      'RESOURCE_EXHAUSTED: Error writing "opt_state.1.0.count/0" in OCDBT database at local '
+      'file "/w/checkpoints/4.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/ocdbt.process_0/"'
+      ': Failed writing: "/w/checkpoints/4.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/ocdbt'
+      '.process_0/d/866c4db36c74ec923c6dbb4d0df52f08": Failed to write 95513 bytes to file 21: '
+      "No space left on device [os_error_code='28']")
+  assert ckpt_lib.is_no_space(ts_error)
+  assert ckpt_lib.is_no_space(OSError(errno.ENOSPC, "No space left on device"))
+  try:
+    try:
+      raise ts_error
+    except ValueError as inner:
+      raise RuntimeError("a save failed") from inner
+  except RuntimeError as outer:
+    assert ckpt_lib.is_no_space(outer)  # found through the chain
+  assert not ckpt_lib.is_no_space(OSError(errno.EACCES, "Permission denied"))
+  assert not ckpt_lib.is_no_space(ValueError("RESOURCE_EXHAUSTED: out of memory"))
 
 
 # --- sharded restore on 8 simulated CPU devices ----------------------------------------------
