@@ -7,14 +7,20 @@ avg@k: mean reward over k samples per problem. pass@k: unbiased estimate (Chen e
 from n >= k samples of the chance that one of k is correct (correct: reward >= the success
 threshold, config rl.success_threshold for a run). maj@k: the reward of the answer most of the
 k samples agree on (ties: the earliest sample's answer).
+
+Mistakes (a bad flag, an unknown task option, a missing data dir, a checkpoint that does not
+verify) are one line on stderr, `si-eval: error: ...`, and exit code 2, as in si-train
+(SI_TRACEBACK=1 shows the traceback).
 """
 
 from __future__ import annotations
 
+import argparse
 import collections
 import json
 import math
 import os
+import sys
 from typing import Sequence
 
 import jax
@@ -119,13 +125,32 @@ def write_tables(results: dict[str, dict], out_dir: str, name: str = "eval") -> 
   return md, js
 
 
+class _Error(Exception):
+  """A mistake of the user's: one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+  def error(self, message: str):
+    raise _Error(message)
+
+
 def main(argv=None) -> int:
-  import argparse
+  """si-eval; returns the exit code (2 with one line on stderr for a mistake)."""
+  try:
+    return _main(argv)
+  except (_Error, ValueError, FileNotFoundError, KeyError, NotADirectoryError) as e:
+    if os.environ.get("SI_TRACEBACK") == "1":
+      raise
+    print(f"si-eval: error: {str(e).strip(chr(39) + chr(34))}", file=sys.stderr, flush=True)
+    return 2
+
+
+def _main(argv=None) -> int:
   from si_jax import workdir as workdir_lib
   from si_jax.data import tasks as tasks_lib
   from si_jax.tokenizer import Tokenizer
 
-  ap = argparse.ArgumentParser(prog="si-eval", description=__doc__.split("\n")[0])
+  ap = _Parser(prog="si-eval", description=__doc__.split("\n")[0])
   src = ap.add_mutually_exclusive_group(required=True)
   src.add_argument("--workdir", help="a si-train workdir (its latest checkpoint and config)")
   src.add_argument("--hf_dir", help="an HF checkpoint directory (with its tokenizer)")
@@ -174,6 +199,7 @@ def main(argv=None) -> int:
     run = workdir_lib.load_run(args.workdir, step=args.step, mesh=mesh)
     cfg, params, tok, model_cfg = run["config"], run["params"], run["tokenizer"], run["model_cfg"]
     own = {} if args.task else cfg.task.kwargs.to_dict()
+    tasks_lib.check_options(args.task or cfg.task.name, task_kwargs or {}, "--task_kwargs")
     task = tasks_lib.get_task(args.task or cfg.task.name, **{**own, **(task_kwargs or {})})
     threshold = cfg.rl.success_threshold
     split = args.split or cfg.task.eval_split
@@ -188,6 +214,7 @@ def main(argv=None) -> int:
     model_cfg, params = hf.load_hf(args.hf_dir,
                                    shardings=lambda c: shd.param_shardings(c, mesh))
     tok = Tokenizer.from_dir(args.hf_dir)
+    tasks_lib.check_options(args.task, task_kwargs or {}, "--task_kwargs")
     task = tasks_lib.get_task(args.task, **(task_kwargs or {}))
     split = args.split or "test"
     temperature = 0.0 if args.temperature is None else args.temperature

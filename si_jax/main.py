@@ -6,12 +6,16 @@ the run.
 
 Mistakes in the command or the config stop the run before any work with one line on stderr and
 exit code 2: an unknown field (`unknown config field config.rl.grop_size; did you mean
-config.rl.group_size?`), a bad value, a missing data file or column. Set SI_TRACEBACK=1 to see
-the traceback instead. Errors after the run has started keep their traceback.
+config.rl.group_size?`), a bad value, a missing data file or column. So do, once the run has
+started, a full disk (`no space left on device while saving checkpoint N to PATH (needed about
+X MB)`; the checkpoints already saved are kept) and a checkpoint that does not verify where no
+fall-back is possible or wanted (README, Reliability). Set SI_TRACEBACK=1 to see the traceback
+instead. Other errors after the run has started keep their traceback.
 """
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import os
 import re
@@ -32,6 +36,10 @@ _OVERRIDE_RE = re.compile(r"^--config\.([A-Za-z0-9_.]+)(=.*)?$")
 def _fail(msg: str) -> None:
   print(f"si-train: error: {msg}", file=sys.stderr, flush=True)
   raise SystemExit(2)
+
+
+def _no_space(e: BaseException) -> bool:
+  return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def _load_config_file(spec: str):
@@ -73,14 +81,29 @@ def _main(argv):
     multihost.initialize_from_env()
   except ValueError as e:
     _fail(str(e))
+  from si_jax import checkpoint as ckpt_lib
   from si_jax.rl import trainer
+  traceback = os.environ.get("SI_TRACEBACK") == "1"
   try:
     run = trainer.Run(_CONFIG.value, _WORKDIR.value)
   except (ValueError, FileNotFoundError, KeyError) as e:
-    if os.environ.get("SI_TRACEBACK") == "1":
+    if traceback:
       raise
     _fail(str(e).strip("'\""))
-  trainer.train(_CONFIG.value, _WORKDIR.value, run=run)
+  except OSError as e:
+    if traceback or not _no_space(e):
+      raise
+    _fail(f"no space left on device: {e}")
+  try:
+    trainer.train(_CONFIG.value, _WORKDIR.value, run=run)
+  except (ckpt_lib.NoSpaceError, ckpt_lib.CheckpointCorruptError) as e:
+    if traceback:
+      raise
+    _fail(str(e))
+  except OSError as e:  # a full disk elsewhere (metrics, samples, the KL reference)
+    if traceback or not _no_space(e):
+      raise
+    _fail(f"no space left on device: {e}")
 
 
 def run():

@@ -14,8 +14,9 @@ end-of-sequence ids among the tokenizer's stop ids; another vocabulary size or o
 tokens than the tokenizer the model directory ships) is refused, naming both.
 
 A workdir's `config.json` is the config of the run that wrote its checkpoints. A different config
-on a workdir that holds a checkpoint is refused, naming the fields that differ; a workdir
-without a checkpoint (a run that died before its first save) is simply taken over.
+on a workdir that holds a checkpoint is refused, naming the fields that differ (except
+`RESUME_FIELDS`, which only steer the resume); a workdir without a checkpoint (a run that died
+before its first save) is simply taken over.
 
 Workdir files go through `etils.epath`, so a workdir may be `gs://...` wherever the filesystem
 backend is installed (Orbax writes the checkpoints); model and tokenizer directories are read
@@ -44,6 +45,8 @@ INIT_PURPOSE = 3  # PRNG purpose of parameter init (shared with the trainer's pu
 LORA_PURPOSE = 5  # PRNG purpose of LoRA adapter init (the trainer's are 1-4 and >= 10)
 CONFIG_FILE = "config.json"
 CHECKPOINTS = "checkpoints"
+# Fields that say how a workdir is resumed, not what the run is: they may differ between starts.
+RESUME_FIELDS = ("checkpoint.on_corrupt",)
 
 
 def _has_tokenizer(path: str) -> bool:
@@ -233,7 +236,8 @@ def claim(config, workdir: str) -> None:
   new = configs.to_dict(config)
   if path.exists() and has_checkpoint(workdir):
     old = json.loads(path.read_text())
-    diff = _diff(old, new, defaults=configs.to_dict(configs.base_config()))
+    diff = [d for d in _diff(old, new, defaults=configs.to_dict(configs.base_config()))
+            if d not in RESUME_FIELDS]
     if diff:
       raise ValueError(
           f"{workdir} holds a run with a different config ({path}); differing fields: "

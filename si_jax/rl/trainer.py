@@ -28,6 +28,7 @@ import functools
 import io
 import json
 import os
+import sys
 import time
 from typing import Any
 
@@ -184,10 +185,17 @@ class Run:
   # -- checkpoints
 
   def restore(self) -> bool:
-    step = self.ckpt.latest_step()
-    if step is None:
+    """Resumes from the newest checkpoint that verifies (config.checkpoint.on_corrupt)."""
+    found = self.ckpt.restore_latest_good(
+        ts.abstract_state(self.state),
+        fall_back=self.config.checkpoint.get("on_corrupt", "fall_back") == "fall_back")
+    if found is None:
       return False
-    self.state, meta = self.ckpt.restore(ts.abstract_state(self.state), step)
+    self.state, meta, step, skipped = found
+    for e in skipped if multihost.is_primary() else ():
+      print(f"si-train: warning: {e}; moved it to {e.moved_to} and resuming from checkpoint "
+            f"{step} (with config.checkpoint.on_corrupt=refuse the run would stop instead)",
+            file=sys.stderr, flush=True)
     self.meta.update(meta)
     self.writer.truncate_after(self.meta["step"])
     return True
