@@ -11,6 +11,10 @@ started, a full disk (`no space left on device while saving checkpoint N to PATH
 X MB)`; the checkpoints already saved are kept) and a checkpoint that does not verify where no
 fall-back is possible or wanted (README, Reliability). Set SI_TRACEBACK=1 to see the traceback
 instead. Other errors after the run has started keep their traceback.
+
+SIGTERM (a preemption notice) stops the run at the next step boundary: every process saves that
+step and si-train exits with code 75 (`si_jax.preemption.EXIT_CODE`), "resume me"; run the same
+command again to continue.
 """
 
 from __future__ import annotations
@@ -82,6 +86,7 @@ def _main(argv):
   except ValueError as e:
     _fail(str(e))
   from si_jax import checkpoint as ckpt_lib
+  from si_jax import preemption
   from si_jax.rl import trainer
   traceback = os.environ.get("SI_TRACEBACK") == "1"
   try:
@@ -96,6 +101,9 @@ def _main(argv):
     _fail(f"no space left on device: {e}")
   try:
     trainer.train(_CONFIG.value, _WORKDIR.value, run=run)
+  except preemption.Preempted as e:  # every process saved the same step
+    print(f"si-train: {e}", file=sys.stderr, flush=True)
+    raise SystemExit(preemption.EXIT_CODE) from None
   except (ckpt_lib.NoSpaceError, ckpt_lib.CheckpointCorruptError) as e:
     if traceback:
       raise

@@ -285,6 +285,27 @@ def test_a_full_disk_is_one_line_exit_2_and_the_run_resumes_where_it_was(smoke_r
   _same_run(smoke_run / "run", w)
 
 
+def test_sigterm_saves_the_step_exits_75_and_the_restart_is_the_same_run(smoke_run, tmp_path):
+  w, cache, ready = tmp_path / "run", smoke_run / "jax_cache", tmp_path / "ready"
+  # Paused at the start of RL step 8 (tests/fault_boot.py), SIGTERM from outside.
+  p = _run(w, cache_dir=cache, wait=False,
+           env={"SI_FAULT_PAUSE_STEP": "8", "SI_FAULT_READY": str(ready)})
+  while not ready.exists():
+    assert p.poll() is None, p.communicate()
+    time.sleep(0.05)
+  os.kill(int(ready.read_text()), signal.SIGTERM)
+  rc, out, err = _finish(p)
+  # Step 8 finished, checkpoint 9 saved (not a multiple of checkpoint.every), exit 75.
+  assert rc == 75, err
+  assert err == [f"si-train: preempted (SIGTERM): saved checkpoint 9 to {w}/checkpoints; exit "
+                 f"code 75 means 'resume me': run the same command again"], err
+  assert workdir_lib.load_run(str(w))["step"] == 9
+  assert not os.path.exists(w / "summary.json")
+  rc, out, err = _run(w, cache_dir=cache)
+  assert rc == 0 and f"resumed {w} at step 9/10" in out, err
+  _same_run(smoke_run / "run", w)
+
+
 def _flip_bytes(path, n: int = 64) -> None:
   data = bytearray(open(path, "rb").read())
   mid = len(data) // 2

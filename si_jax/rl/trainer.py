@@ -41,6 +41,7 @@ from si_jax import configs
 from si_jax import evaluate as eval_lib
 from si_jax import metrics as metrics_lib
 from si_jax import multihost
+from si_jax import preemption as preemption_lib
 from si_jax import sampling
 from si_jax import sft as sft_lib
 from si_jax import sharding as shd
@@ -159,6 +160,7 @@ class Run:
                                       # every=0: only the forced saves (hand-over, end)
                                       save_every=config.checkpoint.every or 10**9)
     self.writer = metrics_lib.MetricsWriter(workdir, tensorboard=config.log.tensorboard)
+    self.preemption = preemption_lib.Monitor()  # SIGTERM -> save at a step boundary, exit
     self._pending_row: dict | None = None
     # phase 'sft' until start_rl ran (also with sft.steps = 0: it evaluates the initial policy)
     self.meta: dict[str, Any] = dict(step=0, phase="sft",
@@ -201,7 +203,15 @@ class Run:
     return True
 
   def save(self, force: bool = False):
-    self.ckpt.save(self.meta["step"], self.state, self.meta, force=force)
+    """Checkpoints the step just finished if due (or forced), or if a preemption notice
+    reached any process: then every process saves this same step and raises Preempted."""
+    step = self.meta["step"]
+    stop = self.preemption.reached(step)  # collective: every process, every boundary
+    self.ckpt.save(step, self.state, self.meta,
+                   force=force or (stop and self.ckpt.latest_step() != step))
+    if stop:
+      self.ckpt.wait()
+      raise preemption_lib.Preempted(step, self.ckpt.directory, self.preemption.signalled)
 
   def key(self, step: int, purpose: int) -> jax.Array:
     return jax.random.fold_in(jax.random.fold_in(self.root_key, step), purpose)
@@ -489,6 +499,7 @@ class Run:
       self.save(force=step + 1 == self.total_steps)
 
   def close(self):
+    self.preemption.uninstall()
     self.ckpt.wait()
     self.ckpt.close()
     self.writer.close()
@@ -502,6 +513,7 @@ def train(config, workdir: str, run: Run | None = None) -> dict:
   t_start = time.perf_counter()
   run = run or Run(config, workdir)
   try:
+    run.preemption.install()
     resumed = run.restore()
     if resumed and multihost.is_primary():
       print(f"resumed {workdir} at step {run.meta['step']}/{run.total_steps}", flush=True)
