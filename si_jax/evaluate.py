@@ -195,35 +195,47 @@ def _main(argv=None) -> int:
   except ValueError as e:
     ap.error(f"--mesh {args.mesh}: {e}")
 
+  # The task and its examples first: a mistake in them is found before any model is loaded.
   if args.workdir:
-    run = workdir_lib.load_run(args.workdir, step=args.step, mesh=mesh)
-    cfg, params, tok, model_cfg = run["config"], run["params"], run["tokenizer"], run["model_cfg"]
+    cfg = workdir_lib.read_config(args.workdir)
+    task_name = args.task or cfg.task.name
     own = {} if args.task else cfg.task.kwargs.to_dict()
-    tasks_lib.check_options(args.task or cfg.task.name, task_kwargs or {}, "--task_kwargs")
-    task = tasks_lib.get_task(args.task or cfg.task.name, **{**own, **(task_kwargs or {})})
     threshold = cfg.rl.success_threshold
     split = args.split or cfg.task.eval_split
     temperature = cfg.eval.temperature if args.temperature is None else args.temperature
     max_new = args.max_new_tokens or cfg.eval.max_new_tokens
-    name = f"{os.path.basename(os.path.normpath(args.workdir))}@{run['step']}"
-    out = args.out or os.path.join(args.workdir, "eval")
   else:
-    from si_jax.models import hf
     if not args.task:
       ap.error("--task is required with --hf_dir")
-    model_cfg, params = hf.load_hf(args.hf_dir,
-                                   shardings=lambda c: shd.param_shardings(c, mesh))
-    tok = Tokenizer.from_dir(args.hf_dir)
-    tasks_lib.check_options(args.task, task_kwargs or {}, "--task_kwargs")
-    task = tasks_lib.get_task(args.task, **(task_kwargs or {}))
+    task_name, own = args.task, {}
     split = args.split or "test"
     temperature = 0.0 if args.temperature is None else args.temperature
     max_new = args.max_new_tokens or 512
-    name = os.path.basename(os.path.normpath(args.hf_dir))
-    out = args.out or "."
-  examples = task.examples(split)
-  n = len(examples) if args.num_examples <= 0 else min(args.num_examples, len(examples))
-  examples = [examples[i] for i in range(n)]
+  tasks_lib.check_options(task_name, task_kwargs or {}, "--task_kwargs")
+  task = tasks_lib.get_task(task_name, **{**own, **(task_kwargs or {})})
+  try:
+    examples = task.examples(split)
+    n = len(examples) if args.num_examples <= 0 else min(args.num_examples, len(examples))
+    examples = [examples[i] for i in range(n)]
+    if args.workdir:
+      run = workdir_lib.load_run(args.workdir, step=args.step, mesh=mesh)
+      params, tok, model_cfg = run["params"], run["tokenizer"], run["model_cfg"]
+      name = f"{os.path.basename(os.path.normpath(args.workdir))}@{run['step']}"
+      out = args.out or os.path.join(args.workdir, "eval")
+    else:
+      from si_jax.models import hf
+      model_cfg, params = hf.load_hf(args.hf_dir,
+                                     shardings=lambda c: shd.param_shardings(c, mesh))
+      tok = Tokenizer.from_dir(args.hf_dir)
+      workdir_lib.announce(f"model: {args.hf_dir} (HF directory): "
+                           f"{workdir_lib.describe_model(model_cfg)}")
+      workdir_lib.announce(f"tokenizer: {args.hf_dir} (the model's own): "
+                           f"{workdir_lib.describe_tokenizer(tok)}")
+      name = os.path.basename(os.path.normpath(args.hf_dir))
+      out = args.out or "."
+  except BaseException:
+    task.close()
+    raise
   sampler = sampling.Sampler(model_cfg, mesh, max_len=model_cfg.max_position_embeddings)
   res = evaluate(sampler, params, tok, task, examples, k=args.k, temperature=temperature,
                  max_new_tokens=max_new, top_p=args.top_p, top_k=args.top_k,

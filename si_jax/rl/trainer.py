@@ -130,6 +130,7 @@ class Run:
     self.loss = configs.resolve_loss(config)
     self.policy_term = credit_lib.policy_term(config)
     workdir_lib.claim(config, workdir)
+    workdir_lib.warn_without_repair_cold_start(config)
     self.tokenizer = workdir_lib.setup_tokenizer(config, workdir)
     self.task = tasks_lib.get_task(config.task.name, **config.task.kwargs.to_dict())
     for split in (config.task.train_split, config.task.eval_split):  # fail fast on bad data
