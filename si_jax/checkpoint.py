@@ -301,7 +301,7 @@ class Checkpointer:
     self._save_every = save_every
     self._checksums = checksums
     self._async = async_save
-    self._pending: tuple[int, int] | None = None  # async: (step, bytes it needs)
+    self._pending: tuple[int, Callable[[], int]] | None = None  # (step, bytes it needs)
     options = ocp.CheckpointManagerOptions(
         save_decision_policy=ocm.AnySavePolicy([
             ocm.FixedIntervalPolicy(save_every),
@@ -365,7 +365,9 @@ class Checkpointer:
       items[_INTEGRITY] = _IntegritySave(lambda: {
           "algorithm": checksum_lib.ALGORITHM, "arrays": arrays(),
           "meta_sha256": checksum_lib.json_digest(meta)})
-    needed = self._needed_bytes(state)
+    raw = int(sum(getattr(x, "nbytes", 0) or np.asarray(x).nbytes
+                  for x in jax.tree.leaves(state)))
+    needed = lambda: self._needed_bytes(raw)  # only asked when the disk is full
     self._pending = (step, needed)
     self._or_no_space(
         lambda: self._manager.save(step, args=ocp.args.Composite(**items), force=True),
@@ -374,15 +376,15 @@ class Checkpointer:
       self._pending = None
     return True
 
-  def _needed_bytes(self, state: Any) -> int:
-    """About what a save of `state` takes on disk: the latest checkpoint's size, else the
-    arrays' bytes (before compression)."""
+  def _needed_bytes(self, raw: int) -> int:
+    """About what a save takes on disk: the latest checkpoint's size (the same state, as
+    written), else `raw`, the arrays' bytes before compression."""
     latest = self.latest_step()
     if latest is not None and "://" not in self._directory:
       return _dir_bytes(epath.Path(self._directory) / str(latest))
-    return int(sum(getattr(x, "nbytes", np.asarray(x).nbytes) for x in jax.tree.leaves(state)))
+    return raw
 
-  def _or_no_space(self, fn: Callable[[], Any], step: int, needed: int) -> Any:
+  def _or_no_space(self, fn: Callable[[], Any], step: int, needed: Callable[[], int]) -> Any:
     """fn(), with a full disk turned into NoSpaceError and the partial checkpoint removed."""
     try:
       with _quiet_no_space():
@@ -394,7 +396,7 @@ class Checkpointer:
     with _quiet_no_space():
       _collect_abandoned_writes()
     self._discard_partial(step)
-    raise NoSpaceError(step, self._directory, needed)
+    raise NoSpaceError(step, self._directory, needed())
 
   def _discard_partial(self, step: int) -> None:
     """Removes `<step>.orbax-checkpoint-tmp*` (what a failed save leaves); process 0 does."""
@@ -601,7 +603,7 @@ class Checkpointer:
   def wait(self) -> None:
     """Blocks until an async save has been committed (no-op when saving synchronously).
     Raises NoSpaceError if that save ran out of disk space."""
-    step, needed = self._pending or (None, 0)
+    step, needed = self._pending or (None, None)
     if step is None:
       self._manager.wait_until_finished()
       return

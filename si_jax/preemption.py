@@ -85,8 +85,8 @@ class Monitor:
 
 def _jax_sync_point(step: int) -> bool:
   """JAX's preemption sync point where its preemption service runs, else False."""
-  from jax._src import distributed  # pylint: disable=g-import-not-at-top
-  if getattr(distributed.global_state, "preemption_sync_manager", None) is None:
-    return False
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  return bool(multihost_utils.reached_preemption_sync_point(step))
+  try:
+    return bool(multihost_utils.reached_preemption_sync_point(step))
+  except RuntimeError:  # the service is off (jax_enable_preemption_service=False)
+    return False

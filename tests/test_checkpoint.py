@@ -373,16 +373,19 @@ def _full_disk_for(monkeypatch, step: int) -> None:
   monkeypatch.setattr(async_path, "write_text", write_text)
 
 
+@pytest.mark.parametrize("async_save", [False, True])
 def test_a_full_disk_is_one_error_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch,
-                                                                    capfd):
-  with Checkpointer(tmp_path) as ckpt:
+                                                                    capfd, async_save):
+  with Checkpointer(tmp_path, async_save=async_save) as ckpt:
     ckpt.save(1, _random_state(1), {"s": 1})
+    ckpt.wait()
     used = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(tmp_path / "1")
                for f in fs)
     capfd.readouterr()
     _full_disk_for(monkeypatch, 2)
     with pytest.raises(ckpt_lib.NoSpaceError) as e:
       ckpt.save(2, _random_state(2), {"s": 2})
+      ckpt.wait()  # async: the commit, and so the error, comes here
     assert str(e.value) == (f"no space left on device while saving checkpoint 2 to {tmp_path} "
                             f"(needed about {used / 1e6:.1f} MB)")
     assert e.value.errno == errno.ENOSPC and e.value.step == 2
@@ -395,6 +398,7 @@ def test_a_full_disk_is_one_error_and_keeps_the_previous_checkpoint(tmp_path, mo
     assert_trees_equal(state, _random_state(1))
     assert meta == {"s": 1}
     assert ckpt.save(2, _random_state(2), {"s": 2})
+    ckpt.wait()
     assert_trees_equal(ckpt.restore(abstract_of(_random_state(0)))[0], _random_state(2))
 
 
