@@ -85,9 +85,9 @@ def _main(argv):
     multihost.initialize_from_env()
   except ValueError as e:
     _fail(str(e))
+  from si_jax.rl import trainer
   from si_jax import checkpoint as ckpt_lib
   from si_jax import preemption
-  from si_jax.rl import trainer
   traceback = os.environ.get("SI_TRACEBACK") == "1"
   try:
     run = trainer.Run(_CONFIG.value, _WORKDIR.value)
