@@ -184,7 +184,11 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.eval = dict(every=50, num_examples=256, k=1, temperature=0.0, max_new_tokens=64,
                 batch_size=256, num_samples_logged=8)
-  c.checkpoint = dict(every=50, keep=2)  # every=0: only at the SFT->RL hand-over and the end
+  # every=0: only at the SFT->RL hand-over and the end. on_corrupt: what a resume does when the
+  # newest checkpoint does not verify (README, Reliability): "fall_back" to the newest one that
+  # does (the bad one is kept as <step>.corrupt), or "refuse" (exit 2). It may differ between
+  # the starts of one run.
+  c.checkpoint = dict(every=50, keep=2, on_corrupt="fall_back")
   c.log = dict(tensorboard=True, progress_every=10)
   return c
 
@@ -308,6 +312,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if _get(c, parent).get(name) is not None:  # absent in configs written before the field
       choice(p, ("float32", "bfloat16"))
   choice("model.attention", ("auto", "dense", "blockwise", "cudnn", "splash"))
+  if c.checkpoint.get("on_corrupt") is not None:  # absent in configs written before the field
+    choice("checkpoint.on_corrupt", ("fall_back", "refuse"))
   pos("model.attention_block_size")
   from si_jax.models import lora  # local: keeps this module free of jax at import
   try:

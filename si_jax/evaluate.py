@@ -7,14 +7,20 @@ avg@k: mean reward over k samples per problem. pass@k: unbiased estimate (Chen e
 from n >= k samples of the chance that one of k is correct (correct: reward >= the success
 threshold, config rl.success_threshold for a run). maj@k: the reward of the answer most of the
 k samples agree on (ties: the earliest sample's answer).
+
+Mistakes (a bad flag, an unknown task option, a missing data dir, a checkpoint that does not
+verify) are one line on stderr, `si-eval: error: ...`, and exit code 2, as in si-train
+(SI_TRACEBACK=1 shows the traceback).
 """
 
 from __future__ import annotations
 
+import argparse
 import collections
 import json
 import math
 import os
+import sys
 from typing import Sequence
 
 import jax
@@ -121,13 +127,32 @@ def write_tables(results: dict[str, dict], out_dir: str, name: str = "eval") -> 
   return md, js
 
 
+class _Error(Exception):
+  """A mistake of the user's: one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+  def error(self, message: str):
+    raise _Error(message)
+
+
 def main(argv=None) -> int:
-  import argparse
+  """si-eval; returns the exit code (2 with one line on stderr for a mistake)."""
+  try:
+    return _main(argv)
+  except (_Error, ValueError, FileNotFoundError, KeyError, NotADirectoryError) as e:
+    if os.environ.get("SI_TRACEBACK") == "1":
+      raise
+    print(f"si-eval: error: {str(e).strip(chr(39) + chr(34))}", file=sys.stderr, flush=True)
+    return 2
+
+
+def _main(argv=None) -> int:
   from si_jax import workdir as workdir_lib
   from si_jax.data import tasks as tasks_lib
   from si_jax.tokenizer import Tokenizer
 
-  ap = argparse.ArgumentParser(prog="si-eval", description=__doc__.split("\n")[0])
+  ap = _Parser(prog="si-eval", description=__doc__.split("\n")[0])
   src = ap.add_mutually_exclusive_group(required=True)
   src.add_argument("--workdir", help="a si-train workdir (its latest checkpoint and config)")
   src.add_argument("--hf_dir", help="an HF checkpoint directory (with its tokenizer)")
@@ -172,33 +197,47 @@ def main(argv=None) -> int:
   except ValueError as e:
     ap.error(f"--mesh {args.mesh}: {e}")
 
+  # The task and its examples first: a mistake in them is found before any model is loaded.
   if args.workdir:
-    run = workdir_lib.load_run(args.workdir, step=args.step, mesh=mesh)
-    cfg, params, tok, model_cfg = run["config"], run["params"], run["tokenizer"], run["model_cfg"]
+    cfg = workdir_lib.read_config(args.workdir)
+    task_name = args.task or cfg.task.name
     own = {} if args.task else cfg.task.kwargs.to_dict()
-    task = tasks_lib.get_task(args.task or cfg.task.name, **{**own, **(task_kwargs or {})})
     threshold = cfg.rl.success_threshold
     split = args.split or cfg.task.eval_split
     temperature = cfg.eval.temperature if args.temperature is None else args.temperature
     max_new = args.max_new_tokens or cfg.eval.max_new_tokens
-    name = f"{os.path.basename(os.path.normpath(args.workdir))}@{run['step']}"
-    out = args.out or os.path.join(args.workdir, "eval")
   else:
-    from si_jax.models import hf
     if not args.task:
       ap.error("--task is required with --hf_dir")
-    model_cfg, params = hf.load_hf(args.hf_dir,
-                                   shardings=lambda c: shd.param_shardings(c, mesh))
-    tok = Tokenizer.from_dir(args.hf_dir)
-    task = tasks_lib.get_task(args.task, **(task_kwargs or {}))
+    task_name, own = args.task, {}
     split = args.split or "test"
     temperature = 0.0 if args.temperature is None else args.temperature
     max_new = args.max_new_tokens or 512
-    name = os.path.basename(os.path.normpath(args.hf_dir))
-    out = args.out or "."
-  examples = task.examples(split)
-  n = len(examples) if args.num_examples <= 0 else min(args.num_examples, len(examples))
-  examples = [examples[i] for i in range(n)]
+  tasks_lib.check_options(task_name, task_kwargs or {}, "--task_kwargs")
+  task = tasks_lib.get_task(task_name, **{**own, **(task_kwargs or {})})
+  try:
+    examples = task.examples(split)
+    n = len(examples) if args.num_examples <= 0 else min(args.num_examples, len(examples))
+    examples = [examples[i] for i in range(n)]
+    if args.workdir:
+      run = workdir_lib.load_run(args.workdir, step=args.step, mesh=mesh)
+      params, tok, model_cfg = run["params"], run["tokenizer"], run["model_cfg"]
+      name = f"{os.path.basename(os.path.normpath(args.workdir))}@{run['step']}"
+      out = args.out or os.path.join(args.workdir, "eval")
+    else:
+      from si_jax.models import hf
+      model_cfg, params = hf.load_hf(args.hf_dir,
+                                     shardings=lambda c: shd.param_shardings(c, mesh))
+      tok = Tokenizer.from_dir(args.hf_dir)
+      workdir_lib.announce(f"model: {args.hf_dir} (HF directory): "
+                           f"{workdir_lib.describe_model(model_cfg)}")
+      workdir_lib.announce(f"tokenizer: {args.hf_dir} (the model's own): "
+                           f"{workdir_lib.describe_tokenizer(tok)}")
+      name = os.path.basename(os.path.normpath(args.hf_dir))
+      out = args.out or "."
+  except BaseException:
+    task.close()
+    raise
   sampler = sampling.Sampler(model_cfg, mesh, max_len=model_cfg.max_position_embeddings)
   res = evaluate(sampler, params, tok, task, examples, k=args.k, temperature=temperature,
                  max_new_tokens=max_new, top_p=args.top_p, top_k=args.top_k,

@@ -21,6 +21,12 @@ collectives and D fake CPU devices (XLA_FLAGS). Their stdout and stderr are stre
 its own, with a `[p<i>]` prefix; when one fails the others are stopped (their whole process
 groups) and si-launch exits with its exit code, naming it.
 
+Preemption: si-train exits with PREEMPTED (75) after every process saved the same step on a
+SIGTERM (si_jax/preemption.py). That is no failure: local waits for the other processes (they
+are saving that step) and restarts the run up to `--max_restarts` times (default 0: it says to
+run the command again, and exits 75); the slurm script requeues its job (`scontrol requeue`;
+the job is submitted `--requeue`); tpu_pod says to run the command again.
+
 slurm: one `sbatch` of a generated script (read from stdin; `--dry_run` prints it): `#SBATCH
 --nodes=H --ntasks-per-node=1 --gpus-per-node=G`, coordinator = the first host of the
 allocation (`scontrol show hostnames`) and a port derived from the job id, then `srun
@@ -71,6 +77,9 @@ TPU_TARBALL = "si-launch-src.tar.gz"  # in the remote home directory
 POLL_S = 0.05  # local: how often the processes are checked
 FOLLOW_POLL_S = 5.0  # slurm --follow: how often squeue and the log are read
 KILL_GRACE_S = 10.0  # local: SIGTERM, then SIGKILL after this long
+# si-train's exit code after a preemption notice: every process saved the same step, "resume
+# me" (si_jax.preemption.EXIT_CODE; a test keeps them in step, this module imports no JAX).
+PREEMPTED = 75
 
 
 class LaunchError(Exception):
@@ -202,9 +211,10 @@ def run_local(commands: Sequence[Command], out: IO[str] | None = None,
   One process inherits this terminal. Several run in their own process groups, their stdout
   written to `out` and their stderr to `err`, line by line with a `[p<i>] ` prefix; when one
   exits non-zero the others' groups get SIGTERM (SIGKILL after KILL_GRACE_S) and its exit code
-  is returned, with a line on stderr naming it. The two streams are read from separate pipes:
-  on one shared pipe a library writing to stderr unbuffered (gloo does) can split a line the
-  program prints to stdout.
+  is returned, with a line on stderr naming it. Exit code PREEMPTED is no failure: the others
+  are saving the same step, so they are waited for, and PREEMPTED is returned. The two streams
+  are read from separate pipes: on one shared pipe a library writing to stderr unbuffered
+  (gloo does) can split a line the program prints to stdout.
   """
   if len(commands) == 1:
     c = commands[0]
@@ -234,14 +244,19 @@ def run_local(commands: Sequence[Command], out: IO[str] | None = None,
         pumps.append(threading.Thread(target=pump, args=(i, stream, to), daemon=True))
         pumps[-1].start()
     while failed is None and any(p.poll() is None for p in procs):
-      failed = next((i for i, p in enumerate(procs) if p.poll() not in (None, 0)), None)
+      failed = next((i for i, p in enumerate(procs)
+                     if p.poll() not in (None, 0, PREEMPTED)), None)
       time.sleep(POLL_S)
   except KeyboardInterrupt:
     _stop(procs)
     print("\nsi-launch: interrupted; stopped every process", file=sys.stderr, flush=True)
     return 130
   if failed is None:  # all exited; one may have failed after the last look
-    failed = next((i for i, p in enumerate(procs) if p.returncode != 0), None)
+    failed = next((i for i, p in enumerate(procs) if p.returncode not in (0, PREEMPTED)), None)
+    if failed is None and any(p.returncode == PREEMPTED for p in procs):
+      for t in pumps:
+        t.join(timeout=KILL_GRACE_S)
+      return PREEMPTED
   running = [i for i, p in enumerate(procs) if p.poll() is None]
   _stop(procs)
   for t in pumps:
@@ -297,12 +312,18 @@ def slurm_script(args: Sequence[str], nodes: int, gpus_per_node: int = 8,
   if not (port == 0 or 1024 <= port <= 65535):
     raise LaunchError(f"--port {port}: must be in 1024..65535 (0: derived from the job id)")
   _check_job_name(job_name)
-  directives = [f"--job-name={job_name}", f"--nodes={nodes}", "--ntasks-per-node=1"]
+  directives = [f"--job-name={job_name}", f"--nodes={nodes}", "--ntasks-per-node=1",
+                "--requeue"]
   directives += [f"--gpus-per-node={gpus_per_node}"] if gpus_per_node else []
   directives += ["--exclusive"] if exclusive else []
   port_expr = str(port) if port else "$((20000 + SLURM_JOB_ID % 20000))"
-  per_task = (f"{ENV_NUM_PROCESSES}=$SLURM_NTASKS {ENV_PROCESS_ID}=$SLURM_PROCID "
-              f'exec "$@"')
+  # Each task: si-train with its index. Exit code PREEMPTED becomes 0 (so that
+  # --kill-on-bad-exit does not kill the tasks still finishing the same save), and task 0
+  # leaves a mark ($0) for the batch shell, which runs on task 0's node, to requeue the job.
+  # `trap : TERM` keeps this shell alive on SLURM's SIGTERM (si-train gets it too).
+  per_task = (f"trap : TERM; {ENV_NUM_PROCESSES}=$SLURM_NTASKS {ENV_PROCESS_ID}=$SLURM_PROCID "
+              f'"$@"; rc=$?; if [ $rc -eq {PREEMPTED} ]; then if [ "$SLURM_PROCID" = 0 ]; '
+              f'then touch "$0"; fi; exit 0; fi; exit $rc')
   lines = ["#!/bin/bash",
            "# si-launch slurm: one si-train process per node; the first node coordinates.",
            *[f"#SBATCH {d}" for d in directives],
@@ -313,8 +334,19 @@ def slurm_script(args: Sequence[str], nodes: int, gpus_per_node: int = 8,
            *[f"export {k}={shlex.quote(v)}" for k, v in (env or {}).items()],
            f'echo "si-launch: job $SLURM_JOB_ID, $SLURM_JOB_NUM_NODES nodes '
            f'($SLURM_JOB_NODELIST), coordinator ${ENV_COORDINATOR}"',
-           f"srun --kill-on-bad-exit=1 bash -c {shlex.quote(per_task)} si-launch \\",
-           "  " + shlex.join(list(program) + list(args))]
+           'preempted="${TMPDIR:-/tmp}/si-launch-preempted-$SLURM_JOB_ID"',
+           'rm -f "$preempted"',
+           "trap 'echo \"si-launch: SIGTERM: si-train saves at its next step boundary\"' TERM",
+           "rc=0",
+           f'srun --kill-on-bad-exit=1 bash -c {shlex.quote(per_task)} "$preempted" \\',
+           "  " + shlex.join(list(program) + list(args)) + " || rc=$?",
+           'if [ "$rc" -eq 0 ] && [ -e "$preempted" ]; then',
+           '  rm -f "$preempted"',
+           f'  echo "si-launch: si-train was preempted and saved a checkpoint (exit code '
+           f'{PREEMPTED}); requeueing job $SLURM_JOB_ID"',
+           f'  scontrol requeue "$SLURM_JOB_ID" || exit {PREEMPTED}',
+           "fi",
+           'exit "$rc"']
   return "\n".join(lines) + "\n"
 
 
@@ -638,7 +670,10 @@ def run_tpu_pod(plan: TpuPlan, allow_dirty: bool = False) -> int:
       if after_rc:
         print(f"si-launch: {shlex.join(plan.after.argv[:6])} failed (exit code {after_rc}): "
               f"the TPU may still be running", file=sys.stderr, flush=True)
-  if rc:
+  if rc == PREEMPTED:
+    print(f"si-launch: si-train was preempted and saved a checkpoint (exit code {PREEMPTED}); "
+          f"run the same command again to resume", file=sys.stderr, flush=True)
+  elif rc:
     print(f"si-launch: si-train failed on at least one worker (exit code {rc})",
           file=sys.stderr, flush=True)
   return rc
@@ -676,6 +711,9 @@ def _parser() -> argparse.ArgumentParser:
   s.add_argument("--port", type=int, default=0, help="coordinator port (0: a free one)")
   s.add_argument("--program", default="",
                  help="what to run instead of si-train (a command line, split like a shell)")
+  s.add_argument("--max_restarts", type=int, default=0,
+                 help=f"run si-train again (resuming) when it exits {PREEMPTED}, preempted, "
+                      f"up to this many times")
   s = parsers["slurm"]
   s.add_argument("--nodes", type=int, required=True, help="hosts (sbatch --nodes)")
   s.add_argument("--gpus_per_node", type=int, default=8, help="0: no --gpus-per-node line")
@@ -775,7 +813,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           print(c.shell(), flush=True)
       return 0
     if args.kind == "local":
-      return run_local(commands)
+      return _run_local_restarting(argv, args, commands)
     if args.kind == "slurm":
       return _submit_slurm(args, train, commands)
     return run_tpu_pod(commands, args.allow_dirty)
@@ -784,6 +822,25 @@ def main(argv: Sequence[str] | None = None) -> int:
       raise
     print(f"si-launch: error: {e}", file=sys.stderr, flush=True)
     return e.code
+
+
+def _run_local_restarting(argv: Sequence[str], args: argparse.Namespace,
+                          commands: list[Command]) -> int:
+  """run_local, again (a fresh coordinator port) while si-train exits PREEMPTED and restarts
+  are left (--max_restarts)."""
+  if args.max_restarts < 0:
+    raise LaunchError(f"--max_restarts {args.max_restarts}: must be >= 0")
+  rc = run_local(commands)
+  for restart in range(1, args.max_restarts + 1):
+    if rc != PREEMPTED:
+      break
+    print(f"si-launch: si-train was preempted and saved a checkpoint; restart {restart} of "
+          f"{args.max_restarts}", file=sys.stderr, flush=True)
+    rc = run_local(plan(argv)[2])
+  if rc == PREEMPTED:
+    print(f"si-launch: si-train was preempted and saved a checkpoint (exit code {PREEMPTED}); "
+          f"run the same command again to resume", file=sys.stderr, flush=True)
+  return rc
 
 
 def _submit_slurm(args: argparse.Namespace, train: list[str], commands: list[Command]) -> int:

@@ -10,12 +10,20 @@ a sweep on the same machine reads them back instead of compiling them again.
 
 Mistakes in the command or the config stop the run before any work with one line on stderr and
 exit code 2: an unknown field (`unknown config field config.rl.grop_size; did you mean
-config.rl.group_size?`), a bad value, a missing data file or column. Set SI_TRACEBACK=1 to see
-the traceback instead. Errors after the run has started keep their traceback.
+config.rl.group_size?`), a bad value, a missing data file or column. So do, once the run has
+started, a full disk (`no space left on device while saving checkpoint N to PATH (needed about
+X MB)`; the checkpoints already saved are kept) and a checkpoint that does not verify where no
+fall-back is possible or wanted (README, Reliability). Set SI_TRACEBACK=1 to see the traceback
+instead. Other errors after the run has started keep their traceback.
+
+SIGTERM (a preemption notice) stops the run at the next step boundary: every process saves that
+step and si-train exits with code 75 (`si_jax.preemption.EXIT_CODE`), "resume me"; run the same
+command again to continue.
 """
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import os
 import re
@@ -41,6 +49,10 @@ _OVERRIDE_RE = re.compile(r"^--config\.([A-Za-z0-9_.]+)(=.*)?$")
 def _fail(msg: str) -> None:
   print(f"si-train: error: {msg}", file=sys.stderr, flush=True)
   raise SystemExit(2)
+
+
+def _no_space(e: BaseException) -> bool:
+  return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def _load_config_file(spec: str):
@@ -86,13 +98,32 @@ def _main(argv):
   cache = compilation.enable_cache(_COMPILE_CACHE.value or compilation.default_cache_dir())
   logging.info("persistent compilation cache: %s", cache or "off")
   from si_jax.rl import trainer
+  from si_jax import checkpoint as ckpt_lib
+  from si_jax import preemption
+  traceback = os.environ.get("SI_TRACEBACK") == "1"
   try:
     run = trainer.Run(_CONFIG.value, _WORKDIR.value)
   except (ValueError, FileNotFoundError, KeyError) as e:
-    if os.environ.get("SI_TRACEBACK") == "1":
+    if traceback:
       raise
     _fail(str(e).strip("'\""))
-  trainer.train(_CONFIG.value, _WORKDIR.value, run=run)
+  except OSError as e:
+    if traceback or not _no_space(e):
+      raise
+    _fail(f"no space left on device: {e}")
+  try:
+    trainer.train(_CONFIG.value, _WORKDIR.value, run=run)
+  except preemption.Preempted as e:  # every process saved the same step
+    print(f"si-train: {e}", file=sys.stderr, flush=True)
+    raise SystemExit(preemption.EXIT_CODE) from None
+  except (ckpt_lib.NoSpaceError, ckpt_lib.CheckpointCorruptError) as e:
+    if traceback:
+      raise
+    _fail(str(e))
+  except OSError as e:  # a full disk elsewhere (metrics, samples, the KL reference)
+    if traceback or not _no_space(e):
+      raise
+    _fail(f"no space left on device: {e}")
 
 
 def run():

@@ -14,8 +14,9 @@ end-of-sequence ids among the tokenizer's stop ids; another vocabulary size or o
 tokens than the tokenizer the model directory ships) is refused, naming both.
 
 A workdir's `config.json` is the config of the run that wrote its checkpoints. A different config
-on a workdir that holds a checkpoint is refused, naming the fields that differ; a workdir
-without a checkpoint (a run that died before its first save) is simply taken over.
+on a workdir that holds a checkpoint is refused, naming the fields that differ (except
+`RESUME_FIELDS`, which only steer the resume); a workdir without a checkpoint (a run that died
+before its first save) is simply taken over.
 
 Workdir files go through `etils.epath`, so a workdir may be `gs://...` wherever the filesystem
 backend is installed (Orbax writes the checkpoints); model and tokenizer directories are read
@@ -24,8 +25,10 @@ from local (or mounted) paths. In a multi-process run process 0 writes and the o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 from typing import Any
 
 import jax
@@ -44,6 +47,35 @@ INIT_PURPOSE = 3  # PRNG purpose of parameter init (shared with the trainer's pu
 LORA_PURPOSE = 5  # PRNG purpose of LoRA adapter init (the trainer's are 1-4 and >= 10)
 CONFIG_FILE = "config.json"
 CHECKPOINTS = "checkpoints"
+# Fields that say how a workdir is resumed, not what the run is: they may differ between starts.
+RESUME_FIELDS = ("checkpoint.on_corrupt",)
+
+
+_quiet = [0]  # > 0 while another run is read as model.init_from: its parts are not announced
+
+
+@contextlib.contextmanager
+def _nested():
+  _quiet[0] += 1
+  try:
+    yield
+  finally:
+    _quiet[0] -= 1
+
+
+def announce(line: str) -> None:
+  """One line of what the run was built from (stdout, process 0; not for nested reads)."""
+  if not _quiet[0] and multihost.is_primary():
+    print(line, flush=True)
+
+
+def describe_model(cfg: model_config.ModelConfig) -> str:
+  return (f"{cfg.family}, {cfg.num_layers} layers, d={cfg.hidden_size}, vocab "
+          f"{cfg.vocab_size}, {cfg.num_params() / 1e6:.2f}M params, {cfg.param_dtype}")
+
+
+def describe_tokenizer(tok: Tokenizer) -> str:
+  return f"{tok.vocab_size} tokens, eos {tok.eos_id}, stops on {list(tok.stop_ids)}"
 
 
 def _has_tokenizer(path: str) -> bool:
@@ -56,14 +88,22 @@ def is_workdir(path: str) -> bool:
 
 
 def setup_tokenizer(config, workdir: str | None) -> Tokenizer:
-  """The run's tokenizer (see the module docstring)."""
+  """The run's tokenizer (see the module docstring); says which one in one line."""
+  tok, source = _find_tokenizer(config, workdir)
+  announce(f"tokenizer: {source}: {describe_tokenizer(tok)}")
+  return tok
+
+
+def _find_tokenizer(config, workdir: str | None) -> tuple[Tokenizer, str]:
   if config.tokenizer.path:
-    return Tokenizer.from_dir(config.tokenizer.path)
+    return (Tokenizer.from_dir(config.tokenizer.path),
+            f"{config.tokenizer.path} (config.tokenizer.path)")
   init = config.model.init_from
   if is_workdir(init):  # the tokenizer of the run we start from
-    return setup_tokenizer(read_config(init), init)
+    tok, source = _find_tokenizer(read_config(init), init)
+    return tok, f"{source}, of the run config.model.init_from={init}"
   if init and _has_tokenizer(init):
-    return Tokenizer.from_dir(init)
+    return Tokenizer.from_dir(init), f"{init} (the model's own)"
   if config.tokenizer.build == "arith":
     from si_jax.tokenizer import build_char_tokenizer
     if workdir is None:
@@ -72,7 +112,7 @@ def setup_tokenizer(config, workdir: str | None) -> Tokenizer:
     if not _has_tokenizer(path) and multihost.is_primary():
       build_char_tokenizer(path)
     multihost.sync("tokenizer")  # the others read what process 0 wrote
-    return Tokenizer.from_dir(path)
+    return Tokenizer.from_dir(path), f"{path} (built: config.tokenizer.build='arith')"
   if config.tokenizer.build:
     raise ValueError(f"config.tokenizer.build: unknown tokenizer {config.tokenizer.build!r} "
                      f"(known: 'arith'); or set config.tokenizer.path")
@@ -162,8 +202,10 @@ def _stored_as(config, cfg: model_config.ModelConfig, params):
 
 
 def setup_model(config, tokenizer: Tokenizer, mesh, seed: int | None = None):
-  """(model config, params placed on the mesh)."""
-  cfg, params = _stored_as(config, *_load_or_init(config, tokenizer, mesh, seed))
+  """(model config, params placed on the mesh); says which model in one line."""
+  cfg, params, source = _load_or_init(config, tokenizer, mesh, seed)
+  cfg, params = _stored_as(config, cfg, params)
+  announce(f"model: {source}: {describe_model(cfg)}")
   return _compute_options(config, cfg), params
 
 
@@ -178,28 +220,59 @@ def setup_adapters(config, cfg: model_config.ModelConfig, mesh):
 
 
 def _load_or_init(config, tokenizer: Tokenizer, mesh, seed: int | None):
+  """(model config, params, where they came from)."""
   if config.model.init_from:
     path = config.model.init_from
     shard = lambda c: shd.param_shardings(c, mesh)
     if is_workdir(path):  # the latest checkpoint of another run (e.g. a shared cold start)
-      run = load_run(path)
+      with _nested():
+        run = load_run(path)
       cfg, params = run["model_cfg"], jax.device_put(run["params"], shard(run["model_cfg"]))
       check_tokenizer_fits(tokenizer, cfg)
+      source = f"{path}, checkpoint {run['step']} of that run (config.model.init_from)"
     elif os.path.exists(os.path.join(path, "model_config.json")):
       from si_jax.models import convert
       cfg, params = convert.load_params(path, shardings=shard)
       check_tokenizer_fits(tokenizer, cfg)
+      source = f"{path} (si-convert params directory, config.model.init_from)"
     else:
       from si_jax.models import hf
       cfg, params = hf.load_hf(path, shardings=shard)
       check_tokenizer_fits(tokenizer, cfg, path)
+      source = f"{path} (HF directory, config.model.init_from)"
     _check_overrides(config, cfg)
   else:
     cfg = model_config_for(config, tokenizer)
-    key = jax.random.fold_in(jax.random.key(config.seed if seed is None else seed), INIT_PURPOSE)
+    seed = config.seed if seed is None else seed
+    key = jax.random.fold_in(jax.random.key(seed), INIT_PURPOSE)
     params = shd.init_sharded_params(cfg, mesh, key)
     check_tokenizer_fits(tokenizer, cfg)
-  return cfg, params
+    source = f"new, random init from config.model.preset={config.model.preset!r} (seed {seed})"
+  return cfg, params, source
+
+
+def has_repair_cold_start(config, _depth: int = 0) -> bool:
+  """Whether the repair mode was cold-started on error -> repair pairs: by this run's SFT
+  (sft.steps > 0 with sft.repair_pairs or sft.repair_data_path) or by the run whose workdir
+  model.init_from names."""
+  sft = config.sft
+  if sft.steps and (sft.repair_pairs or sft.repair_data_path):
+    return True
+  init = config.model.init_from
+  return bool(_depth < 8 and is_workdir(init) and
+              has_repair_cold_start(read_config(init), _depth + 1))
+
+
+def warn_without_repair_cold_start(config) -> None:
+  """SI's repair mode repairs zero-shot without a cold start on repair pairs: say so."""
+  if (config.rl.credit != "si" or not config.rl.steps
+      or config.si.get("correction", "repair") != "repair" or has_repair_cold_start(config)):
+    return
+  if multihost.is_primary():
+    print("si-train: warning: config.rl.credit='si' repairs failures with the model's repair "
+          "mode, but it has had no cold start on repair pairs (config.sft.repair_pairs=0, no "
+          "config.sft.repair_data_path, and config.model.init_from is not the workdir of a run "
+          "that had them): its repairs are zero-shot", file=sys.stderr, flush=True)
 
 
 _ABSENT = object()
@@ -233,7 +306,8 @@ def claim(config, workdir: str) -> None:
   new = configs.to_dict(config)
   if path.exists() and has_checkpoint(workdir):
     old = json.loads(path.read_text())
-    diff = _diff(old, new, defaults=configs.to_dict(configs.base_config()))
+    diff = [d for d in _diff(old, new, defaults=configs.to_dict(configs.base_config()))
+            if d not in RESUME_FIELDS]
     if diff:
       raise ValueError(
           f"{workdir} holds a run with a different config ({path}); differing fields: "
@@ -262,7 +336,8 @@ def load_run(workdir: str, step: int | None = None, mesh=None) -> dict[str, Any]
   config = read_config(workdir)
   tok = setup_tokenizer(config, workdir)
   mesh = shd.make_mesh(devices=jax.devices()[:1]) if mesh is None else mesh
-  cfg, params = setup_model(config, tok, mesh)
+  with _nested():  # the params the checkpoint's replace (with LoRA: the base they adapt)
+    cfg, params = setup_model(config, tok, mesh)
   lc, adapters = setup_adapters(config, cfg, mesh)
   state = ts.create(params if lc is None else adapters,
                     ts.optimizer_from_config(config.sft.optim, 1), mesh)
@@ -279,5 +354,8 @@ def load_run(workdir: str, step: int | None = None, mesh=None) -> dict[str, Any]
   else:
     params = lora_lib.make_merge_fn(lc, jax.tree.map(lambda x: x.sharding, params))(
         params, state.params)
+  announce(f"model: {workdir}, checkpoint {step} (checksums verified"
+           f"{'; LoRA adapters merged into the base' if lc is not None else ''}): "
+           f"{describe_model(cfg)}")
   return dict(config=config, tokenizer=tok, model_cfg=cfg, params=params, step=step,
               meta=meta)

@@ -348,11 +348,38 @@ def test_changed_files_are_rebuilt_and_built_data_used_without_manual_dir(tmp_pa
                                        {"question": "new2", "answer": "#### 2"}])
   rows = sources.load_split("gsm8k", "test", data, manual)
   assert [r["question"] for r in rows] == ["new", "new2"]
-  # The built copy is enough once the manual files are gone.
-  rows = sources.load_split("gsm8k", "test", data, tmp_path / "gone")
+  # Without a manual dir (and none at the default place) the built copy is used as it is.
+  rows = sources.load_split("gsm8k", "test", data, None)
   assert len(rows) == 2 and rows[-1]["final_answer"] == "2"
   with pytest.raises(IndexError):
     rows[2]  # pylint: disable=pointless-statement
+
+
+def test_a_named_manual_dir_that_is_gone_or_mistyped_is_an_error_not_the_old_build(tmp_path):
+  manual, data = tmp_path / "manual", tmp_path / "data"
+  _write_jsonl(manual / "test.jsonl", [{"question": "q", "answer": "#### 1"}])
+  assert len(sources.load_split("gsm8k", "test", data, manual)) == 1
+  with pytest.raises(FileNotFoundError) as e:
+    sources.load_split("gsm8k", "test", data, tmp_path / "manaul")  # a typo
+  msg = str(e.value)
+  assert msg.startswith(f"si_gsm8k: manual_dir {tmp_path / 'manaul'} does not exist (the "
+                        f"dataset built in "), msg
+  assert f"from {manual}" in msg and "train.jsonl" in msg, msg
+
+
+def test_another_manual_dir_is_a_rebuild_even_with_files_that_look_the_same(tmp_path):
+  import shutil
+  a, b, data = tmp_path / "a", tmp_path / "b", tmp_path / "data"
+  _write_jsonl(a / "test.jsonl", [{"question": "from a", "answer": "#### 1"}])
+  b.mkdir()
+  shutil.copy2(a / "test.jsonl", b / "test.jsonl")  # same name, size and mtime
+  assert sources.load_split("gsm8k", "test", data, a)[0]["question"] == "from a"
+  assert sources.get_builder("gsm8k", data).info.metadata["manual_dir"] == str(a)
+  (b / "test.jsonl").write_text(json.dumps({"question": "from b", "answer": "#### 1"}) + "\n")
+  os.utime(b / "test.jsonl", ns=(os.stat(a / "test.jsonl").st_atime_ns,
+                                 os.stat(a / "test.jsonl").st_mtime_ns))
+  assert sources.load_split("gsm8k", "test", data, b)[0]["question"] == "from b"
+  assert sources.get_builder("gsm8k", data).info.metadata["manual_dir"] == str(b)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Tests for si_jax.checkpoint: round trips, retention, sharded restore, errors, kill mid-save."""
 
+import errno
 import glob
 import importlib.util
 import os
@@ -15,7 +16,8 @@ import numpy as np
 import optax
 import pytest
 
-from si_jax.checkpoint import CheckpointMismatchError, Checkpointer
+from si_jax import checkpoint as ckpt_lib
+from si_jax.checkpoint import CheckpointCorruptError, CheckpointMismatchError, Checkpointer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -239,11 +241,194 @@ def test_meta_must_be_json(tmp_path):
     assert ckpt.latest_step() is None
 
 
+# --- integrity: checksums recorded with every save, verified on every restore -----------------
+
+
+def _random_state(seed: int) -> dict:
+  """Incompressible values, so the embedding gets a data file of its own (not inlined)."""
+  rng = np.random.default_rng(seed)
+  return {"params": {"emb": jnp.asarray(rng.standard_normal((256, 128)), jnp.float32),
+                     "b": jnp.asarray(rng.standard_normal(16), jnp.bfloat16)},
+          "step": jnp.asarray(seed, jnp.int32)}
+
+
+def _largest_data_file(step_dir) -> str:
+  """The biggest array data file of a checkpoint (OCDBT: state/ocdbt.process_<i>/d/<id>)."""
+  files = glob.glob(os.path.join(step_dir, "state", "ocdbt.process_*", "d", "*"))
+  return max(files, key=os.path.getsize)
+
+
+def _flip_bytes(path, n: int = 64) -> None:
+  """What a bad disk or a partial copy leaves: n bytes in the middle of the file inverted."""
+  data = bytearray(open(path, "rb").read())
+  mid = len(data) // 2
+  data[mid:mid + n] = bytes(b ^ 0xFF for b in data[mid:mid + n])
+  open(path, "wb").write(data)
+
+
+def test_flipped_bytes_in_a_data_file_are_found_naming_checkpoint_array_and_file(tmp_path):
+  state = _random_state(1)
+  with Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, state, {"s": 1})
+  data_file = _largest_data_file(tmp_path / "1")
+  _flip_bytes(data_file)
+  with Checkpointer(tmp_path) as ckpt:
+    with pytest.raises(CheckpointCorruptError) as e:
+      ckpt.restore(abstract_of(state))
+  msg = str(e.value)
+  rel = os.path.relpath(data_file, tmp_path / "1")
+  assert msg.startswith(f"checkpoint {tmp_path}/1 does not verify: array 'params/emb' has "
+                        f"checksum "), msg
+  assert f"(its data is in {rel})" in msg, msg
+  assert (e.value.step, e.value.arrays) == (1, ("params/emb",))
+
+
+def test_a_truncated_data_file_is_a_checkpoint_that_cannot_be_read(tmp_path):
+  state = _random_state(1)
+  with Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, state, {"s": 1})
+  data_file = _largest_data_file(tmp_path / "1")
+  data = open(data_file, "rb").read()
+  open(data_file, "wb").write(data[:len(data) // 2])  # a partial copy
+  with Checkpointer(tmp_path) as ckpt:
+    with pytest.raises(CheckpointCorruptError,
+                       match=rf"^checkpoint {tmp_path}/1 cannot be read: .*params\.emb"):
+      ckpt.restore(abstract_of(state))
+
+
+def test_an_edited_meta_item_does_not_verify(tmp_path):
+  with Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, _random_state(1), {"data_cursor": 128})
+  meta_file = tmp_path / "1" / "meta" / "metadata"
+  meta_file.write_text(meta_file.read_text().replace("128", "129"))
+  with Checkpointer(tmp_path) as ckpt:
+    with pytest.raises(CheckpointCorruptError, match=r"does not verify: its meta item "):
+      ckpt.restore(abstract_of(_random_state(1)))
+
+
+def test_restore_latest_good_falls_back_past_a_corrupt_checkpoint_and_sets_it_aside(tmp_path):
+  with Checkpointer(tmp_path, max_to_keep=3) as ckpt:
+    for s in (1, 2, 3):
+      ckpt.save(s, _random_state(s), {"s": s})
+  _flip_bytes(_largest_data_file(tmp_path / "3"))
+  target = abstract_of(_random_state(0))
+  with Checkpointer(tmp_path, max_to_keep=3) as ckpt:
+    # refuse: the error, and nothing moved
+    with pytest.raises(CheckpointCorruptError, match="/3 does not verify"):
+      ckpt.restore_latest_good(target, fall_back=False)
+    assert ckpt.all_steps() == [1, 2, 3]
+    assert os.path.isdir(tmp_path / "3") and not os.path.exists(tmp_path / "3.corrupt")
+    # fall back: step 2, the bad step 3 kept beside it for a look, and Orbax forgets it
+    state, meta, step, skipped = ckpt.restore_latest_good(target)
+    assert step == 2 and meta == {"s": 2}
+    assert_trees_equal(state, _random_state(2))
+    assert [e.step for e in skipped] == [3] and skipped[0].arrays == ("params/emb",)
+    assert skipped[0].moved_to == os.path.join(tmp_path, "3.corrupt")
+    assert ckpt.all_steps() == [1, 2] and os.path.isdir(tmp_path / "3.corrupt")
+    # the resumed run saves step 3 again
+    assert ckpt.save(3, _random_state(3), {"s": 3})
+    assert_trees_equal(ckpt.restore(target)[0], _random_state(3))
+  assert sorted(os.listdir(tmp_path)) == ["1", "2", "3", "3.corrupt"]
+
+
+def test_restore_latest_good_when_nothing_verifies_or_nothing_is_there(tmp_path):
+  target = abstract_of(_random_state(0))
+  with Checkpointer(tmp_path) as ckpt:
+    assert ckpt.restore_latest_good(target) is None
+    ckpt.save(1, _random_state(1), {"s": 1})
+  _flip_bytes(_largest_data_file(tmp_path / "1"))
+  with Checkpointer(tmp_path) as ckpt:
+    with pytest.raises(CheckpointCorruptError,
+                       match=r"no checkpoint in .* verifies \(moved aside: 1\.corrupt\)"):
+      ckpt.restore_latest_good(target)
+
+
+def test_checkpoints_without_checksums_restore_unverified_with_a_warning(tmp_path, caplog):
+  """Workdirs written before checksums were recorded still resume."""
+  state = _random_state(1)
+  with Checkpointer(tmp_path, checksums=False) as ckpt:
+    ckpt.save(1, state, {"s": 1})
+  assert not os.path.exists(tmp_path / "1" / "integrity")
+  with Checkpointer(tmp_path) as ckpt:
+    restored, _ = ckpt.restore(abstract_of(state))
+  assert_trees_equal(restored, state)
+  assert "has no checksums" in caplog.text
+
+
+# --- a full disk -----------------------------------------------------------------------------
+
+
+def _full_disk_for(monkeypatch, step: int) -> None:
+  """Orbax's writes into checkpoint `step`'s temporary folder go to /dev/full: the kernel
+  answers ENOSPC, as a full filesystem did in a tmpfs probe (at this very call)."""
+  from orbax.checkpoint._src.path import async_path
+  real = async_path.write_text
+
+  async def write_text(path, text, **kwargs):
+    if f"/{step}.orbax-checkpoint-tmp" in os.fspath(path):
+      with open("/dev/full", "w", encoding="utf-8") as f:
+        f.write(text)
+    return await real(path, text, **kwargs)
+
+  monkeypatch.setattr(async_path, "write_text", write_text)
+
+
+@pytest.mark.parametrize("async_save", [False, True])
+def test_a_full_disk_is_one_error_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch,
+                                                                    capfd, async_save):
+  with Checkpointer(tmp_path, async_save=async_save) as ckpt:
+    ckpt.save(1, _random_state(1), {"s": 1})
+    ckpt.wait()
+    used = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(tmp_path / "1")
+               for f in fs)
+    capfd.readouterr()
+    _full_disk_for(monkeypatch, 2)
+    with pytest.raises(ckpt_lib.NoSpaceError) as e:
+      ckpt.save(2, _random_state(2), {"s": 2})
+      ckpt.wait()  # async: the commit, and so the error, comes here
+    assert str(e.value) == (f"no space left on device while saving checkpoint 2 to {tmp_path} "
+                            f"(needed about {used / 1e6:.1f} MB)")
+    assert e.value.errno == errno.ENOSPC and e.value.step == 2
+    assert sorted(os.listdir(tmp_path)) == ["1"]  # no 2.orbax-checkpoint-tmp left behind
+    assert ckpt.all_steps() == [1]
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err and "No space left" not in out + err, out + err
+    monkeypatch.undo()  # room made: the previous checkpoint restores, the same step saves
+    state, meta = ckpt.restore(abstract_of(_random_state(0)))
+    assert_trees_equal(state, _random_state(1))
+    assert meta == {"s": 1}
+    assert ckpt.save(2, _random_state(2), {"s": 2})
+    ckpt.wait()
+    assert_trees_equal(ckpt.restore(abstract_of(_random_state(0)))[0], _random_state(2))
+
+
+def test_no_space_is_read_from_oserrors_and_from_tensorstore_messages():
+  # tensorstore's error for a data write on a full tmpfs (recorded from a probe, paths cut)
+  ts_error = ValueError(
+      'RESOURCE_EXHAUSTED: Error writing "opt_state.1.0.count/0" in OCDBT database at local '
+      'file "/w/checkpoints/4.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/ocdbt.process_0/"'
+      ': Failed writing: "/w/checkpoints/4.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/ocdbt'
+      '.process_0/d/866c4db36c74ec923c6dbb4d0df52f08": Failed to write 95513 bytes to file 21: '
+      "No space left on device [os_error_code='28']")
+  assert ckpt_lib.is_no_space(ts_error)
+  assert ckpt_lib.is_no_space(OSError(errno.ENOSPC, "No space left on device"))
+  try:
+    try:
+      raise ts_error
+    except ValueError as inner:
+      raise RuntimeError("a save failed") from inner
+  except RuntimeError as outer:
+    assert ckpt_lib.is_no_space(outer)  # found through the chain
+  assert not ckpt_lib.is_no_space(OSError(errno.EACCES, "Permission denied"))
+  assert not ckpt_lib.is_no_space(ValueError("RESOURCE_EXHAUSTED: out of memory"))
+
+
 # --- sharded restore on 8 simulated CPU devices ----------------------------------------------
 
 
 def _sharded_round_trip(directory: str) -> None:
-  """Saves a state sharded one way, restores it onto other NamedShardings; needs 8 devices."""
+  """Saves a state sharded one way, restores it onto other NamedShardings (and one device);
+  the checksums recorded on one sharding verify on the others. Needs 8 devices."""
   assert jax.device_count() >= 8, jax.devices()
   devices = np.array(jax.devices()[:8])
   mesh = jax.sharding.Mesh(devices.reshape(2, 4), ("data", "fsdp"))
@@ -270,6 +455,10 @@ def _sharded_round_trip(directory: str) -> None:
   rw = restored["params"]["w"]
   assert len(rw.addressable_shards) == 8
   assert {s.data.shape for s in rw.addressable_shards} == {(4, 4)}
+  with Checkpointer(directory) as ckpt:  # onto one device: verified all the same
+    one = jax.tree.map(lambda t: jax.ShapeDtypeStruct(t.shape, t.dtype), target)
+    restored, _ = ckpt.restore(one)
+  np.testing.assert_array_equal(np.asarray(restored["params"]["w"]), np.asarray(w))
   print("SHARDED_OK")
 
 

@@ -167,6 +167,8 @@ if sys.argv[1:3] == ["-m", "pip"]:
 else:
   print(json.dumps(dict(worker=os.environ["WORKER"], cwd=os.getcwd(), argv=sys.argv[3:],
                         multihost=os.environ.get("SI_MULTIHOST"))), flush=True)
+  if "--config.preempted=1" in sys.argv:
+    sys.exit(75)
   sys.exit(3 if "--config.fail=1" in sys.argv and os.environ["WORKER"] == "1" else 0)
 """)
   env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
@@ -206,6 +208,14 @@ def test_tpu_pod_creates_copies_installs_runs_and_stops_on_a_fake_pod(tmp_path):
       "describe", "start", "scp", "ssh", "ssh", "stop"]
   assert "si-launch: si-train failed on at least one worker (exit code 3)" in res.stderr
 
+  res = subprocess.run(cmd[:-len(AWKWARD)] + ["--config", "c", "--workdir", "gs://w",
+                                              "--config.preempted=1"],
+                       cwd=REPO, env=env, capture_output=True, text=True)
+  assert res.returncode == 75
+  assert res.stderr.splitlines()[-1] == (
+      "si-launch: si-train was preempted and saved a checkpoint (exit code 75); run the same "
+      "command again to resume")
+
 
 def test_tpu_pod_refuses_uncommitted_changes_and_another_slice_type(tmp_path):
   env, python = _fake_pod(tmp_path)
@@ -239,6 +249,7 @@ SCRIPT = """#!/bin/bash
 #SBATCH --job-name=si-train
 #SBATCH --nodes={nodes}
 #SBATCH --ntasks-per-node=1
+#SBATCH --requeue
 #SBATCH --gpus-per-node=8
 #SBATCH --exclusive
 set -euo pipefail
@@ -247,9 +258,21 @@ export SI_MULTIHOST=1
 export SI_COORDINATOR="$coordinator:$((20000 + SLURM_JOB_ID % 20000))"
 echo "si-launch: job $SLURM_JOB_ID, $SLURM_JOB_NUM_NODES nodes ($SLURM_JOB_NODELIST), \
 coordinator $SI_COORDINATOR"
-srun --kill-on-bad-exit=1 bash -c 'SI_NUM_PROCESSES=$SLURM_NTASKS SI_PROCESS_ID=$SLURM_PROCID \
-exec "$@"' si-launch \\
-  si-train {args}
+preempted="${{TMPDIR:-/tmp}}/si-launch-preempted-$SLURM_JOB_ID"
+rm -f "$preempted"
+trap 'echo "si-launch: SIGTERM: si-train saves at its next step boundary"' TERM
+rc=0
+srun --kill-on-bad-exit=1 bash -c 'trap : TERM; SI_NUM_PROCESSES=$SLURM_NTASKS \
+SI_PROCESS_ID=$SLURM_PROCID "$@"; rc=$?; if [ $rc -eq 75 ]; then if [ "$SLURM_PROCID" = 0 ]; \
+then touch "$0"; fi; exit 0; fi; exit $rc' "$preempted" \\
+  si-train {args} || rc=$?
+if [ "$rc" -eq 0 ] && [ -e "$preempted" ]; then
+  rm -f "$preempted"
+  echo "si-launch: si-train was preempted and saved a checkpoint (exit code 75); requeueing \
+job $SLURM_JOB_ID"
+  scontrol requeue "$SLURM_JOB_ID" || exit 75
+fi
+exit "$rc"
 """
 
 
@@ -267,7 +290,8 @@ def test_slurm_dry_run_prints_sbatch_and_its_script(capsys, nodes):
   assert lines[-1] == "SI_LAUNCH_EOF"
   script = "\n".join(lines[2:-1]) + "\n"
   assert script == SCRIPT.format(nodes=nodes, args=shlex.join(args))
-  assert shlex.split(script.splitlines()[-1]) == ["si-train", *args]
+  run_line = next(l for l in script.splitlines() if l.startswith("  si-train "))
+  assert shlex.split(run_line) == ["si-train", *args, "||", "rc=$?"]
   # the printed text is a shell command that feeds sbatch exactly this script
   heredoc = out[out.index(" <<'SI_LAUNCH_EOF'"):]
   res = subprocess.run(["bash", "-c", "cat" + heredoc], capture_output=True, text=True)
@@ -300,6 +324,40 @@ sys.stdout.write(line + "\\n")  # one write: the two tasks share the pipe
   assert tasks == [dict(argv=AWKWARD, SI_MULTIHOST="1", SI_COORDINATOR="gpu-a:23456",
                         SI_NUM_PROCESSES="2", SI_PROCESS_ID=str(i), RUN_TAG="a b")
                    for i in range(2)]
+
+
+@pytest.mark.parametrize("codes, rc, requeued", [((75, 75), 0, True), ((0, 0), 0, False),
+                                                  ((3, 0), 3, False)])
+def test_slurm_script_requeues_the_job_when_si_train_was_preempted(tmp_path, codes, rc,
+                                                                  requeued):
+  """Both tasks exit 75 (each saved the same step): no task counts as failed, so
+  --kill-on-bad-exit kills none mid-way, and the batch shell requeues the job."""
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  calls = tmp_path / "scontrol_calls"
+  _executable(bin_dir / "scontrol", f"#!/bin/sh\necho \"$@\" >> {calls}\n"
+                                    "[ \"$1\" = show ] && printf 'gpu-a\\ngpu-b\\n'\nexit 0\n")
+  _executable(bin_dir / "srun",  # the tasks' highest exit code, as srun reports it
+              '#!/bin/bash\nshift\nrc=0\nfor i in 0 1; do SLURM_PROCID=$i SLURM_NTASKS=2 '
+              '"$@" & pids[$i]=$!; done\nfor p in "${pids[@]}"; do wait $p || { c=$?; '
+              '[ $c -gt $rc ] && rc=$c; }; done\nexit $rc\n')
+  stand_in = _executable(tmp_path / "si-train", f"""#!{sys.executable}
+import os, sys
+sys.exit({list(codes)!r}[int(os.environ["SI_PROCESS_ID"])])
+""")
+  script = launch.slurm_script(["--config", "c", "--workdir", "w"], nodes=2, program=[stand_in])
+  env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+             SLURM_JOB_NODELIST="gpu-[a-b]", SLURM_JOB_ID="123456", SLURM_JOB_NUM_NODES="2",
+             TMPDIR=str(tmp_path))
+  res = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True)
+  assert res.returncode == rc, res.stdout + res.stderr
+  lines = calls.read_text().splitlines()
+  assert ("requeue 123456" in lines) == requeued, lines
+  if requeued:
+    assert res.stdout.splitlines()[-1] == (
+        "si-launch: si-train was preempted and saved a checkpoint (exit code 75); requeueing "
+        "job 123456")
+  assert not os.path.exists(tmp_path / "si-launch-preempted-123456")
 
 
 def test_slurm_submits_and_follows_the_log_until_the_job_ends(capsys, tmp_path, monkeypatch):
@@ -392,6 +450,66 @@ def test_local_stops_the_others_when_one_process_fails(tmp_path):
   assert res.stderr == ("[p1] boom\n"
                         "si-launch: process 1 of 2 exited with code 3; stopped process 0\n")
   assert "never printed" not in res.stdout
+
+
+PREEMPTED_STAND_IN = """import os, signal, sys, time
+i, d = os.environ["SI_PROCESS_ID"], sys.argv[1]
+runs = sum(name.endswith(f"-p{i}") for name in os.listdir(d))  # this process's launches
+open(os.path.join(d, f"run{runs}-p{i}"), "w").close()
+if runs:  # the restart: the run resumes and ends
+  print(f"process {i} resumed", flush=True)
+  sys.exit(0)
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stopped by the launcher: a failure
+if i == "1":
+  open(os.path.join(d, "..", "p1.tmp"), "w").write(str(os.getpid()))
+  os.replace(os.path.join(d, "..", "p1.tmp"), os.path.join(d, "..", "p1.pid"))
+  sys.exit(75)  # preempted: saved, first
+while not os.path.exists(os.path.join(d, "..", "p1.pid")):
+  time.sleep(0.01)
+pid = int(open(os.path.join(d, "..", "p1.pid")).read())
+while True:  # still saving until process 1 is gone (reaped by the launcher)
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    break
+  time.sleep(0.01)
+print(f"process {i} saved", flush=True)
+sys.exit(75)
+"""
+
+
+def _preempted_launch(tmp_path, *options):
+  (tmp_path / "stand_in.py").write_text(PREEMPTED_STAND_IN)
+  runs = tmp_path / "runs"
+  runs.mkdir()
+  program = shlex.join([sys.executable, str(tmp_path / "stand_in.py"), str(runs)])
+  return subprocess.run([sys.executable, "-m", "si_jax.launch", "local", "--processes", "2",
+                         *options, "--program", program, "--"],
+                        cwd=REPO, capture_output=True, text=True)
+
+
+def test_local_waits_for_every_process_of_a_preempted_run_and_says_to_resume(tmp_path):
+  res = _preempted_launch(tmp_path)
+  assert res.returncode == 75, res.stdout + res.stderr
+  assert res.stdout.splitlines() == ["[p0] process 0 saved"]  # not stopped: it finished
+  assert res.stderr.splitlines() == [
+      "si-launch: si-train was preempted and saved a checkpoint (exit code 75); run the same "
+      "command again to resume"]
+
+
+def test_local_restarts_a_preempted_run_with_max_restarts(tmp_path):
+  res = _preempted_launch(tmp_path, "--max_restarts", "2")
+  assert res.returncode == 0, res.stdout + res.stderr
+  assert sorted(res.stdout.splitlines()) == ["[p0] process 0 resumed", "[p0] process 0 saved",
+                                             "[p1] process 1 resumed"]
+  assert res.stderr.splitlines() == [
+      "si-launch: si-train was preempted and saved a checkpoint; restart 1 of 2"]
+  assert sorted(os.listdir(tmp_path / "runs")) == ["run0-p0", "run0-p1", "run1-p0", "run1-p1"]
+
+
+def test_the_preempted_exit_code_is_the_one_si_train_uses():
+  from si_jax import preemption
+  assert launch.PREEMPTED == preemption.EXIT_CODE == 75
 
 
 def test_local_processes_form_one_jax_distributed_run(tmp_path):

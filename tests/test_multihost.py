@@ -5,14 +5,17 @@ process uses to own its rows."""
 import json
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
 import pytest
 
+import fault_boot
 from si_jax import multihost
 from si_jax import workdir as workdir_lib
 
@@ -91,6 +94,58 @@ def test_two_processes_train_like_one_process_with_the_same_devices(tmp_path):
   for x, y in zip(jax.tree.leaves(jax.device_get(ra["params"])),
                   jax.tree.leaves(jax.device_get(rb["params"]))):
     np.testing.assert_allclose(y, x, rtol=0, atol=1e-6)
+
+
+def _launch_two(workdir, *extra, env=None, cache=None, program=None):
+  """si-launch local: 2 processes x 4 CPU devices of si-train (or `program`) on ARGS."""
+  e = dict(os.environ, **(env or {}))
+  if cache:
+    e.update(JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  return subprocess.Popen(
+      [sys.executable, "-m", "si_jax.launch", "local", "--processes", "2",
+       "--devices_per_process", "4", *extra, *(["--program", program] if program else []),
+       "--", *ARGS, f"--workdir={workdir}"],
+      cwd=REPO, env=e, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_sigterm_to_one_process_saves_the_same_step_on_both_and_the_restart_is_the_same_run(
+    tmp_path):
+  """Preemption (issue #19): SIGTERM reaches process 1 only, during RL step 8. Both processes
+  finish the step, save checkpoint 9, exit 75; si-launch restarts them (--max_restarts), they
+  resume at step 9, and the run ends bitwise equal to a two-process run that was not
+  interrupted."""
+  cache, a, b, ready = tmp_path / "cache", tmp_path / "a", tmp_path / "b", tmp_path / "ready"
+  p = _launch_two(a, cache=cache)
+  out, err = p.communicate(timeout=900)
+  assert p.returncode == 0, out + err
+
+  boot = shlex.join([sys.executable, "-c", fault_boot.BOOT])
+  p = _launch_two(b, "--max_restarts", "1", cache=cache, program=boot,
+                  env={"SI_FAULT_PAUSE_STEP": "8", "SI_FAULT_PAUSE_PROCESS": "1",
+                       "SI_FAULT_READY": str(ready)})
+  while not ready.exists():  # process 1 paused at the start of step 8
+    assert p.poll() is None, p.communicate()
+    time.sleep(0.05)
+  os.kill(int(ready.read_text()), signal.SIGTERM)
+  out, err = p.communicate(timeout=900)
+  assert p.returncode == 0, out + err
+  said = [l for l in err.splitlines() if "preempted" in l]
+  assert sorted(said[:2]) == [
+      f"[p0] si-train: preempted (a SIGTERM or preemption notice on another process): saved "
+      f"checkpoint 9 to {b}/checkpoints; exit code 75 means 'resume me': run the same command "
+      f"again",
+      f"[p1] si-train: preempted (SIGTERM): saved checkpoint 9 to {b}/checkpoints; exit code 75 "
+      f"means 'resume me': run the same command again"], err
+  assert said[2:] == ["si-launch: si-train was preempted and saved a checkpoint; restart 1 of 1"]
+  assert f"[p0] resumed {b} at step 9/10" in out
+  ra, rb = _metrics(a), _metrics(b)
+  assert ra == rb
+  pa, pb = workdir_lib.load_run(str(a)), workdir_lib.load_run(str(b))
+  assert pa["step"] == pb["step"] == 10
+  for x, y in zip(jax.tree.leaves(jax.device_get(pa["params"])),
+                  jax.tree.leaves(jax.device_get(pb["params"]))):
+    np.testing.assert_array_equal(x, y)
 
 
 SI_CONFIG = os.path.join(REPO, "experiments", "configs", "arith_si.py")
@@ -227,5 +282,4 @@ def test_si_eval_on_a_mesh_samples_what_one_device_samples(tmp_path):
     assert [r["sample"] for r in res["rows"]] == [r["sample"] for r in one["rows"]]
     assert res["avg@2"] == one["avg@2"] and res["mean_response_tokens"] == one[
         "mean_response_tokens"]
-  with pytest.raises(SystemExit):
-    evaluate.main(["--hf_dir", model_dir, "--task", "arith", "--mesh", "2,2"])
+  assert evaluate.main(["--hf_dir", model_dir, "--task", "arith", "--mesh", "2,2"]) == 2

@@ -221,3 +221,130 @@ def test_si_run_killed_and_resumed_is_the_same_run(tmp_path):
   for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
     np.testing.assert_array_equal(x, y)
   assert _metrics(a) == _metrics(b)
+
+
+# ----------------------------------------------------------------------------- faults
+# The fault probes of issue #19 on the GRPO smoke config (checkpoints every 2 steps, the last 2
+# kept): each run ends equal, bitwise, to one run that met no fault.
+
+import glob  # noqa: E402
+import re  # noqa: E402
+import shutil  # noqa: E402
+
+from fault_boot import BOOT  # noqa: E402  (tests/ is on sys.path under pytest)
+
+_PROGRESS = re.compile(r"^step \d+/\d+ \|")
+
+
+def _run(workdir, *overrides, cache_dir, env=None, wait=True):
+  """si-train (with tests/fault_boot.py's faults from `env`): (rc, stdout, stderr lines
+  other than the progress line) once it ends, or the Popen with wait=False."""
+  e = dict(os.environ, XLA_FLAGS="", JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+           JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+           JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", **(env or {}))
+  p = subprocess.Popen([sys.executable, "-c", BOOT, f"--config={CONFIG}:smoke",
+                        f"--workdir={workdir}", *overrides], env=e, cwd=REPO, text=True,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  if not wait:
+    return p
+  return _finish(p)
+
+
+def _finish(p):
+  out, err = p.communicate(timeout=600)
+  return p.returncode, out, [l for l in err.splitlines() if not _PROGRESS.match(l)]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+  """One smoke run that met no fault (and the compilation cache the others share)."""
+  root = tmp_path_factory.mktemp("smoke")
+  rc, out, err = _run(root / "run", cache_dir=root / "jax_cache")
+  assert rc == 0, out + "\n".join(err)
+  return root
+
+
+def _same_run(a, b):
+  """b ended where a did, with bitwise the same params and the same non-timing metrics."""
+  (sa, pa), (sb, pb) = _params(a), _params(b)
+  assert sa == sb == 10
+  for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
+    np.testing.assert_array_equal(x, y)
+  assert _metrics(a) == _metrics(b)
+
+
+def test_a_full_disk_is_one_line_exit_2_and_the_run_resumes_where_it_was(smoke_run, tmp_path):
+  w, cache = tmp_path / "run", smoke_run / "jax_cache"
+  rc, _, err = _run(w, cache_dir=cache, env={"SI_FAULT_ENOSPC_STEP": "4"})
+  assert rc == 2, err
+  assert len(err) == 1 and re.fullmatch(
+      rf"si-train: error: no space left on device while saving checkpoint 4 to "
+      rf"{re.escape(str(w))}/checkpoints \(needed about \d+\.\d+ MB\)", err[0]), err
+  assert os.listdir(w / "checkpoints") == ["2"]  # no 4.orbax-checkpoint-tmp, 2 intact
+  rc, out, err = _run(w, cache_dir=cache)  # room made
+  assert rc == 0 and f"resumed {w} at step 2/10" in out, err
+  _same_run(smoke_run / "run", w)
+
+
+def test_sigterm_saves_the_step_exits_75_and_the_restart_is_the_same_run(smoke_run, tmp_path):
+  w, cache, ready = tmp_path / "run", smoke_run / "jax_cache", tmp_path / "ready"
+  # Paused at the start of RL step 8 (tests/fault_boot.py), SIGTERM from outside.
+  p = _run(w, cache_dir=cache, wait=False,
+           env={"SI_FAULT_PAUSE_STEP": "8", "SI_FAULT_READY": str(ready)})
+  while not ready.exists():
+    assert p.poll() is None, p.communicate()
+    time.sleep(0.05)
+  os.kill(int(ready.read_text()), signal.SIGTERM)
+  rc, out, err = _finish(p)
+  # Step 8 finished, checkpoint 9 saved (not a multiple of checkpoint.every), exit 75.
+  assert rc == 75, err
+  assert err == [f"si-train: preempted (SIGTERM): saved checkpoint 9 to {w}/checkpoints; exit "
+                 f"code 75 means 'resume me': run the same command again"], err
+  assert workdir_lib.load_run(str(w))["step"] == 9
+  assert not os.path.exists(w / "summary.json")
+  rc, out, err = _run(w, cache_dir=cache)
+  assert rc == 0 and f"resumed {w} at step 9/10" in out, err
+  _same_run(smoke_run / "run", w)
+
+
+def _flip_bytes(path, n: int = 64) -> None:
+  data = bytearray(open(path, "rb").read())
+  mid = len(data) // 2
+  data[mid:mid + n] = bytes(b ^ 0xFF for b in data[mid:mid + n])
+  open(path, "wb").write(data)
+
+
+def test_a_corrupt_checkpoint_is_refused_by_eval_and_convert_and_resume_falls_back(
+    smoke_run, tmp_path, capsys):
+  w, cache = tmp_path / "run", smoke_run / "jax_cache"
+  shutil.copytree(smoke_run / "run", w)
+  data = max(glob.glob(str(w / "checkpoints" / "10" / "state" / "ocdbt.process_*" / "d" / "*")),
+             key=os.path.getsize)
+  _flip_bytes(data)  # 64 bytes, as a bad disk or a partial copy leaves them
+  named = (rf"checkpoint {re.escape(str(w))}/checkpoints/10 does not verify: array "
+           rf"'[a-z_/0-9]+' has checksum [0-9a-f]{{8}} but the checkpoint recorded [0-9a-f]{{8}} "
+           rf"\(its data is in {re.escape(os.path.relpath(data, w / 'checkpoints' / '10'))}\)")
+  from si_jax import evaluate
+  from si_jax.models import convert
+  capsys.readouterr()
+  assert evaluate.main(["--workdir", str(w), "--out", str(tmp_path / "ev")]) == 2
+  err = capsys.readouterr().err.splitlines()
+  assert len(err) == 1 and re.fullmatch(r"si-eval: error: " + named + ".*", err[0]), err
+  assert convert.main(["--to=hf", f"--from_workdir={w}", f"--out={tmp_path / 'hf'}"]) == 2
+  err = capsys.readouterr().err.splitlines()
+  assert len(err) == 1 and re.fullmatch(r"si-convert: error: " + named + ".*", err[0]), err
+  assert not os.path.exists(tmp_path / "ev") and not os.path.exists(tmp_path / "hf")
+  # A resume that may not fall back stops, naming it, and moves nothing.
+  rc, _, err = _run(w, "--config.checkpoint.on_corrupt=refuse", cache_dir=cache)
+  assert rc == 2 and len(err) == 1 and re.fullmatch(r"si-train: error: " + named + ".*",
+                                                    err[0]), err
+  assert sorted(os.listdir(w / "checkpoints")) == ["10", "8"]
+  # By default it says so, keeps the bad one aside and redoes steps 9 and 10 from checkpoint 8.
+  rc, out, err = _run(w, cache_dir=cache)
+  assert rc == 0 and f"resumed {w} at step 8/10" in out, err
+  assert len(err) == 1 and re.fullmatch(
+      r"si-train: warning: " + named + rf".*; moved it to {re.escape(str(w))}/checkpoints/"
+      r"10\.corrupt and resuming from checkpoint 8 \(with config\.checkpoint\.on_corrupt="
+      r"refuse the run would stop instead\)", err[0]), err
+  assert sorted(os.listdir(w / "checkpoints")) == ["10", "10.corrupt", "8"]
+  _same_run(smoke_run / "run", w)

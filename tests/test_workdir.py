@@ -157,3 +157,80 @@ def test_a_field_added_to_the_schema_later_does_not_block_a_resume():
   assert workdir_lib._diff(old, new, defaults=defaults) == []
   new["rl"]["logprob_microbatches"] = 2
   assert workdir_lib._diff(old, new, defaults=defaults) == ["rl.logprob_microbatches"]
+
+
+def test_the_loaded_model_and_tokenizer_are_named_in_one_line_each(hf_dir, tmp_path, capsys):
+  c = _config()
+  c.model.init_from = hf_dir
+  tok = workdir_lib.setup_tokenizer(c, str(tmp_path))
+  cfg, _ = workdir_lib.setup_model(c, tok, shd.make_mesh(devices=jax.devices()[:1]))
+  lines = capsys.readouterr().out.splitlines()
+  assert lines == [
+      f"tokenizer: {hf_dir} (the model's own): {tok.vocab_size} tokens, eos {tok.eos_id}, "
+      f"stops on {list(tok.stop_ids)}",
+      f"model: {hf_dir} (HF directory, config.model.init_from): qwen3, 2 layers, d=64, vocab "
+      f"{cfg.vocab_size}, {cfg.num_params() / 1e6:.2f}M params, float32"]
+  c = _config(build="arith")  # no init_from: the preset, initialized from the seed
+  tok = workdir_lib.setup_tokenizer(c, str(tmp_path))
+  workdir_lib.setup_model(c, tok, shd.make_mesh(devices=jax.devices()[:1]))
+  tokenizer_line, model_line = capsys.readouterr().out.splitlines()
+  assert tokenizer_line.startswith(f"tokenizer: {tmp_path}/tokenizer (built: "
+                                   f"config.tokenizer.build='arith'): ")
+  assert model_line.startswith("model: new, random init from config.model.preset='tiny' "
+                               "(seed 0): qwen3, ")
+
+
+def test_resume_fields_may_differ_between_starts_of_a_run(tmp_path):
+  a, b = configs.base_config(), configs.base_config()
+  b.checkpoint.on_corrupt = "refuse"
+  workdir_lib.claim(a, str(tmp_path))
+  os.makedirs(tmp_path / "checkpoints" / "3")
+  workdir_lib.claim(b, str(tmp_path))  # how to resume is no part of what the run is
+  b.checkpoint.keep = 5
+  with pytest.raises(ValueError, match=r"differing fields: config.checkpoint.keep$|"
+                                       r"differing fields: config.checkpoint.keep\."):
+    workdir_lib.claim(b, str(tmp_path))
+
+
+def _si_config(**sft):
+  c = configs.base_config()
+  c.rl.credit = "si"
+  c.sft.update(sft)
+  return c
+
+
+@pytest.mark.parametrize("sft, warned", [
+    (dict(steps=0), True),
+    (dict(steps=100, repair_pairs=0), True),
+    (dict(steps=0, repair_pairs=64), True),  # pairs but no SFT step to learn them
+    (dict(steps=100, repair_pairs=64), False),
+    (dict(steps=100, repair_data_path="repairs.jsonl"), False),
+])
+def test_si_without_a_repair_mode_cold_start_warns(capsys, sft, warned):
+  workdir_lib.warn_without_repair_cold_start(_si_config(**sft))
+  err = capsys.readouterr().err
+  assert (err.startswith("si-train: warning: config.rl.credit='si' repairs failures with the "
+                         "model's repair mode, but it has had no cold start on repair pairs")
+          == warned), err
+  assert err.count("\n") == (1 if warned else 0)
+
+
+def test_si_from_a_run_that_had_the_repair_cold_start_does_not_warn(tmp_path, capsys):
+  cold = _si_config(steps=100, repair_pairs=64)
+  (tmp_path / "cold").mkdir()
+  (tmp_path / "cold" / "config.json").write_text(configs.to_json(cold))
+  os.makedirs(tmp_path / "cold" / "checkpoints" / "100")
+  c = _si_config(steps=0)
+  c.model.init_from = str(tmp_path / "cold")
+  workdir_lib.warn_without_repair_cold_start(c)
+  c.rl.credit = "outcome"  # and GRPO needs no repair mode at all
+  workdir_lib.warn_without_repair_cold_start(_config())
+  assert capsys.readouterr().err == ""
+  bare = _si_config(steps=100)
+  (tmp_path / "bare").mkdir()
+  (tmp_path / "bare" / "config.json").write_text(configs.to_json(bare))
+  os.makedirs(tmp_path / "bare" / "checkpoints" / "100")
+  c.rl.credit = "si"
+  c.model.init_from = str(tmp_path / "bare")
+  workdir_lib.warn_without_repair_cold_start(c)
+  assert "no cold start on repair pairs" in capsys.readouterr().err

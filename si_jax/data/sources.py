@@ -9,8 +9,11 @@ Rows come back as the builder wrote them: str for text, python int/float for sca
 for sequences (a sequence of records is a list of dicts). Index i is the i-th row of the
 split's files, in order.
 
-A built dataset is rebuilt when the files in the manual dir have changed since (names, sizes,
-mtimes); without a manual dir a built dataset is used as it is.
+A built dataset is used only for the files it was built from: it is rebuilt when the manual dir
+names another directory than the build's or its files have changed since (names, sizes,
+mtimes), and a manual dir that is given but does not exist is an error, never a reason to fall
+back on an earlier build. Without a manual dir (None), the default one is checked when it
+exists, and a built dataset is used as it is when it does not (a shared, prebuilt data_dir).
 """
 
 from __future__ import annotations
@@ -74,9 +77,15 @@ def load_split(name: str, split: str, data_dir: epath.PathLike | None = None,
   """
   builder = get_builder(name, data_dir, **builder_kwargs)
   if isinstance(builder, builders.ManualBuilder):
-    manual = epath.Path(os.path.expanduser(os.fspath(manual_dir))) if manual_dir else (
-        default_manual_dir(builder))
-    if _needs_build(builder, manual):
+    given = bool(manual_dir)
+    manual = _absolute(manual_dir) if given else default_manual_dir(builder)
+    if given and builder.is_prepared() and not manual.is_dir():
+      built_from = (builder.info.metadata or {}).get("manual_dir", "files not recorded")
+      raise FileNotFoundError(
+          f"{builder.name}: manual_dir {manual} does not exist (the dataset built in "
+          f"{builder.data_dir} from {built_from} is not used in place of the files you name; "
+          f"{builder.EXPECTED_FILES})")
+    if _needs_build(builder, manual, given):
       if builder.is_prepared():  # stale: drop the old build (tfds cannot regenerate in place)
         epath.Path(builder.data_dir).rmtree()
         builder = get_builder(name, data_dir, **builder_kwargs)
@@ -100,19 +109,30 @@ def load_split(name: str, split: str, data_dir: epath.PathLike | None = None,
   return DecodedSource(builder.as_data_source(split=split), builder.info.features)
 
 
-def _needs_build(builder: builders.ManualBuilder, manual: epath.Path) -> bool:
-  """True if not built yet, or built from files in `manual` that have changed since."""
+def _absolute(path: epath.PathLike) -> epath.Path:
+  path = os.path.expanduser(os.fspath(path))
+  return epath.Path(path if "://" in path else os.path.abspath(path))
+
+
+def _needs_build(builder: builders.ManualBuilder, manual: epath.Path, given: bool) -> bool:
+  """True if not built yet, or built from another manual dir than `manual` (when `given`), or
+  from files in it that have changed since."""
   if not builder.is_prepared():
     # Checks the files now, so the error names the directory and what it should hold.
     records.find_split_files(manual, dataset=builder.name, expected=builder.EXPECTED_FILES)
     return True
   if not manual.is_dir():
-    return False  # built elsewhere, or the source files moved: use what is built
+    return False  # no manual dir named, none at the default place: a prebuilt dataset
+  metadata = builder.info.metadata or {}
+  built_from = metadata.get("manual_dir")
+  if given and built_from is not None and built_from != os.fspath(manual):
+    logging.warning("%s: %s was built from %s, not from manual_dir %s; rebuilding",
+                    builder.name, builder.data_dir, built_from, manual)
+    return True
   files = records.find_split_files(manual, dataset=builder.name,
                                    expected=builder.EXPECTED_FILES)
   current = records.fingerprint([f for fs in files.values() for f in fs])
-  built = (builder.info.metadata or {}).get("source_fingerprint")
-  if current == built:
+  if current == metadata.get("source_fingerprint"):
     return False
   logging.warning("%s: files in %s changed since %s was built; rebuilding", builder.name,
                   manual, builder.data_dir)

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import difflib
 import importlib
 import inspect
 from typing import Any, Callable, Mapping, Sequence
 
 from si_jax.verify.types import Verdict
 
-__all__ = ["Example", "Task", "Verdict", "register", "get_task", "task_names", "task_options"]
+__all__ = ["Example", "Task", "Verdict", "register", "get_task", "task_names", "task_options",
+           "check_options"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +136,18 @@ def task_options(name: str) -> dict[str, Any]:
   if opts is None:
     return signature_options(_REGISTRY[name])
   return dict(opts() if callable(opts) else opts)
+
+
+def check_options(name: str, kwargs: Mapping[str, Any], where: str = "task options") -> None:
+  """Raises ValueError naming the first of `kwargs` that task `name` has no option for (with
+  the closest one, and the task's options), instead of the constructor's TypeError."""
+  known = task_options(name)
+  for key in kwargs:
+    if key not in known:
+      close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+      hint = f"; did you mean {close[0]!r}?" if close else ""
+      raise ValueError(f"{where}: task {name!r} has no option {key!r}{hint} (its options: "
+                       f"{', '.join(sorted(known))})")
 
 
 def _import_task_modules() -> None:

@@ -217,6 +217,19 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+  """si-convert; returns the exit code. A source that cannot be read as asked (a missing
+  directory, a checkpoint that does not verify, a layout that does not match) is one line on
+  stderr, `si-convert: error: ...`, and exit code 2 (SI_TRACEBACK=1 shows the traceback)."""
+  try:
+    return _main(argv)
+  except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
+    if os.environ.get("SI_TRACEBACK") == "1":
+      raise
+    print(f"si-convert: error: {str(e).strip(chr(39) + chr(34))}", file=sys.stderr, flush=True)
+    return 2
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
   p = _parser()
   args = p.parse_args(argv)
   if args.to == "si":

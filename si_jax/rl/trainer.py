@@ -29,6 +29,7 @@ import functools
 import io
 import json
 import os
+import sys
 import time
 from typing import Any
 
@@ -42,6 +43,7 @@ from si_jax import configs
 from si_jax import evaluate as eval_lib
 from si_jax import metrics as metrics_lib
 from si_jax import multihost
+from si_jax import preemption as preemption_lib
 from si_jax import sampling
 from si_jax import sft as sft_lib
 from si_jax import shapes
@@ -131,6 +133,7 @@ class Run:
     self.loss = configs.resolve_loss(config)
     self.policy_term = credit_lib.policy_term(config)
     workdir_lib.claim(config, workdir)
+    workdir_lib.warn_without_repair_cold_start(config)
     self.tokenizer = workdir_lib.setup_tokenizer(config, workdir)
     self.task = tasks_lib.get_task(config.task.name, **config.task.kwargs.to_dict())
     for split in (config.task.train_split, config.task.eval_split):  # fail fast on bad data
@@ -161,6 +164,7 @@ class Run:
                                       # every=0: only the forced saves (hand-over, end)
                                       save_every=config.checkpoint.every or 10**9)
     self.writer = metrics_lib.MetricsWriter(workdir, tensorboard=config.log.tensorboard)
+    self.preemption = preemption_lib.Monitor()  # SIGTERM -> save at a step boundary, exit
     self._pending_row: dict | None = None
     # phase 'sft' until start_rl ran (also with sft.steps = 0: it evaluates the initial policy)
     self.meta: dict[str, Any] = dict(step=0, phase="sft",
@@ -218,16 +222,31 @@ class Run:
   # -- checkpoints
 
   def restore(self) -> bool:
-    step = self.ckpt.latest_step()
-    if step is None:
+    """Resumes from the newest checkpoint that verifies (config.checkpoint.on_corrupt)."""
+    found = self.ckpt.restore_latest_good(
+        ts.abstract_state(self.state),
+        fall_back=self.config.checkpoint.get("on_corrupt", "fall_back") == "fall_back")
+    if found is None:
       return False
-    self.state, meta = self.ckpt.restore(ts.abstract_state(self.state), step)
+    self.state, meta, step, skipped = found
+    for e in skipped if multihost.is_primary() else ():
+      print(f"si-train: warning: {e}; moved it to {e.moved_to} and resuming from checkpoint "
+            f"{step} (with config.checkpoint.on_corrupt=refuse the run would stop instead)",
+            file=sys.stderr, flush=True)
     self.meta.update(meta)
     self.writer.truncate_after(self.meta["step"])
     return True
 
   def save(self, force: bool = False):
-    self.ckpt.save(self.meta["step"], self.state, self.meta, force=force)
+    """Checkpoints the step just finished if due (or forced), or if a preemption notice
+    reached any process: then every process saves this same step and raises Preempted."""
+    step = self.meta["step"]
+    stop = self.preemption.reached(step)  # collective: every process, every boundary
+    self.ckpt.save(step, self.state, self.meta,
+                   force=force or (stop and self.ckpt.latest_step() != step))
+    if stop:
+      self.ckpt.wait()
+      raise preemption_lib.Preempted(step, self.ckpt.directory, self.preemption.signalled)
 
   def key(self, step: int, purpose: int) -> jax.Array:
     return jax.random.fold_in(jax.random.fold_in(self.root_key, step), purpose)
@@ -523,6 +542,7 @@ class Run:
       self.save(force=step + 1 == self.total_steps)
 
   def close(self):
+    self.preemption.uninstall()
     self.ckpt.wait()
     self.ckpt.close()
     self.writer.close()
@@ -536,6 +556,7 @@ def train(config, workdir: str, run: Run | None = None) -> dict:
   t_start = time.perf_counter()
   run = run or Run(config, workdir)
   try:
+    run.preemption.install()
     resumed = run.restore()
     if resumed and multihost.is_primary():
       print(f"resumed {workdir} at step {run.meta['step']}/{run.total_steps}", flush=True)

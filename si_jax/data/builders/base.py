@@ -6,6 +6,7 @@ instructions). Building needs no TensorFlow: features are encoded to numpy/bytes
 as array_record when `file_format="array_record"` is passed (what `sources.load_split` does).
 
 Recorded in the dataset's metadata at build time, so that a reader can check them:
+  manual_dir: the absolute path of the directory the files were read from;
   source_fingerprint: digest of the input files' names, sizes and mtimes (staleness check);
   rows_in: {split: rows in the input files}; equal to the split's num_examples, since no row is
     ever dropped (a bad row is an error naming file, line and column);
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import abc
 import inspect
+import os
 from typing import Any, Iterator, Mapping
 
 from etils import epath
@@ -81,6 +83,8 @@ class ManualBuilder(quiet.QuietBuild, tfds.core.GeneratorBasedBuilder,
     split_files = records.find_split_files(
         manual_dir, dataset=self.name, expected=self.EXPECTED_FILES)
     all_files = [f for files in split_files.values() for f in files]
+    path = os.fspath(manual_dir)
+    self.info.metadata["manual_dir"] = path if "://" in path else os.path.abspath(path)
     self.info.metadata["source_fingerprint"] = records.fingerprint(all_files)
     self.info.metadata["rows_in"] = {
         split: sum(records.count_rows(f) for f in files) for split, files in split_files.items()}
