@@ -56,6 +56,7 @@ DEFAULT_WORDS = (
     "Repair", "the", "failed", "solution", "fix", "its", "first", "wrong", "step", "keep",
     "steps", "before", "it", "Problem", "Failed", "Reference", "Solution",
     "The", "final", "answer", "is", "Which", "one", "Reply", "boxed",
+    "Part",  # last: the ids of the words before it are those of tokenizers built without it
 )
 
 # End-of-turn / end-of-text tokens of common families, used as stop ids where the vocab has them.

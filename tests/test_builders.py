@@ -18,7 +18,7 @@ from si_jax.data import arith
 from si_jax.data import sources
 from si_jax.data.builders import RecordError
 from si_jax.data.builders import math_sets
-from si_jax.data.builders.arith import row_to_example
+from si_jax.data.builders.arith import builder_config_for, row_to_example
 
 
 def _write_jsonl(path, rows, raw_lines=()):
@@ -229,6 +229,22 @@ def test_arith_builder_matches_arith_dataset(data_dir):
           sources.get_builder("arith", data_dir, config=other).data_dir)
   with pytest.raises(ValueError, match="no split 'test'"):
     sources.load_split("arith", "test", data_dir, config=other)
+
+
+def test_arith_builder_stores_multi_part_problems(data_dir):
+  config = arith.ArithConfig(parts=3, num_steps=(1, 4), train_size=12, test_size=4, seed=2)
+  for split in ("train", "test"):
+    rows = sources.load_split("arith", split, data_dir, config=config)
+    examples = [row_to_example(r) for r in rows]
+    assert examples == list(arith.ArithDataset(config, split))
+    assert all(arith.verify(e, e.meta["solution"]).reward == 1.0 for e in examples)
+  assert list(rows[0]["part_steps"]) == [p.num_steps for p in arith.as_problem(examples[0]).parts]
+  # parts=1 is left out of the digest: single-chain configs keep the directories they had.
+  assert "parts" not in builder_config_for(arith.ArithConfig(seed=2)).description
+  assert '"parts": 3' in builder_config_for(config).description
+  assert (sources.get_builder("arith", data_dir, config=config).data_dir !=
+          sources.get_builder("arith", data_dir, config=arith.ArithConfig(
+              parts=2, num_steps=(1, 4), train_size=12, test_size=4, seed=2)).data_dir)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -37,6 +37,38 @@ is drawn from an RNG seeded by (seed, split, i): random access and reproducible.
 With `invertible_steps` (default) multiplications only use operands coprime with the modulus
 (nonzero without one), so every step is a bijection and a single mistake always changes the
 final answer: outcome reward and process correctness then agree for single-error traces.
+
+Multi-part problems (`ArithConfig(parts=m)`, m >= 2; m = 1 is the language above, unchanged):
+m independent chains, each drawn like the single chain (its own start, operations and length),
+under one shared modulus; reward 1 only when every part's answer is right. A slip changes one
+part, so a failed trace carries the other m - 1 parts' correct work: where outcome credit and
+token credit should part ways.
+
+  prompt    Mod 10. Part 1: Start at 7. Add 5. Multiply by 3. Part 2: Start at 3. Multiply by 3.
+  solution  Part 1:        per part: a header line, its step lines (as above), its answer line
+            7+5=2
+            2*3=6
+            Answer: 6
+            Part 2:
+            3*3=9
+            Answer: 9
+
+Why this layout and not one final `Answer: 6, 9` line: every line then belongs to exactly one
+part, so a mistake and everything it changes (the later steps of its part, its part's answer
+line) stay inside that part's lines; lines are still steps, and `first_wrong_step` is the index
+of the first wrong line of the whole trace (headers and answer lines included). A shared final
+line would mix the parts, and writing it would make a tiny model recall part 1's value from far
+back; here every answer line copies the value just above it, as in the single chain. The header
+repeats the prompt's `Part k:` so the model can look up the part it starts by matching those
+tokens (`Part` is one token of `si_jax.tokenizer.DEFAULT_WORDS`). Readers:
+  - `verify`: the first m `Answer:` lines, in order, are the parts' answers (what comes after
+    them is ignored); reward 1 iff all m are right ('missing_answer' when fewer than m).
+  - `first_wrong_step`: as above over the whole trace: the first line that is not the expected
+    header, step or answer line; a header line is wrong when missing or misnumbered.
+  - `line_parts`: the part each line of a trace belongs to (by its headers), to tell the
+    mistaken part's lines from the others.
+  - `inject_error(problem, step)`: `step` is the global line index of an operation line; the
+    mistake propagates within its part only, the other parts are written right.
 """
 
 from __future__ import annotations
@@ -55,9 +87,10 @@ from si_jax.data.tasks import Example, Task, register
 from si_jax.verify.types import Verdict
 
 __all__ = [
-    "OPERATORS", "STYLES", "ERROR_KINDS", "SPLITS", "ArithConfig", "Problem", "ArithDataset",
-    "SFTTrace", "RepairPair", "as_problem", "solve", "inject_error", "first_wrong_step",
-    "verify", "sft_traces", "repair_pairs", "segment", "ArithTask",
+    "OPERATORS", "STYLES", "ERROR_KINDS", "SPLITS", "ArithConfig", "Problem", "MultiPartProblem",
+    "ArithDataset", "SFTTrace", "RepairPair", "as_problem", "solve", "inject_error",
+    "first_wrong_step", "verify", "line_parts", "part_lines", "operation_lines", "sft_traces",
+    "repair_pairs", "segment", "ArithTask",
 ]
 
 OPERATORS = ("+", "-", "*")
@@ -71,6 +104,7 @@ STEP_MODE = "lines"
 _OP_PHRASES = {"+": "Add {}.", "-": "Subtract {}.", "*": "Multiply by {}."}
 _STEP_RE = re.compile(r"(-?[0-9]+)\s*([-+*])\s*(-?[0-9]+)\s*=\s*(-?[0-9]+)")
 _ANSWER_PREFIX = "Answer:"
+_PART_RE = re.compile(r"Part\s*([0-9]+)\s*:")
 _INT_RE = re.compile(r"-?[0-9]+")
 _MAX_DIGITS = 4000  # Python refuses int() of > 4300 digits; longer numbers are just wrong.
 _MAX_DRAWS = 10_000
@@ -105,6 +139,10 @@ class ArithConfig:
   seed: seeds every split.
   train_size / test_size: number of examples of each split.
   test_fraction: share of the problem space reserved for the test split (by prompt hash).
+  parts: m >= 1 independent chains per problem, all answers required (reward 1 only when every
+    part is right). Each part draws its own start, operations and length (num_steps is per
+    part); the modulus is shared. 1 (default) is the single-chain task, unchanged; m >= 2 writes
+    `Part k:` sections (see the module docstring), so prompts and solutions grow about m-fold.
 
   The defaults (2-4 steps mod 10, operands 0..5, start 0..9, compact) are sized for a CPU run:
   a 2-layer d=128 model trained by SFT on correct traces (batch 32, AdamW 3e-3) reached 41%
@@ -123,6 +161,7 @@ class ArithConfig:
   train_size: int = 20000
   test_size: int = 500
   test_fraction: float = 0.1
+  parts: int = 1
 
   def __post_init__(self):
     put = functools.partial(object.__setattr__, self)
@@ -154,6 +193,8 @@ class ArithConfig:
         errors.append(f"{name} must be >= 0, got {getattr(self, name)}")
     if not 0.0 < self.test_fraction < 1.0:
       errors.append(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+    if isinstance(self.parts, bool) or not isinstance(self.parts, int) or self.parts < 1:
+      errors.append(f"parts must be an int >= 1, got {self.parts!r}")
     if not errors and "*" in self.operators and not self.operand_choices("*"):
       errors.append(f"operators include '*' but no operand in {self.operand_range} is "
                     f"{'coprime with ' + str(self.modulus) if self.modulus else 'nonzero'} "
@@ -230,8 +271,12 @@ class Problem:
 
   @property
   def prompt(self) -> str:
-    head = [f"Mod {self.modulus}."] if self.modulus else []
-    return " ".join(head + [f"Start at {self.values[0]}."] +
+    return " ".join(_mod_phrase(self.modulus) + [self.chain_text])
+
+  @property
+  def chain_text(self) -> str:
+    """The chain in words, without the modulus: `Start at 7. Add 5. Multiply by 3.`"""
+    return " ".join([f"Start at {self.values[0]}."] +
                     [_OP_PHRASES[op].format(b) for op, b in zip(self.ops, self.operands)])
 
   def to_meta(self) -> dict[str, Any]:
@@ -247,13 +292,97 @@ class Problem:
       raise ValueError(f"arith: example meta lacks key {e.args[0]!r}; it holds {sorted(meta)}")
 
 
-def as_problem(problem: "Problem | Example") -> Problem:
-  """A Problem, or the Problem an arith Example's meta describes."""
-  if isinstance(problem, Problem):
+def _mod_phrase(modulus: int | None) -> list[str]:
+  return [f"Mod {modulus}."] if modulus else []
+
+
+@dataclasses.dataclass(frozen=True)
+class MultiPartProblem:
+  """m >= 2 independent chains under one modulus; every part's answer is required.
+
+  parts[i] is part i + 1 of the prompt (`Part 1: ...`); each is a Problem with the shared
+  modulus. A one-part problem is a plain Problem (the single-chain language has no headers).
+  """
+
+  parts: tuple[Problem, ...]
+
+  def __post_init__(self):
+    object.__setattr__(self, "parts", tuple(self.parts))
+    if len(self.parts) < 2 or not all(isinstance(p, Problem) for p in self.parts):
+      raise ValueError(f"MultiPartProblem: need >= 2 Problems (one part is a Problem), got "
+                       f"{self.parts!r}")
+    moduli = {p.modulus for p in self.parts}
+    if len(moduli) != 1:
+      raise ValueError(f"MultiPartProblem: the parts must share one modulus, got {moduli}")
+
+  @property
+  def modulus(self) -> int | None:
+    return self.parts[0].modulus
+
+  @property
+  def num_steps(self) -> int:
+    """Operations over all parts."""
+    return sum(p.num_steps for p in self.parts)
+
+  @property
+  def answer(self) -> tuple[int, ...]:
+    """Every part's answer, in order."""
+    return tuple(p.answer for p in self.parts)
+
+  @property
+  def prompt(self) -> str:
+    return " ".join(_mod_phrase(self.modulus) +
+                    [f"Part {i + 1}: {p.chain_text}" for i, p in enumerate(self.parts)])
+
+  def to_meta(self) -> dict[str, Any]:
+    return {"parts": tuple(p.to_meta() for p in self.parts), "modulus": self.modulus,
+            "num_steps": self.num_steps}
+
+  @classmethod
+  def from_meta(cls, meta: Mapping[str, Any]) -> "MultiPartProblem":
+    return cls(tuple(Problem.from_meta(part) for part in meta["parts"]))
+
+
+AnyProblem = Problem | MultiPartProblem
+
+
+def as_problem(problem: "AnyProblem | Example") -> AnyProblem:
+  """A (multi-part) problem, or the one an arith Example's meta describes."""
+  if isinstance(problem, (Problem, MultiPartProblem)):
     return problem
   if isinstance(problem, Example):
+    if "parts" in problem.meta:
+      return MultiPartProblem.from_meta(problem.meta)
     return Problem.from_meta(problem.meta)
   raise TypeError(f"arith: expected a Problem or an arith Example, got {type(problem).__name__}")
+
+
+def _parts(problem: AnyProblem) -> tuple[Problem, ...]:
+  return problem.parts if isinstance(problem, MultiPartProblem) else (problem,)
+
+
+def part_lines(problem: "AnyProblem | Example") -> list[range]:
+  """The global line indices of each part in the correct trace (header, steps, answer line).
+
+  A single chain is one part holding every line: [range(0, num_steps + 1)].
+  """
+  problem = as_problem(problem)
+  if isinstance(problem, Problem):
+    return [range(problem.num_steps + 1)]
+  out, start = [], 0
+  for part in problem.parts:
+    out.append(range(start, start + part.num_steps + 2))
+    start += part.num_steps + 2
+  return out
+
+
+def operation_lines(problem: "AnyProblem | Example") -> list[tuple[int, int, int]]:
+  """(global line, part, step within the part) of every operation line of the correct trace:
+  the lines a mistake can be injected at."""
+  problem = as_problem(problem)
+  first = 0 if isinstance(problem, Problem) else 1  # the line after the part's header
+  return [(lines[first + k], i, k) for i, (part, lines)
+          in enumerate(zip(_parts(problem), part_lines(problem))) for k in range(part.num_steps)]
 
 
 # ----------------------------------------------------------------------------- writing traces
@@ -271,16 +400,30 @@ def _answer_line(value: int) -> str:
   return f"{_ANSWER_PREFIX} {value}"
 
 
+def _part_line(part: int) -> str:
+  """The header of 0-based part `part`: `Part 1:` for the first."""
+  return f"Part {part + 1}:"
+
+
 def _true_lines(problem: Problem, style: str) -> list[str]:
   v = problem.values
   return [_step_line(v[k], op, b, v[k + 1], style)
           for k, (op, b) in enumerate(zip(problem.ops, problem.operands))]
 
 
-def solve(problem: "Problem | Example", style: str = "compact") -> str:
-  """The correct trace: one line per operation, then `Answer: <value>`."""
+def _part_solution(problem: AnyProblem, i: int, style: str) -> list[str]:
+  """The correct lines of part i: its header (multi-part only), steps and answer line."""
+  part = _parts(problem)[i]
+  header = [_part_line(i)] if isinstance(problem, MultiPartProblem) else []
+  return header + _true_lines(part, style) + [_answer_line(part.answer)]
+
+
+def solve(problem: "AnyProblem | Example", style: str = "compact") -> str:
+  """The correct trace: one line per operation, then `Answer: <value>` (per part, after its
+  `Part k:` header, for a multi-part problem)."""
   problem = as_problem(problem)
-  return "\n".join(_true_lines(problem, style) + [_answer_line(problem.answer)])
+  return "\n".join(line for i in range(len(_parts(problem)))
+                   for line in _part_solution(problem, i, style))
 
 
 def _continue(problem: Problem, k: int, value: int, style: str) -> tuple[list[str], int]:
@@ -322,31 +465,43 @@ def _wrong_step_candidates(problem: Problem, k: int, kind: str) -> list[tuple[tu
   return out
 
 
-def inject_error(problem: "Problem | Example", step: int, rng: int | random.Random = 0,
+def inject_error(problem: "AnyProblem | Example", step: int, rng: int | random.Random = 0,
                  kind: str = "result", style: str = "compact") -> str:
-  """A trace with one mistake at `step` (0-based) that propagates to a wrong final answer.
+  """A trace with one mistake at line `step` (0-based) that propagates to a wrong answer.
 
-  Steps before `step` are right; step `step` has the mistake (see ERROR_KINDS); later steps
-  compute correctly from the wrong value. The mistake is drawn with `rng` (a seed or a Random)
-  among those that change the final answer and make `first_wrong_step` return `step`.
+  Lines before `step` are right; line `step` has the mistake (see ERROR_KINDS); the later steps
+  of its part compute correctly from the wrong value, so that part's answer is wrong. For a
+  single chain `step` is the operation's index; for a multi-part problem it is the global line
+  index of an operation line (see `operation_lines`), and every other part is written right.
+  The mistake is drawn with `rng` (a seed or a Random) among those that change the part's
+  answer and make `first_wrong_step` return `step`.
 
   Raises:
-    ValueError: step out of range, unknown kind, or no such mistake exists (e.g. leaving out
-      an "Add 0." step, or a later "Multiply by 0." erasing every earlier mistake).
+    ValueError: step not an operation line, unknown kind, or no such mistake exists (e.g.
+      leaving out an "Add 0." step, or a later "Multiply by 0." erasing every earlier mistake).
   """
   problem = as_problem(problem)
-  n = problem.num_steps
-  if not 0 <= step < n:
-    raise ValueError(f"inject_error: step must be in [0, {n}) for {problem.prompt!r}, got {step}")
+  where = {line: (i, k) for line, i, k in operation_lines(problem)}
+  if isinstance(problem, Problem) and not 0 <= step < problem.num_steps:
+    raise ValueError(f"inject_error: step must be in [0, {problem.num_steps}) for "
+                     f"{problem.prompt!r}, got {step}")
+  if step not in where:
+    raise ValueError(f"inject_error: step must be the line of an operation, one of "
+                     f"{sorted(where)}, for {problem.prompt!r}, got {step}")
   rng = rng if isinstance(rng, random.Random) else random.Random(f"arith-inject/{rng}")
-  prefix = _true_lines(problem, style)[:step]
+  i, k = where[step]
+  part, num_parts = _parts(problem)[i], len(_parts(problem))
+  before = [line for j in range(i) for line in _part_solution(problem, j, style)]
+  after = [line for j in range(i + 1, num_parts) for line in _part_solution(problem, j, style)]
+  header = [_part_line(i)] if isinstance(problem, MultiPartProblem) else []
+  prefix = before + header + _true_lines(part, style)[:k]
   texts = []
-  for wrong, carried in _wrong_step_candidates(problem, step, kind):
+  for wrong, carried in _wrong_step_candidates(part, k, kind):
     line = [] if wrong is None else [_step_line(*wrong, style)]
-    rest, final = _continue(problem, step + 1, carried, style)
-    if final == problem.answer:
+    rest, final = _continue(part, k + 1, carried, style)
+    if final == part.answer:
       continue
-    text = "\n".join(prefix + line + rest + [_answer_line(final)])
+    text = "\n".join(prefix + line + rest + [_answer_line(final)] + after)
     if first_wrong_step(problem, text) == step:
       texts.append(text)
   if not texts:
@@ -363,7 +518,8 @@ def _to_int(s: str) -> int | None:
 
 
 def _read_line(line: str) -> tuple:
-  """('step', a, op, b, c) | ('answer', value or None) | ('other',) for a stripped line."""
+  """('step', a, op, b, c) | ('answer', value or None) | ('part', 0-based part or None) |
+  ('other',) for a stripped line."""
   if line.startswith(_ANSWER_PREFIX):
     rest = line[len(_ANSWER_PREFIX):].strip()
     return ("answer", _to_int(rest) if _INT_RE.fullmatch(rest) else None)
@@ -371,7 +527,24 @@ def _read_line(line: str) -> tuple:
   if m:
     a, op, b, c = m.groups()
     return ("step", _to_int(a), op, _to_int(b), _to_int(c))
+  m = _PART_RE.fullmatch(line)
+  if m:
+    k = _to_int(m.group(1))
+    return ("part", k - 1 if k is not None else None)
   return ("other",)
+
+
+def _expected_lines(problem: AnyProblem) -> list[tuple]:
+  """What `_read_line` gives for each line of the correct trace."""
+  out = []
+  for i, part in enumerate(_parts(problem)):
+    if isinstance(problem, MultiPartProblem):
+      out.append(("part", i))
+    v = part.values
+    out += [("step", v[k], op, b, v[k + 1])
+            for k, (op, b) in enumerate(zip(part.ops, part.operands))]
+    out.append(("answer", part.answer))
+  return out
 
 
 def segment(text: str) -> list[Step]:
@@ -379,38 +552,75 @@ def segment(text: str) -> list[Step]:
   return segment_steps(text, STEP_MODE)
 
 
-def first_wrong_step(problem: "Problem | Example", text: str) -> int | str:
+def first_wrong_step(problem: "AnyProblem | Example", text: str) -> int | str:
   """Index of the first wrong line of `text` (see the module docstring), "none" or "unparseable".
 
-  Indices refer to `segment(text)`. Never raises on model output.
+  Indices refer to `segment(text)`; over the whole trace for a multi-part problem. Never raises
+  on model output.
   """
   problem = as_problem(problem)
   if not isinstance(text, str):
     return "unparseable"
-  # Lines after the answer line (index n, or earlier = a missing step) are never looked at.
+  # Lines after the last expected line (the last answer line) are never looked at.
   lines = [_read_line(s.text.strip()) for s in segment(text)]
-  if all(line[0] == "other" for line in lines):
+  readable = ("step", "answer", "part") if isinstance(problem, MultiPartProblem) else (
+      "step", "answer")  # a single chain's language has no headers
+  if all(line[0] not in readable for line in lines):
     return "unparseable"
-  v, n = problem.values, problem.num_steps
-  for k in range(n):
-    if k >= len(lines) or lines[k] != ("step", v[k], problem.ops[k], problem.operands[k], v[k + 1]):
+  for k, want in enumerate(_expected_lines(problem)):
+    if k >= len(lines) or lines[k] != want:
       return k
-  if len(lines) <= n or lines[n] != ("answer", problem.answer):
-    return n
   return "none"
 
 
-def verify(problem: "Problem | Example", text: str) -> Verdict:
-  """Reward 1 iff the first `Answer:` line states the true final value (outcome only)."""
-  problem = as_problem(problem)
-  if not isinstance(text, str):
-    return Verdict(0.0, "no_answer")
+def _stated_answers(text: str, m: int) -> list[int | None]:
+  """The values of the first m `Answer:` lines of `text` (None where unreadable)."""
+  out = []
   for line in text.split("\n"):
     line = line.strip()
     if line.startswith(_ANSWER_PREFIX):
-      value = _read_line(line)[1]
-      return Verdict(1.0, "correct") if value == problem.answer else Verdict(0.0, "wrong_answer")
-  return Verdict(0.0, "no_answer")
+      out.append(_read_line(line)[1])
+      if len(out) == m:
+        break
+  return out
+
+
+def verify(problem: "AnyProblem | Example", text: str) -> Verdict:
+  """Reward 1 iff the first `Answer:` line states the true final value (outcome only); for m
+  parts, iff the first m `Answer:` lines state the m parts' values in order ('missing_answer'
+  when there are fewer)."""
+  problem = as_problem(problem)
+  if not isinstance(text, str):
+    return Verdict(0.0, "no_answer")
+  want = tuple(part.answer for part in _parts(problem))
+  got = _stated_answers(text, len(want))
+  if not got:
+    return Verdict(0.0, "no_answer")
+  if len(got) < len(want):
+    return Verdict(0.0, "missing_answer")
+  return Verdict(1.0, "correct") if tuple(got) == want else Verdict(0.0, "wrong_answer")
+
+
+def line_parts(problem: "AnyProblem | Example", text: str) -> list[int | None]:
+  """The 0-based part each line of `text` (each step of `segment(text)`) belongs to.
+
+  A single chain has one part: every line is part 0. For a multi-part problem a line belongs
+  to the part of the last `Part k:` header at or above it; None before any header or under a
+  header that names no part of the problem. Never raises on model output.
+  """
+  problem = as_problem(problem)
+  if not isinstance(text, str):
+    return []
+  steps = segment(text)
+  if isinstance(problem, Problem):
+    return [0] * len(steps)
+  out, current = [], None
+  for s in steps:
+    line = _read_line(s.text.strip())
+    if line[0] == "part":
+      current = line[1] if line[1] is not None and 0 <= line[1] < len(problem.parts) else None
+    out.append(current)
+  return out
 
 
 # ----------------------------------------------------------------------------- generation
@@ -422,14 +632,20 @@ def _bucket(prompt: str) -> float:
   return int.from_bytes(digest, "big") / 2.0**64
 
 
-def _draw_problem(config: ArithConfig, rng: random.Random) -> Problem:
+def _draw_chain(config: ArithConfig, rng: random.Random) -> Problem:
   n = rng.randint(*config.num_steps)
   ops = tuple(rng.choice(config.operators) for _ in range(n))
   operands = tuple(rng.choice(config.operand_choices(op)) for op in ops)
   return Problem(rng.randint(*config.start_range), ops, operands, config.modulus)
 
 
-def _draw_in_split(config: ArithConfig, split: str, key: str) -> Problem:
+def _draw_problem(config: ArithConfig, rng: random.Random) -> AnyProblem:
+  if config.parts == 1:
+    return _draw_chain(config, rng)
+  return MultiPartProblem(tuple(_draw_chain(config, rng) for _ in range(config.parts)))
+
+
+def _draw_in_split(config: ArithConfig, split: str, key: str) -> AnyProblem:
   """Draws problems from the RNG seeded by `key` until one belongs to `split`."""
   rng = random.Random(key)
   for _ in range(_MAX_DRAWS):
@@ -440,7 +656,7 @@ def _draw_in_split(config: ArithConfig, split: str, key: str) -> Problem:
                    f"{config} is too small for test_fraction={config.test_fraction}")
 
 
-def _example(problem: Problem, example_id: str) -> Example:
+def _example(problem: AnyProblem, example_id: str) -> Example:
   meta = problem.to_meta()
   meta["solution"] = solve(problem)
   return Example(id=example_id, prompt=problem.prompt, answer=problem.answer, meta=meta)
@@ -457,7 +673,7 @@ class ArithDataset(collections.abc.Sequence):
   def __len__(self) -> int:
     return self.config.size(self.split)
 
-  def problem(self, index: int) -> Problem:
+  def problem(self, index: int) -> AnyProblem:
     n = len(self)
     if not -n <= index < n:
       raise IndexError(f"ArithDataset({self.split!r}): index {index} out of range [0, {n})")
@@ -473,7 +689,7 @@ class ArithDataset(collections.abc.Sequence):
 
 
 class SFTTrace(NamedTuple):
-  """A cold-start trace; first_wrong is the injected error's step (None for a correct trace)."""
+  """A cold-start trace; first_wrong is the injected error's line (None for a correct trace)."""
 
   example: Example
   trace: str
@@ -484,7 +700,8 @@ class SFTTrace(NamedTuple):
 class RepairPair:
   """An error -> repair training pair (DESIGN 5.2 step 8).
 
-  failed: a trace with one mistake at step first_wrong (0-based) that propagates.
+  failed: a trace with one mistake at line first_wrong (0-based) that propagates (within its
+    part: the other parts of a multi-part problem are right).
   anchor: a correct solution (in another style than failed where the config has two).
   repaired: the minimal repair of failed: the same lines before first_wrong, right from there
     (what the repair mode should answer; `si_jax.si.prompts.repair_prompt` renders its prompt).
@@ -498,7 +715,9 @@ class RepairPair:
   kind: str
 
 
-def _step_weights(step_dist, n: int) -> list[float]:
+def _step_weights(step_dist, lines: Sequence[int]) -> list[float]:
+  """The weight of each operation line (global line indices `lines`, ascending)."""
+  n = len(lines)
   if isinstance(step_dist, str):
     if step_dist == "uniform":
       return [1.0] * n
@@ -507,22 +726,22 @@ def _step_weights(step_dist, n: int) -> list[float]:
     if step_dist == "late":
       return [float(k + 1) for k in range(n)]
     raise ValueError(f"arith: step_dist must be 'uniform', 'early', 'late' or a list of "
-                     f"weights per step, got {step_dist!r}")
-  weights = [float(w) for w in step_dist][:n]
-  weights += [0.0] * (n - len(weights))
+                     f"weights per line, got {step_dist!r}")
+  given = [float(w) for w in step_dist]
+  weights = [given[line] if line < len(given) else 0.0 for line in lines]
   if any(w < 0 for w in weights) or not any(weights):
-    raise ValueError(f"arith: step_dist weights must be >= 0 with a positive one among the "
-                     f"first {n} steps, got {list(step_dist)}")
+    raise ValueError(f"arith: step_dist weights must be >= 0 with a positive one at an "
+                     f"operation line {list(lines)}, got {list(step_dist)}")
   return weights
 
 
-def _draw_error(problem: Problem, rng: random.Random, step_dist, kinds: Sequence[str],
+def _draw_error(problem: AnyProblem, rng: random.Random, step_dist, kinds: Sequence[str],
                 style: str) -> tuple[str, int, str] | None:
-  """(trace, step, kind) of one injected mistake, or None if the problem admits none."""
-  n = problem.num_steps
-  weights = _step_weights(step_dist, n)
-  steps = [k for k in range(n) if weights[k] > 0]
-  first = rng.choices(range(n), weights=weights)[0]
+  """(trace, line, kind) of one injected mistake, or None if the problem admits none."""
+  lines = [line for line, _, _ in operation_lines(problem)]
+  weights = _step_weights(step_dist, lines)
+  steps = [k for k, w in zip(lines, weights) if w > 0]
+  first = rng.choices(lines, weights=weights)[0]
   order = [first] + rng.sample([k for k in steps if k != first], len(steps) - 1)
   for step in order:
     for kind in rng.sample(list(kinds), len(kinds)):
@@ -545,8 +764,9 @@ def sft_traces(config: ArithConfig, n: int, error_rate: float, seed: int = 0,
   """n cold-start traces on training-split problems; round(error_rate * n) carry one mistake.
 
   Args:
-    step_dist: where mistakes go: 'uniform', 'early' (weight n - k), 'late' (weight k + 1), or
-      a list of weights per step index.
+    step_dist: where mistakes go among the n operation lines (of all parts): 'uniform',
+      'early' (weight n - k for the k-th), 'late' (weight k + 1), or a list of weights per line
+      index (the index `first_wrong` takes; other lines than operations cannot hold one).
     kinds: the error kinds drawn from (uniformly).
   Each trace's style is drawn from config.styles. Deterministic in (config, n, error_rate,
   seed, step_dist, kinds).
@@ -658,6 +878,17 @@ class ArithTask(Task):
   def sft_pairs(self, n: int, error_rate: float, seed: int) -> list[tuple[str, str]]:
     return [(t.example.prompt, t.trace)
             for t in sft_traces(self.config, n, error_rate, seed=seed)]
+
+  def answer_key(self, completion: str) -> str | None:
+    """Single chain: the Task default (the last `Answer:` line). m parts: the m values that
+    `verify` reads, as `6, 9`; None when fewer than m answer lines state a number."""
+    m = self.config.parts
+    if m == 1:
+      return super().answer_key(completion)
+    got = _stated_answers(completion, m) if isinstance(completion, str) else []
+    if len(got) < m or any(v is None for v in got):
+      return None
+    return ", ".join(str(v) for v in got)
 
   def first_wrong_step(self, example: Example, completion: str) -> int | None:
     """The true first wrong step of a completion (oracle reset, localization precision); None

@@ -7,7 +7,10 @@ datasets of different configs never share a directory:
 
 Rows hold the Example of `ArithDataset(config, split)[i]` (id, prompt, answer) and the problem
 (start, ops, operands, modulus (0 = none), values, num_steps, solution); `row_to_example`
-rebuilds the Example exactly. Bump VERSION when the generator in arith.py changes what it draws.
+rebuilds the Example exactly. A multi-part config (`parts` = m >= 2) stores answer and start
+per part ([m]), ops, operands and values of all parts one after another, num_steps as their
+total and part_steps [m] (each part's operations) to cut them apart again. Bump VERSION when
+the generator in arith.py changes what it draws.
 """
 
 from __future__ import annotations
@@ -39,8 +42,11 @@ class ArithBuilderConfig(tfds.core.BuilderConfig):
 
 
 def _config_fields(config: arith.ArithConfig) -> dict[str, Any]:
-  return {k: list(v) if isinstance(v, tuple) else v
-          for k, v in dataclasses.asdict(config).items()}
+  fields = {k: list(v) if isinstance(v, tuple) else v
+            for k, v in dataclasses.asdict(config).items()}
+  if fields["parts"] == 1:
+    del fields["parts"]  # added later: single-chain configs keep the directory names they had
+  return fields
 
 
 def _make_config(config: arith.ArithConfig) -> ArithBuilderConfig:
@@ -80,6 +86,8 @@ class SiArith(quiet.QuietBuild, tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     ints = tfds.features.Sequence(np.int64)
+    # Multi-part: answer and start per part, part_steps to cut the flat ops / operands / values.
+    multi = {"answer": ints, "start": ints, "part_steps": ints} if self._multi_part else {}
     return tfds.core.DatasetInfo(
         builder=self,
         description=self.__class__.__doc__,
@@ -94,9 +102,14 @@ class SiArith(quiet.QuietBuild, tfds.core.GeneratorBasedBuilder):
             "values": ints,
             "num_steps": np.int32,
             "solution": tfds.features.Text(),
+            **multi,
         }),
         disable_shuffling=True,  # index i = ArithDataset(config, split)[i]
     )
+
+  @property
+  def _multi_part(self) -> bool:
+    return self.builder_config.arith.parts > 1
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     del dl_manager  # generated: nothing to read
@@ -113,7 +126,7 @@ class SiArith(quiet.QuietBuild, tfds.core.GeneratorBasedBuilder):
           "operands": list(ex.meta["operands"]), "modulus": ex.meta["modulus"] or 0,
           "values": list(ex.meta["values"]), "num_steps": ex.meta["num_steps"],
           "solution": ex.meta["solution"],
-      }
+      } if not self._multi_part else _multi_part_row(ex)
       for key in ("answer", "start", "operands", "values"):
         vals = row[key] if isinstance(row[key], list) else [row[key]]
         if any(not _INT64.min <= v <= _INT64.max for v in vals):
@@ -122,8 +135,35 @@ class SiArith(quiet.QuietBuild, tfds.core.GeneratorBasedBuilder):
       yield i, row
 
 
+def _multi_part_row(ex: tasks.Example) -> dict[str, Any]:
+  parts = ex.meta["parts"]
+  flat = lambda key: [x for part in parts for x in part[key]]
+  return {
+      "id": ex.id, "prompt": ex.prompt, "answer": list(ex.answer),
+      "start": [part["start"] for part in parts], "ops": flat("ops"),
+      "operands": flat("operands"), "modulus": ex.meta["modulus"] or 0, "values": flat("values"),
+      "num_steps": ex.meta["num_steps"], "part_steps": [part["num_steps"] for part in parts],
+      "solution": ex.meta["solution"],
+  }
+
+
+def _multi_part_example(row: Mapping[str, Any]) -> tasks.Example:
+  modulus = row["modulus"] or None
+  parts, op_at, value_at = [], 0, 0
+  for start, n in zip(row["start"], row["part_steps"]):
+    parts.append({"start": start, "ops": tuple(row["ops"][op_at:op_at + n]),
+                  "operands": tuple(row["operands"][op_at:op_at + n]), "modulus": modulus,
+                  "values": tuple(row["values"][value_at:value_at + n + 1]), "num_steps": n})
+    op_at, value_at = op_at + n, value_at + n + 1
+  meta = {"parts": tuple(parts), "modulus": modulus, "num_steps": row["num_steps"],
+          "solution": row["solution"]}
+  return tasks.Example(id=row["id"], prompt=row["prompt"], answer=tuple(row["answer"]), meta=meta)
+
+
 def row_to_example(row: Mapping[str, Any]) -> tasks.Example:
   """The arith Example a built row holds (equal to ArithDataset's)."""
+  if "part_steps" in row:
+    return _multi_part_example(row)
   meta = {"start": row["start"], "ops": tuple(row["ops"]), "operands": tuple(row["operands"]),
           "modulus": row["modulus"] or None, "values": tuple(row["values"]),
           "num_steps": row["num_steps"], "solution": row["solution"]}
