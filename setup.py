@@ -23,6 +23,8 @@ INSTALL_REQUIRES = [
     "rapidfuzz==3.14.6",
     "tensorboardX==2.6.5",
     "tqdm==4.70.1",
+    # a retaining malloc for XLA:CPU's per-step temporaries (si_jax/allocator.py)
+    "cmeel-mimalloc==3.4.3; platform_system == 'Linux'",
 ]
 
 EXTRAS_REQUIRE = {

@@ -1,28 +1,41 @@
-"""The paper's comparison at toy scale: outcome-only RL (GRPO, GSPO) against supervision
-internalization (SI repair, SI reset) and the reset ablations (random, oracle), on the synthetic
-arithmetic task, from one shared cold start per seed, with equal RL steps and prompts per step.
+"""The paper's comparison at toy scale, and the study of where process credit beats GSPO.
 
-  python experiments/reproduce_arith.py                 # full table: 6 methods x 3 seeds
-  python experiments/reproduce_arith.py --quick         # 1 seed; GSPO, SI repair, SI reset
+  python experiments/reproduce_arith.py                         # the ladder, chains, 5 seeds
+  python experiments/reproduce_arith.py --study dilution        # GSPO vs SI where failures
+                                                                # carry more correct work
+  python experiments/reproduce_arith.py --study methods         # GRPO, GSPO, SI repair/reset
+  python experiments/reproduce_arith.py --quick                 # 1 seed; GSPO, SI; 20 steps
 
-Per seed, the cold start is one si-train run of experiments/configs/arith_si.py with
-rl.steps=0 (SFT on policy traces, repair pairs - half without the anchor - and reflection
+Studies (every method of a task and seed starts from one shared cold start):
+  ladder    on today's chains (2-4 operations): GSPO, SI as it was before the decisive-credit
+            work, then one change at a time, cumulatively (LADDER): truncation by continuation,
+            both sides of every edit, the balanced signal, internalization that repairs. Each
+            row isolates one change against the row above it.
+  dilution  GSPO against SI (the ladder's last row, or --best) on tasks where a failure carries
+            more correct work: longer chains (`long`, 6-8 operations) and several independent
+            chains per problem (`parts2`, `parts4`: reward 1 only when every part is right).
+  methods   the first table: GRPO, GSPO, SI repair and the reset variants.
+
+Per seed and task, the cold start is one si-train run of experiments/configs/arith_si.py[:task]
+with rl.steps=0 (SFT on policy traces, repair pairs - half without the anchor - and reflection
 pairs); every method then starts from that run's checkpoint (`model.init_from=<cold start
-workdir>`), so differences are the RL methods' alone. Each run is a separate `si-train`
-process in its own workdir under --root: an interrupted reproduction resumes where it stopped
-(finished runs are skipped, a killed one resumes from its checkpoint).
+workdir>`), so differences are the RL methods' alone. Each run is a separate `si-train` process
+in its own workdir under --root: an interrupted study resumes where it stopped (finished runs
+are skipped, a killed one resumes from its checkpoint); runs share one persistent compilation
+cache under --root.
 
-Outputs (--out, default experiments/results/): arith_table.md (the table), arith_curves.png
-(held-out accuracy against RL step and against tokens sampled, mean and min-max band over
-seeds), arith_runs.json (the per-run metrics the table and plot were made from).
+Outputs (--out, default experiments/results/): arith[_<study>_<task>]_table.md (the table),
+_curves.png (held-out accuracy against RL step, against tokens sampled, and the paired
+difference to GSPO), _runs.json (the per-run metrics the table and plot were made from).
+Compared with GSPO per seed (paired): final avg@4, steps to GSPO's final accuracy, tokens
+sampled, wall time per RL step with and without compilation (compile/seconds), programs
+compiled after the warm-up steps.
 
-Calibration (done before looking at SI's numbers, as the issue asks; see README): the task is
-the main job's (2-4 chained operations mod 10, operands 0-9), the model the main job's
-(Qwen3-shaped, d=128, 2 layers). Its cold start (600 SFT steps, half the policy traces with an
-injected mistake) leaves held-out avg@4 around 0.3-0.4: room to learn, and GSPO moves it within
-tens of steps without solving the task, so the baseline's final accuracy lands inside the
-0.3-0.8 band the issue asks for. RL: 32 prompts x 8 samples per step; --steps (default 40, quick
-20) steps for every method; evaluation every --eval_every steps on 128 held-out problems x 4
+Calibration (done before looking at SI's numbers): the task is the main job's (2-4 chained
+operations mod 10, operands 0-9), the model the main job's (Qwen3-shaped, d=128, 2 layers). Its
+cold start leaves held-out avg@4 around 0.3-0.4: room to learn, and GSPO moves it within tens
+of steps without solving the task. RL: 32 prompts x 8 samples per step; --steps (default 40,
+quick 20) for every method; evaluation every --eval_every steps on 128 held-out problems x 4
 samples at temperature 1.
 """
 
@@ -40,35 +53,65 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "experiments", "configs", "arith_si.py")
+TASKS = ("chain", "long", "parts2", "parts4")  # arith_si.py variants ("chain": the default)
+WARMUP_STEPS = 5  # RL steps that may compile (si_jax/rl/trainer.py: WARMUP_STEPS)
 
-# method -> config overrides (on top of the shared RL settings)
+# The SI of the first table, before the decisive-credit changes.
+SI_BEFORE = {"rl.credit": "si", "rl.loss": "gspo", "si.correction": "repair",
+             "si.truncation": "graft", "si.both_sides": False, "si.adv_scale": "fixed",
+             "si.gate_norm": "gate", "si.plus": "pg", "si.train_correct_base": False,
+             "si.anchor_dropout": 0.0, "si.repair_copy_weight": 1.0}
+# The ladder: each row adds its changes to the row above it (GSPO stands apart).
+LADDER_STEPS: list[tuple[str, dict[str, Any]]] = [
+    ("SI as before", SI_BEFORE),
+    ("+ continuation truncation", {"si.truncation": "continue"}),
+    ("+ both sides", {"si.both_sides": True}),
+    ("+ balanced signal", {"si.adv_scale": "group", "si.gate_norm": "response",
+                           "si.plus": "is", "si.train_correct_base": True}),
+    ("+ internalization", {"si.anchor_dropout": 0.5, "si.repair_copy_weight": 0.2}),
+]
+
+
+def _cumulative(steps):
+  out, acc = {}, {}
+  for name, delta in steps:
+    acc = {**acc, **delta}
+    out[name] = dict(acc)
+  return out
+
+
+GSPO = {"rl.credit": "outcome", "rl.loss": "gspo"}
+LADDER: dict[str, dict[str, Any]] = {"GSPO": GSPO, **_cumulative(LADDER_STEPS)}
 METHODS: dict[str, dict[str, Any]] = {
     "GRPO": {"rl.credit": "outcome", "rl.loss": "grpo"},
-    "GSPO": {"rl.credit": "outcome", "rl.loss": "gspo"},
+    "GSPO": GSPO,
     "SI (repair)": {"rl.credit": "si", "rl.loss": "gspo", "si.correction": "repair"},
     "SI (reset)": {"rl.credit": "si", "rl.loss": "gspo", "si.correction": "reset"},
     "random_reset": {"rl.credit": "si", "rl.loss": "gspo", "si.correction": "random_reset"},
     "oracle_reset": {"rl.credit": "si", "rl.loss": "gspo", "si.correction": "oracle_reset"},
 }
-QUICK_METHODS = ("GSPO", "SI (repair)", "SI (reset)")
-SLUG = {m: m.lower().replace(" (", "_").replace(")", "").replace(" ", "_") for m in METHODS}
+QUICK_METHODS = ("GSPO", "+ internalization")
 
 
-def _run(workdir: str, overrides: dict[str, Any], log_every: int) -> float:
+def _slug(name: str) -> str:
+  keep = "".join(ch if ch.isalnum() else "_" for ch in name.lower())
+  return "_".join(p for p in keep.split("_") if p)
+
+
+def _run(workdir: str, task: str, overrides: dict[str, Any], log_every: int) -> float:
   """si-train in a subprocess (skipped when finished); returns its wall seconds."""
   if os.path.exists(os.path.join(workdir, "summary.json")):
     return 0.0
   os.makedirs(workdir, exist_ok=True)
-  cmd = [sys.executable, "-m", "si_jax.main", f"--config={CONFIG}", f"--workdir={workdir}",
-         f"--config.log.progress_every={log_every}"]
+  config = CONFIG + ("" if task == "chain" else f":{task}")
+  cmd = [sys.executable, "-m", "si_jax.main", f"--config={config}", f"--workdir={workdir}",
+         f"--config.log.progress_every={log_every}",
+         f"--compile_cache_dir={os.path.join(os.path.dirname(os.path.dirname(workdir)), 'xla')}"]
   cmd += [f"--config.{k}={v}" for k, v in overrides.items()]
   t0 = time.time()
   with open(os.path.join(workdir, "train.log"), "a", encoding="utf-8") as log:
-    # one persistent compilation cache for every run: the methods compile the same shapes
-    env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", ""))
-    env.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.dirname(workdir),
-                                                             "jax_cache"))
-    rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+    rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+                         env=dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "")))
   if rc:
     raise SystemExit(f"reproduce_arith: {workdir} failed (exit {rc}); see {workdir}/train.log")
   return time.time() - t0
@@ -84,24 +127,25 @@ def _wall(workdir: str) -> float:
     return float(json.load(f)["wall_s"])
 
 
-def run_all(args) -> tuple[dict[str, dict[int, list[dict]]], float]:
-  """Runs (or skips) every run; returns the metrics and the runs' total si-train wall time."""
-  methods = list(QUICK_METHODS if args.quick else args.methods)
+def run_all(args, task: str, methods: dict[str, dict[str, Any]]
+            ) -> tuple[dict[str, dict[int, list[dict]]], float]:
+  """Runs (or skips) every run of one task; returns the metrics and the runs' total si-train
+  wall time (cold starts included)."""
   common = {"rl.steps": args.steps, "eval.every": args.eval_every,
             "eval.num_examples": args.eval_examples, "checkpoint.every": args.eval_every}
+  root = os.path.join(args.root, task)
   out: dict[str, dict[int, list[dict]]] = {m: {} for m in methods}
   wall = 0.0
   for seed in args.seeds:
-    cold = os.path.join(args.root, f"cold_start_seed{seed}")
-    dt = _run(cold, {"seed": seed, "rl.steps": 0}, 100)
+    cold = os.path.join(root, f"cold_start_seed{seed}")
+    dt = _run(cold, task, {"seed": seed, "rl.steps": 0}, 100)
     wall += _wall(cold)
-    print(f"cold start seed {seed}: {dt:.0f} s", flush=True)
-    for m in methods:
-      prefix = f"quick{args.steps}_" if args.quick else ""  # quick runs share the cold start
-      wd = os.path.join(args.root, f"{prefix}{SLUG[m]}_seed{seed}")
-      over = {"seed": seed, "sft.steps": 0, "model.init_from": cold, **common, **METHODS[m]}
-      dt = _run(wd, over, 10)
-      print(f"{m} seed {seed}: {dt:.0f} s", flush=True)
+    print(f"{task}: cold start seed {seed}: {dt:.0f} s", flush=True)
+    for m, over in methods.items():
+      wd = os.path.join(root, f"{_slug(m)}_{args.steps}steps_seed{seed}")
+      dt = _run(wd, task, {"seed": seed, "sft.steps": 0, "model.init_from": cold, **common,
+                           **over}, 10)
+      print(f"{task}: {m} seed {seed}: {dt:.0f} s", flush=True)
       out[m][seed] = _rows(wd)
       wall += _wall(wd)
   return out, wall
@@ -138,20 +182,49 @@ def _mean_rl(rows: list[dict], key: str) -> float:
   return float(np.mean(vals)) if vals else float("nan")
 
 
-def _ms(xs, fmt: str = ".3f") -> str:
-  """mean ± std (ddof=1) over seeds; NaNs (metric absent) left out; '-' if none."""
+def _ms(xs, fmt: str = ".3f", stderr: bool = False) -> str:
+  """mean ± std (ddof=1; with `stderr` the standard error of the mean) over seeds; NaNs
+  (metric absent) left out; '-' if none."""
   xs = np.asarray([x for x in xs if x == x], np.float64)
   if not xs.size:
     return "-"
   if xs.size == 1:
-    return f"{xs[0]:{fmt}}"
-  return f"{xs.mean():{fmt}} ± {xs.std(ddof=1):{fmt.lstrip('+')}}"
+    return f"{xs[0]:{fmt}}" + (" (1 seed)" if stderr else "")
+  spread = xs.std(ddof=1) / (np.sqrt(xs.size) if stderr else 1.0)
+  return f"{xs.mean():{fmt}} ± {spread:{fmt.lstrip('+')}}"
 
 
-def _step_seconds(rows: list[dict]) -> float:
-  """Mean seconds of an RL step's stages (sample, verify, credit, pack, update; no eval)."""
-  return sum(_mean_rl(rows, k) for k in ("time/rollout", "time/verify", "time/credit",
-                                         "time/pack", "time/update"))
+def _step_seconds(rows: list[dict], compile_too: bool = True) -> float:
+  """Mean seconds of an RL step's stages (sample, verify, credit, pack, update; no eval), with
+  or without the seconds those stages spent making programs (compile/seconds, eval's left
+  out)."""
+  total = sum(_mean_rl(rows, k) for k in ("time/rollout", "time/verify", "time/credit",
+                                          "time/pack", "time/update"))
+  if compile_too:
+    return total
+  rl = [r for r in rows if r.get("phase") == 1]
+  compiling = [r.get("compile/seconds", 0.0) * (1.0 - _eval_share(r)) for r in rl]
+  return total - (float(np.mean(compiling)) if compiling else 0.0)
+
+
+def _eval_share(row: dict) -> float:
+  """The share of a step's compiles made by its evaluation (not part of the step's stages)."""
+  n = row.get("compile/compiles", 0)
+  return row.get("compile/compiles_eval", 0) / n if n else 0.0
+
+
+def _late_compiles(rows: list[dict]) -> int:
+  """Programs compiled by RL steps after the warm-up (evaluations included)."""
+  first = min((r["step"] for r in rows if r.get("phase") == 1), default=0)
+  return int(sum(r.get("compile/compiles", 0) for r in rows
+                 if r.get("phase") == 1 and r["step"] - first + 1 > WARMUP_STEPS))
+
+
+def _ratio_at_k(rows: list[dict]) -> float:
+  """Share of the kept repairs whose K* is the first rung, over the run."""
+  kept = sum(r.get("si/kept", 0) for r in rows if r.get("phase") == 1)
+  at_k = sum(r.get("si/kstar_at_k", 0) for r in rows if r.get("phase") == 1)
+  return at_k / kept if kept else float("nan")
 
 
 def _probe(rows: list[list[dict]], key: str) -> str:
@@ -172,49 +245,56 @@ def _reach(rows: list[dict], key: str, target: float) -> float:
 
 def table(results: dict[str, dict[int, list[dict]]], k: int) -> str:
   """One row per method; every comparison with GSPO is paired by seed (same cold start)."""
-  acc, pk = f"eval/avg@{k}", f"eval/pass@{k}"
+  acc = f"eval/avg@{k}"
   gspo = results.get("GSPO", {})
   gspo_final = {sd: _curve(r, acc)[2][-1] for sd, r in gspo.items()}
   gspo_reach = {sd: _reach(r, acc, gspo_final[sd]) for sd, r in gspo.items()}
-  head = [f"| method | avg@{k} before RL | avg@{k} final | final - GSPO (paired) | "
-          f"pass@{k} final | steps to GSPO's final (same seed) | steps vs GSPO | "
-          "tokens sampled / step | repair success (train) first -> last step | held-out probes "
-          "first -> last eval (repair with / no / wrong anchor; reflection) | active-token "
-          "ratio first -> last step | localization precision | wall / step vs GSPO |",
-          "|" + "---|" * 13]
-  lines = []
+  cols = ["method", f"avg@{k} before RL", f"avg@{k} final",
+          "final - GSPO (paired, mean ± s.e.)", "steps to GSPO's final (same seed)",
+          "steps vs GSPO", "tokens sampled / step", "wall / step vs GSPO (with compiling)",
+          "wall / step vs GSPO (without)", "programs compiled after step 5",
+          "grad norm (mean)", "repair success (train) first -> last step",
+          "held-out probes first -> last eval (repair with / no / wrong anchor)",
+          "active-token ratio first -> last step", "K* = K (share of kept repairs)",
+          "localization precision"]
+  lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
   for m, runs in results.items():
-    rows = list(runs.values())
-    seeds = list(runs)
+    rows, seeds = list(runs.values()), list(runs)
     before = [_curve(r, acc)[2][0] for r in rows]
     final = [_curve(r, acc)[2][-1] for r in rows]
     delta = [final[i] - gspo_final[sd] for i, sd in enumerate(seeds) if sd in gspo_final]
-    passk = [_curve(r, pk)[2][-1] for r in rows]
     reach = [_reach(runs[sd], acc, gspo_final[sd]) for sd in seeds if sd in gspo_final]
     n_reach = sum(x == x for x in reach)
     reach_s = (f"{_ms([x for x in reach if x == x], '.0f')} ({n_reach}/{len(reach)} seeds)"
                if n_reach else f"not reached (0/{len(reach)})")
-    pairs = [reach[i] / gspo_reach[sd] for i, sd in enumerate(s for s in seeds if s in gspo_reach)
-             if reach[i] == reach[i] and gspo_reach[sd] > 0]
-    ratio = _ms(pairs, ".2f") + "x" if pairs else "-"
-    toks = _ms([_mean_rl(r, "tokens/sampled") for r in rows], ",.0f")
-    rs = (f"{_ms([_first(r, 'si/repair_success') for r in rows])} -> "
-          f"{_ms([_last(r, 'si/repair_success') for r in rows])}")
+    pairs = [x / gspo_reach[sd] for x, sd in zip(reach, (s for s in seeds if s in gspo_reach))
+             if x == x and gspo_reach[sd] > 0]
+    speed = _ms(pairs, ".2f") + "x" if pairs else "-"
+    wall = [_step_seconds(runs[sd]) / _step_seconds(gspo[sd]) for sd in seeds if sd in gspo]
+    bare = [_step_seconds(runs[sd], False) / _step_seconds(gspo[sd], False)
+            for sd in seeds if sd in gspo]
+    si = "si/repair_success" in rows[0][-1]
     probe = "; ".join(f"{label}: {_probe(rows, key)}" for label, key in (
         ("with", "probe_repair_with_anchor"), ("none", "probe_repair_no_anchor"),
-        ("wrong", "probe_repair_wrong_anchor"), ("reflection", "probe_reflection_precision"))
+        ("wrong", "probe_repair_wrong_anchor"))
                       if any(f"eval/si/{key}" in x for r in rows for x in r)) or "-"
-    atr = (f"{_ms([_first(r, 'si/active_token_ratio') for r in rows])} -> "
-           f"{_ms([_last(r, 'si/active_token_ratio') for r in rows])}")
-    loc = _ms([_mean_rl(r, "si/localization_precision") for r in rows])
-    # per seed, against GSPO's run of the same seed (same machine load), then over seeds
-    ratios = [_step_seconds(runs[sd]) / _step_seconds(gspo[sd]) for sd in runs if sd in gspo]
-    wall = _ms(ratios, ".2f") + "x" if ratios else "-"
-    if "si/repair_success" not in rows[0][-1]:
-      rs = atr = loc = "-"
-    lines.append(f"| {m} | {_ms(before)} | {_ms(final)} | {_ms(delta, '+.3f')} | {_ms(passk)} | "
-                 f"{reach_s} | {ratio} | {toks} | {rs} | {probe} | {atr} | {loc} | {wall} |")
-  return "\n".join(head + lines)
+    cells = [m, _ms(before), _ms(final), _ms(delta, "+.3f", True) if m != "GSPO" else "0",
+             reach_s,
+             speed, _ms([_mean_rl(r, "tokens/sampled") for r in rows], ",.0f"),
+             (_ms(wall, ".2f") + "x") if wall else "-", (_ms(bare, ".2f") + "x") if bare else "-",
+             _ms([_late_compiles(r) for r in rows], ".0f"),
+             _ms([_mean_rl(r, "grad_norm") for r in rows], ".2f")]
+    if si:
+      cells += [f"{_ms([_first(r, 'si/repair_success') for r in rows])} -> "
+                f"{_ms([_last(r, 'si/repair_success') for r in rows])}", probe,
+                f"{_ms([_first(r, 'si/active_token_ratio') for r in rows])} -> "
+                f"{_ms([_last(r, 'si/active_token_ratio') for r in rows])}",
+                _ms([_ratio_at_k(r) for r in rows], ".2f"),
+                _ms([_mean_rl(r, "si/localization_precision") for r in rows])]
+    else:
+      cells += ["-"] * 5
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
 
 
 def plot(results: dict[str, dict[int, list[dict]]], k: int, path: str) -> None:
@@ -258,38 +338,62 @@ def plot(results: dict[str, dict[int, list[dict]]], k: int, path: str) -> None:
   fig.savefig(path, dpi=120)
 
 
+STUDIES = ("ladder", "dilution", "methods")
+
+
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("--quick", action="store_true", help="1 seed; GSPO, SI repair, SI reset")
-  ap.add_argument("--seeds", default=None, help="comma-separated (default 0,1,2; quick: 0)")
-  ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated method names")
+  ap.add_argument("--study", default="ladder", choices=STUDIES)
+  ap.add_argument("--quick", action="store_true", help="1 seed; GSPO and SI; 20 steps")
+  ap.add_argument("--tasks", default=None,
+                  help=f"comma-separated of {TASKS} (ladder, methods: chain; dilution: "
+                       "long,parts2,parts4)")
+  ap.add_argument("--seeds", default=None,
+                  help="comma-separated (ladder: 0-4; dilution, methods: 0,1,2; quick: 0)")
+  ap.add_argument("--methods", default=None,
+                  help="comma-separated method names of the study (default: all of them)")
+  ap.add_argument("--best", default="+ internalization",
+                  help="the SI row of the ladder that the dilution study runs against GSPO")
   ap.add_argument("--steps", type=int, default=None, help="RL steps (default 40; quick 20)")
   ap.add_argument("--eval_every", type=int, default=5)
   ap.add_argument("--eval_examples", type=int, default=128)
   ap.add_argument("--root", default=os.path.join(REPO, "runs", "reproduce_arith"))
   ap.add_argument("--out", default=os.path.join(REPO, "experiments", "results"))
   args = ap.parse_args(argv)
-  args.seeds = [int(s) for s in (args.seeds or ("0" if args.quick else "0,1,2")).split(",")]
-  args.methods = [m.strip() for m in args.methods.split(",")]
-  unknown = [m for m in args.methods if m not in METHODS]
+  if args.best not in LADDER:
+    ap.error(f"--best: unknown {args.best!r}; the ladder's rows: {list(LADDER)}")
+  study = {"ladder": LADDER, "methods": METHODS,
+           "dilution": {"GSPO": GSPO, args.best: LADDER[args.best]}}[args.study]
+  if args.quick:
+    study = {m: LADDER[m] for m in QUICK_METHODS}
+  names = [m.strip() for m in args.methods.split(",")] if args.methods else list(study)
+  unknown = [m for m in names if m not in study]
   if unknown:
-    ap.error(f"--methods: unknown {unknown}; known: {list(METHODS)}")
+    ap.error(f"--methods: unknown {unknown}; this study's: {list(study)}")
+  tasks = (args.tasks or ("long,parts2,parts4" if args.study == "dilution" else "chain"))
+  tasks = [t.strip() for t in tasks.split(",")]
+  if any(t not in TASKS for t in tasks):
+    ap.error(f"--tasks: {tasks}; known: {TASKS}")
+  default_seeds = "0" if args.quick else "0,1,2,3,4" if args.study == "ladder" else "0,1,2"
+  args.seeds = [int(s) for s in (args.seeds or default_seeds).split(",")]
   args.steps = args.steps or (20 if args.quick else 40)
-  results, wall = run_all(args)
   os.makedirs(args.out, exist_ok=True)
-  name = "arith_quick" if args.quick else "arith"
-  md = table(results, 4)
-  header = (f"Command: `python experiments/reproduce_arith.py{' --quick' if args.quick else ''}`"
-            f"; seeds {args.seeds}; {args.steps} RL steps x 32 prompts x 8 samples; "
-            f"{time.strftime('%Y-%m-%d')}; {wall / 60:.0f} min of si-train wall time over "
-            f"{sum(map(len, results.values())) + len(args.seeds)} runs (cold starts "
-            f"included) on a 2-core CPU.\n\n")
-  with open(os.path.join(args.out, f"{name}_table.md"), "w", encoding="utf-8") as f:
-    f.write(header + md + "\n")
-  with open(os.path.join(args.out, f"{name}_runs.json"), "w", encoding="utf-8") as f:
-    json.dump({m: {str(s): rows for s, rows in r.items()} for m, r in results.items()}, f)
-  plot(results, 4, os.path.join(args.out, f"{name}_curves.png"))
-  print(header + md)
+  for task in tasks:
+    results, wall = run_all(args, task, {m: study[m] for m in names})
+    name = ("arith_quick" if args.quick else "arith" if (args.study, task) == ("ladder", "chain")
+            else f"arith_{args.study}_{task}")
+    md = table(results, 4)
+    header = (f"Command: `python experiments/reproduce_arith.py {' '.join(argv or sys.argv[1:])}`"
+              f"; task {task}; seeds {args.seeds}; {args.steps} RL steps x 32 prompts x 8 "
+              f"samples; {time.strftime('%Y-%m-%d')}; {wall / 60:.0f} min of si-train wall time "
+              f"over {sum(map(len, results.values())) + len(args.seeds)} runs (cold starts "
+              f"included) on a 2-core CPU.\n\n")
+    with open(os.path.join(args.out, f"{name}_table.md"), "w", encoding="utf-8") as f:
+      f.write(header + md + "\n")
+    with open(os.path.join(args.out, f"{name}_runs.json"), "w", encoding="utf-8") as f:
+      json.dump({m: {str(s): rows for s, rows in r.items()} for m, r in results.items()}, f)
+    plot(results, 4, os.path.join(args.out, f"{name}_curves.png"))
+    print(header + md, flush=True)
   return 0
 
 

@@ -8,7 +8,10 @@ keeps freed memory mapped removes that cost. Allocators are chosen when a proces
 re-executes the same command line once with the environment below.
 
 `SI_ALLOCATOR` (environment variable):
-  auto      jemalloc if its library is installed, else tcmalloc, else glibc (the default).
+  auto      the first installed of AUTO_ORDER (mimalloc, which pip installs with si_jax on
+            Linux, then jemalloc, tcmalloc), else glibc (the default).
+  mimalloc  LD_PRELOAD libmimalloc (the `cmeel-mimalloc` wheel, or a system library) with
+            MIMALLOC_PURGE_DELAY=-1 (never returns freed pages); an error if not installed.
   jemalloc  LD_PRELOAD libjemalloc with MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1 (never
             returns freed pages); an error if the library is not installed.
   tcmalloc  LD_PRELOAD libtcmalloc(_minimal); an error if not installed.
@@ -16,8 +19,10 @@ re-executes the same command line once with the environment below.
             trimming, so freed blocks stay mapped for the next step.
   system    the process as started.
 
-Install a library with `apt-get install libjemalloc2` (Debian/Ubuntu; `libtcmalloc-minimal4`
-for tcmalloc) or `conda install jemalloc`. A user who preloads an allocator already keeps it.
+mimalloc comes with `pip install si_jax` (Linux, glibc >= 2.28); install the others with
+`apt-get install libjemalloc2` (Debian/Ubuntu; `libtcmalloc-minimal4` for tcmalloc) or
+`conda install jemalloc`. A user who preloads an allocator already keeps it. README (Speed)
+has the measurements behind the order.
 """
 
 from __future__ import annotations
@@ -27,18 +32,33 @@ import sys
 from typing import Mapping, Sequence
 
 ENV = "SI_ALLOCATOR"
-CHOICES = ("auto", "jemalloc", "tcmalloc", "glibc", "system")
+CHOICES = ("auto", "mimalloc", "jemalloc", "tcmalloc", "glibc", "system")
 # Set in the re-executed process to what `plan` installed; also stops a second re-exec.
 ACTIVE_ENV = "SI_ALLOCATOR_ACTIVE"
 
 LIBRARIES = {
+    "mimalloc": ("libmimalloc.so.3", "libmimalloc.so.2", "libmimalloc.so"),
     "jemalloc": ("libjemalloc.so.2", "libjemalloc.so"),
     "tcmalloc": ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4", "libtcmalloc_minimal.so",
                  "libtcmalloc.so"),
 }
-LIB_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib",
-            "/usr/local/lib", os.path.join(sys.prefix, "lib"))
+AUTO_ORDER = ("mimalloc", "jemalloc", "tcmalloc")
+
+
+def _wheel_lib_dirs() -> tuple[str, ...]:
+  """Where pip put the `cmeel-mimalloc` wheel's library (none if it is not installed)."""
+  try:
+    from importlib import metadata
+    return (str(metadata.distribution("cmeel-mimalloc").locate_file("cmeel.prefix/lib")),)
+  except Exception:  # pylint: disable=broad-except  # not installed, or an odd environment
+    return ()
+
+
+LIB_DIRS = _wheel_lib_dirs() + (
+    "/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib",
+    "/usr/local/lib", os.path.join(sys.prefix, "lib"))
 JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
+MIMALLOC_ENV = {"MIMALLOC_PURGE_DELAY": "-1"}
 # One arena (large blocks from other arenas would be mmapped regardless), never mmap, never
 # trim: glibc then keeps every freed block for reuse.
 GLIBC_TUNABLES = ("glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
@@ -78,7 +98,7 @@ def plan(env: Mapping[str, str], lib_dirs: Sequence[str] = LIB_DIRS
   if already:
     return already, {}
   if choice == "auto":
-    choice = next((n for n in LIBRARIES if find_library(n, lib_dirs)), "glibc")
+    choice = next((n for n in AUTO_ORDER if find_library(n, lib_dirs)), "glibc")
   if choice == "glibc":
     tunables = ":".join(t for t in (env.get("GLIBC_TUNABLES", ""), GLIBC_TUNABLES) if t)
     return "glibc", {"GLIBC_TUNABLES": tunables, ACTIVE_ENV: "glibc"}
@@ -90,12 +110,14 @@ def plan(env: Mapping[str, str], lib_dirs: Sequence[str] = LIB_DIRS
              ACTIVE_ENV: choice}
   if choice == "jemalloc" and "MALLOC_CONF" not in env:
     changes["MALLOC_CONF"] = JEMALLOC_CONF
+  if choice == "mimalloc":
+    changes.update({k: v for k, v in MIMALLOC_ENV.items() if k not in env})
   return choice, changes
 
 
 def loaded(maps_path: str = "/proc/self/maps") -> str:
-  """The allocator this process runs with: 'jemalloc', 'tcmalloc' (mapped libraries),
-  'glibc' (tuned by `plan`) or 'system'."""
+  """The allocator this process runs with: 'mimalloc', 'jemalloc', 'tcmalloc' (mapped
+  libraries), 'glibc' (tuned by `plan`) or 'system'."""
   try:
     with open(maps_path, encoding="utf-8", errors="replace") as f:
       maps = f.read()
@@ -110,7 +132,8 @@ def loaded(maps_path: str = "/proc/self/maps") -> str:
 def describe() -> str:
   """One line for logs and benchmark headers: the allocator and how it was chosen."""
   return (f"{loaded()} ({ENV}={os.environ.get(ENV, 'auto') or 'auto'}"
-          + (f", MALLOC_CONF={os.environ['MALLOC_CONF']}" if "MALLOC_CONF" in os.environ else "")
+          + "".join(f", {k}={os.environ[k]}" for k in ("MALLOC_CONF", *MIMALLOC_ENV)
+                    if k in os.environ)
           + ")")
 
 

@@ -37,6 +37,19 @@ def test_explicit_tcmalloc_keeps_an_existing_preload_after_it(libs):
   assert env["LD_PRELOAD"] == os.path.join(full[0], "libtcmalloc_minimal.so.4") + " /x/libfoo.so"
 
 
+def test_auto_prefers_mimalloc_from_the_wheel_with_its_retaining_option(libs, tmp_path):
+  full, _ = libs
+  wheel = tmp_path / "cmeel.prefix" / "lib"
+  wheel.mkdir(parents=True)
+  (wheel / "libmimalloc.so.3").touch()
+  name, env = allocator.plan({}, [str(wheel)] + full)
+  assert name == "mimalloc"
+  assert env == {"LD_PRELOAD": str(wheel / "libmimalloc.so.3"), "MIMALLOC_PURGE_DELAY": "-1",
+                 allocator.ACTIVE_ENV: "mimalloc"}
+  # the package's own library directory is searched by default when the wheel is installed
+  assert allocator.LIB_DIRS[:len(allocator._wheel_lib_dirs())] == allocator._wheel_lib_dirs()
+
+
 def test_auto_without_libraries_tunes_glibc(libs):
   _, empty = libs
   name, env = allocator.plan({"GLIBC_TUNABLES": "glibc.foo=1"}, empty)
@@ -53,7 +66,9 @@ def test_nothing_to_do_when_system_chosen_already_active_or_user_preloaded(libs)
 
 def test_errors_name_the_variable(libs):
   _, empty = libs
-  with pytest.raises(ValueError, match="SI_ALLOCATOR must be one of .*got 'mimalloc'"):
+  with pytest.raises(ValueError, match="SI_ALLOCATOR must be one of .*got 'hoard'"):
+    allocator.plan({"SI_ALLOCATOR": "hoard"}, empty)
+  with pytest.raises(ValueError, match="SI_ALLOCATOR=mimalloc: no libmimalloc.so.3 "):
     allocator.plan({"SI_ALLOCATOR": "mimalloc"}, empty)
   with pytest.raises(ValueError, match="SI_ALLOCATOR=jemalloc: no libjemalloc.so.2 .*apt-get"):
     allocator.plan({"SI_ALLOCATOR": "jemalloc"}, empty)

@@ -10,9 +10,15 @@ credit. Prints held-out accuracy, the repair probe and the active-token ratio be
 
   si-train --config experiments/configs/arith_si.py --workdir runs/arith_si
 
-Variants (`arith_si.py:<variant>`): `smoke` (seconds, for tests). Corrections by override:
-`--config.si.correction=reset|random_reset|oracle_reset`. Baselines from the same cold start:
-`arith_gspo.py` (this config with outcome credit), `arith_grpo.py`.
+Variants (`arith_si.py:<variant>`): `smoke` (seconds, for tests); the dilution axes of the
+study (experiments/reproduce_arith.py), where a failure carries more correct work: `long`
+(chains of 6-8 operations instead of 2-4), `parts2` / `parts4` (2 or 4 independent chains per
+problem, reward 1 only when every part is right: a slip in one part leaves the others right).
+Their budgets come from the task's measured lengths (longest policy prompt / solution / repair
+prompt + repair, built tokenizer): long 72 / 53 / 273, parts2 89 / 68 / 333, parts4 159 / 136 /
+605 tokens. Corrections by override: `--config.si.correction=reset|random_reset|oracle_reset`.
+Baselines from the same cold start: `arith_gspo.py` (this config with outcome credit),
+`arith_grpo.py`.
 """
 
 from si_jax import configs
@@ -93,6 +99,18 @@ def get_config(arg=None):
     c.eval.num_examples = 8
     c.eval.max_new_tokens = 24
     c.checkpoint.every = 2
+  elif arg in DILUTION:
+    steps, parts, max_new, positions = DILUTION[arg]
+    c.task.kwargs = dict(c.task.kwargs, num_steps=steps, parts=parts)
+    c.model.overrides = dict(c.model.overrides, max_position_embeddings=positions)
+    c.rl.max_new_tokens = c.si.repair_max_new_tokens = c.eval.max_new_tokens = max_new
   elif arg not in (None, ""):
-    raise ValueError(f"arith_si: unknown variant {arg!r}; known: smoke")
+    raise ValueError(f"arith_si: unknown variant {arg!r}; known: smoke, {', '.join(DILUTION)}")
   return configs.finalize(c)
+
+
+# variant -> (operations per chain, chains per problem, rl.max_new_tokens, model positions):
+# the budget covers the longest solution; the positions the repair prompt bound of
+# si/rows.py:repair_prompt_width (template + problem + 2 solutions) plus a repair.
+DILUTION = {"long": ((6, 8), 1, 64, 320), "parts2": ((2, 4), 2, 80, 384),
+            "parts4": ((2, 4), 4, 144, 640)}
