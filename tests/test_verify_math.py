@@ -168,7 +168,8 @@ def test_pool_errors_do_not_kill_workers(pool):
 def test_pool_soft_timeout_interrupts_python_without_a_new_worker():
   # The soft timer fires at 3 s and the hard deadline is at 30 s: the interrupted worker has
   # 27 s to answer before it would be killed, and the short call 3 s to finish, so the outcome
-  # does not depend on how loaded the machine is (with the module pool's 0.8 x 1 s, 0.2 s).
+  # does not depend on how loaded the machine is (the module pool's soft timer, at 0.8 of a
+  # 1 s timeout, left the interrupted worker 0.2 s).
   with WorkerPool(2, soft_timeout_fraction=0.1) as p:
     p.wait_ready()
     before = p.pids()
