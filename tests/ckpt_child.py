@@ -1,12 +1,14 @@
 """Child process for the checkpoint kill test (tests/test_checkpoint.py).
 
 Saves step 1 (small state), then writes `<signal_dir>/saving_2` and saves a large step 2. The
-parent SIGKILLs it in the middle of that save. Modes:
-  write:  save normally; the parent kills as soon as `<ckpt_dir>/2.orbax-checkpoint-tmp*`
-          appears, i.e. while array data is being written.
+parent SIGKILLs it in the middle of that save. Step 2's save never completes on its own: the
+process stops right before Orbax's final atomic rename and sleeps there, so the kill lands
+before the save is complete however slowly the parent (on a loaded machine) reacts. Modes:
+  write:  the parent kills as soon as `<ckpt_dir>/2.orbax-checkpoint-tmp*` appears, i.e.
+          (unless it reacts late) while array data is being written.
   commit: every byte of step 2 is written, including commit_success.txt, then the process
-          stops right before Orbax's final atomic rename (writes `<signal_dir>/committing` and
-          sleeps): the parent kills it there, the last moment at which the save is incomplete.
+          writes `<signal_dir>/committing` before sleeping: the parent kills it there, the
+          last moment at which the save is incomplete.
 
 Usage: python tests/ckpt_child.py CKPT_DIR SIGNAL_DIR MODE [STEP2_MB]
 """
@@ -50,20 +52,20 @@ def main(argv):
 
   ckpt = Checkpointer(ckpt_dir, max_to_keep=3, save_every=1, async_save=False)
   ckpt.save(1, make_state(1, SMALL), make_meta(1))
-  if mode == "commit":
-    # Orbax finalizes a step by writing commit_success.txt into the tmp folder and then renaming
-    # `2.orbax-checkpoint-tmp` to `2`: stop right before that rename.
-    from orbax.checkpoint._src.path import async_path
-    real_rename = async_path.rename
+  # Orbax finalizes a step by writing commit_success.txt into the tmp folder and then renaming
+  # `2.orbax-checkpoint-tmp` to `2`: stop right before that rename, until killed.
+  from orbax.checkpoint._src.path import async_path
+  real_rename = async_path.rename
 
-    async def rename_or_hang(src, dst):
-      if os.path.basename(os.fspath(dst)) == "2":
+  async def rename_or_hang(src, dst):
+    if os.path.basename(os.fspath(dst)) == "2":
+      if mode == "commit":
         _touch(os.path.join(signal_dir, "committing"))
-        while True:
-          time.sleep(1)
-      return await real_rename(src, dst)
+      while True:
+        time.sleep(1)
+    return await real_rename(src, dst)
 
-    async_path.rename = rename_or_hang
+  async_path.rename = rename_or_hang
   _touch(os.path.join(signal_dir, "saving_2"))
   ckpt.save(2, make_state(2, step2_mb * 2**20 // 4), make_meta(2))
   ckpt.wait()

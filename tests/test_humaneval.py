@@ -12,17 +12,31 @@ import pytest
 
 from si_jax.data import humaneval
 from si_jax.data import tasks
+from si_jax.verify.sandbox import Limits
 from si_jax.verify.sandbox import RunResult
 
 _PROMPT = 'from typing import List\n\n\ndef add(a: int, b: int) -> int:\n    """Sum."""\n'
 _BODY = "    return a + b\n"
 
 
+# The task's default CPU seconds and memory, but a roomy wall limit: a loaded 2-core machine
+# stretches wall time (the default's 6 s could turn a correct program into a timeout), not the
+# CPU seconds a program uses (the slowest canonical solution takes about 0.25 of its 3 s). The
+# infinite loop below is still stopped, by its CPU seconds.
+_ROOMY_WALL_S = 120.0
+
+
 @pytest.fixture(scope="module")
 def task():
-  t = tasks.get_task("humaneval")
+  t = tasks.get_task("humaneval", wall_s=_ROOMY_WALL_S)
+  assert t.limits == Limits(cpu_s=3.0, wall_s=_ROOMY_WALL_S, memory_mb=512)
   yield t
   t.close()
+
+
+def test_default_limits_are_humaneval_harness_ones():
+  assert tasks.get_task("humaneval").limits == Limits(cpu_s=3.0, wall_s=6.0, memory_mb=512)
+  assert humaneval.HumanEvalTask().limits == Limits(cpu_s=3.0, wall_s=6.0, memory_mb=512)
 
 
 # ---------------------------------------------------------------------------------------------

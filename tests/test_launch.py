@@ -412,7 +412,9 @@ if "split" in sys.argv:  # a library writing half a line to stderr, unbuffered (
   print(f"whole line {i}", flush=True)
   os.write(2, b"and the rest\\n")
 if "fail" in sys.argv:
-  time.sleep(60)  # until the launcher stops it
+  # Until the launcher stops it: it must still be running when process 1's failure is seen,
+  # however slowly a loaded machine starts process 1, hence far longer than any start-up.
+  time.sleep(600)
   print("never printed", flush=True)
 """
 

@@ -45,8 +45,26 @@ def _si_train(workdir, *overrides, cache_dir=None, wait=True, config=CONFIG,
   return p.returncode, out
 
 
+# si-train's entry, run with `-c`.
+_MAIN = "import sys; from si_jax.main import run; sys.argv = ['si-train'] + sys.argv[1:]; run()"
+# Put before the entry of a run that `_kill_once_saved(p, .../checkpoints/8)` kills: the run
+# stops at its step-9 save (after step 9's metrics row) until it is killed. Without it the run
+# could finish (and write summary.json) before a parent slowed by a loaded machine sees
+# checkpoint 8, so the kill would find nothing left to interrupt.
+_STOP_AFTER_8 = """import time
+from si_jax import checkpoint as _ckpt
+_real_save = _ckpt.Checkpointer.save
+def _save(self, step, *args, **kwargs):
+  while step > 8:
+    time.sleep(1)  # until killed
+  return _real_save(self, step, *args, **kwargs)
+_ckpt.Checkpointer.save = _save
+"""
+
+
 def _kill_once_saved(p, checkpoint, timeout_s=600):
-  """SIGKILLs the si-train process `p` (no clean-up) as soon as `checkpoint` exists."""
+  """SIGKILLs the si-train process `p` (no clean-up) as soon as `checkpoint` exists.
+  `timeout_s` only guards against a hang."""
   deadline = time.time() + timeout_s
   while not os.path.exists(checkpoint):
     assert p.poll() is None, p.stdout.read()
@@ -107,7 +125,7 @@ def test_smoke_run_then_sigkill_resume_is_the_same_run(tmp_path):
 
   # Same run, killed (SIGKILL, no clean-up) once a checkpoint inside RL exists, then restarted.
   b = tmp_path / "killed"
-  p = _si_train(b, *kl, cache_dir=cache, wait=False)
+  p = _si_train(b, *kl, cache_dir=cache, wait=False, entry=("-c", _STOP_AFTER_8 + _MAIN))
   _kill_once_saved(p, b / "checkpoints" / "8")
   assert not os.path.exists(b / "summary.json")
   rc, out = _si_train(b, *kl, cache_dir=cache)
@@ -199,10 +217,10 @@ _BOOT = ("import sys; sys.path.insert(0, 'tests'); import test_si_credit; "
          "from si_jax.main import run; sys.argv = ['si-train'] + sys.argv[1:]; run()")
 
 
-def _si_parity_train(workdir, cache_dir, wait=True):
+def _si_parity_train(workdir, cache_dir, wait=True, boot=_BOOT):
   return _si_train(workdir, "--config.task.name=arith_parity", "--config.si.audit=none",
                    "--config.si.repair_rl=True", "--config.rl.kl_beta=0.1",
-                   cache_dir=cache_dir, wait=wait, config=SI_CONFIG, entry=("-c", _BOOT))
+                   cache_dir=cache_dir, wait=wait, config=SI_CONFIG, entry=("-c", boot))
 
 
 def test_si_run_killed_and_resumed_is_the_same_run(tmp_path):
@@ -212,8 +230,9 @@ def test_si_run_killed_and_resumed_is_the_same_run(tmp_path):
   assert rc == 0, out
   rl = [r for r in _metrics(a) if r["phase"] == 1]
   assert sum(r["si/kept"] for r in rl) > 0 and all("repair_rl/loss" in r for r in rl)
-  p = _si_parity_train(b, cache, wait=False)
+  p = _si_parity_train(b, cache, wait=False, boot=_STOP_AFTER_8 + _BOOT)
   _kill_once_saved(p, b / "checkpoints" / "8")
+  assert not os.path.exists(b / "summary.json")
   rc, out = _si_parity_train(b, cache)
   assert rc == 0 and "resumed" in out, out
   (sa, pa), (sb, pb) = _params(a), _params(b)
