@@ -279,7 +279,9 @@ exec(compile(_src, sys.argv[0], "exec"), _g)
 """
 
 _SETUP_TIMEOUT_S = 20.0  # launcher start-up (a loaded machine) before the program starts
-_EXIT_GRACE_S = 0.5  # after the program exits, how long to drain its pipes
+# after the program exits, how long to drain its pipes (EOF comes at once unless something
+# still holds them; a starved supervisor must not drop output written before the exit)
+_EXIT_GRACE_S = 2.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -492,8 +494,8 @@ def _supervise(proc: subprocess.Popen, rep_r: int, limits: Limits, uid: int | No
         os.kill(child_pid, signal.SIGKILL)
       except ProcessLookupError:
         pass
-    try:
-      proc.wait(timeout=2.0)
+    try:  # the launcher reaps the program and exits at once; a starved one gets time to
+      proc.wait(timeout=_SETUP_TIMEOUT_S)
     except subprocess.TimeoutExpired:
       pass
     _killpg(proc.pid)
