@@ -1,11 +1,18 @@
-"""The credit report (`si_jax/si/report.py`): hand-checkable renderings of one repaired pair."""
+"""The credit report (`si_jax/si/report.py`, `experiments/show_repairs.py`): hand-checkable
+renderings of one repaired pair first, then a trained run's step re-run into an HTML page whose
+pairs, coloured tokens and verdicts are checked against what the run logged."""
 
+import json
+import os
 import re
+import time
 
 import numpy as np
 import pytest
 
 import test_si_credit  # registers arith_parity (a random model is right half the time)
+from experiments import show_repairs
+from si_jax.rl import trainer
 from si_jax.si import report
 
 BAD = test_si_credit.BAD      # 3+4=7 / 7*3=2 / Answer: 2  (first wrong: line 2)
@@ -105,3 +112,70 @@ def test_a_pair_in_html(tok):
   assert "<td>si/requests</td><td>1</td><td class=diff>2</td>" in page
   assert "differs from the run&#x27;s logged step in si/requests" in page
   assert "<script" not in page and "http" not in page.replace('lang="en"', "")
+
+
+def test_steps_are_chosen_among_the_rl_checkpoints():
+  assert show_repairs.parse_steps(None) is None
+  assert show_repairs.parse_steps([["6"], ["8,10", "6"]]) == [6, 8, 10]  # repeated, listed
+  with pytest.raises(SystemExit, match="integers"):
+    show_repairs.parse_steps([["last"]])
+  assert show_repairs.choose_steps([2, 6, 8], None, 6, "w") == [8]  # the latest
+  assert show_repairs.choose_steps([2, 6, 8], [8, 6], 6, "w") == [8, 6]
+  with pytest.raises(SystemExit, match=r"no checkpoint at step 7; its checkpoints: \[2, 6, 8\]"):
+    show_repairs.choose_steps([2, 6, 8], [7], 6, "w")
+  with pytest.raises(SystemExit, match="step 2 is an SFT checkpoint"):
+    show_repairs.choose_steps([2, 6, 8], [2], 6, "w")
+  with pytest.raises(SystemExit, match="no RL checkpoint"):
+    show_repairs.choose_steps([2], None, 6, "w")
+
+
+def test_show_repairs_html_of_a_trained_run(tmp_path):
+  """Trains the smoke config on arith_parity (a cold start long enough for arithmetic-shaped
+  traces, so the task knows the first wrong step of some failures), re-runs its first RL step
+  and checks the page against the run's logged metrics for that step."""
+  t0 = time.perf_counter()
+  c = test_si_credit._config()  # pylint: disable=protected-access
+  c.rl.steps = 1
+  c.eval.num_examples = 0
+  c.sft.steps, c.sft.num_traces = 60, 64
+  c.sft.optim.lr = 1e-2
+  workdir, out = str(tmp_path / "run"), str(tmp_path / "report.html")
+  trainer.train(c, workdir)
+  step = c.sft.steps
+  assert show_repairs.main(["--workdir", workdir, "--step", str(step), "--n", "100",
+                            "--html", out, "--compile_cache_dir", "off"]) == 0
+  (logged,) = [r for r in map(json.loads, open(os.path.join(workdir, "metrics.jsonl")))
+               if r["step"] == step + 1]
+  page = open(out, encoding="utf-8").read()
+  assert "The re-run reproduces the run&#x27;s logged metrics for this step." in page
+  blocks = page.split('<section class="pair"')[1:]
+  assert len(blocks) == logged["si/kept"] > 0
+  # every response token is a span; the credited ones are the gated tokens of the step
+  tokens = len(re.findall(r'class="t[ "]', page))
+  credited = len(re.findall(r'class="t c', page))
+  assert credited / tokens == pytest.approx(logged["si/active_token_ratio"], rel=1e-6)
+  continued = 0
+  for b in blocks:
+    failed, repaired = b.split("<h4>kept repair")
+    repaired = repaired.split("<h4>anchor")[0]
+    n_f, n_r = map(int, re.search(r"credited: (\d+) tokens? on the failure.* / (\d+) on the "
+                                  r"repair", b).groups())
+    assert failed.count('class="t c') == n_f > 0 and repaired.count('class="t c') == n_r > 0
+    fw = re.search(r"the true first wrong line: (\d+)", failed)
+    assert failed.count('class="ln fw"') == (1 if fw else 0)
+    if fw:
+      assert f'class="ln fw" title="the true first wrong line"><span class="no">{fw[1]}<' in failed
+    verdicts = re.findall(r'<span class="verdict [^"]*">([^<]*)<', b)
+    assert len(verdicts) == c.si.repair_samples and verdicts.count("kept") == 1
+    assert all(v == "kept" or v.startswith("blocked: ") or v == "not verified"
+               or v.startswith("verified and passed") for v in verdicts)
+    rung = re.search(r"\(rung (K|2K|all)\)</h3>", b)[1]
+    if rung == "all":
+      assert "none: K* = all" in b
+    else:
+      continued += 1
+      assert f"the policy continuation that verified rung {rung}</h4><pre><span class=\"pfx\"" in b
+  assert continued == logged["si/kstar_at_k"] + logged["si/kstar_at_2k"]
+  if "si/localization_precision" in logged:  # the task knew some failure's first wrong step
+    assert 'class="ln fw"' in page
+  print(f"trained and reported in {time.perf_counter() - t0:.0f} s")
