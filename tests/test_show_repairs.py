@@ -90,11 +90,16 @@ def test_a_pair_in_text(tok):
   assert "repair:  3+4=7 | 7*3=[1] | Answer: 1<|im_end|>" in text
   assert "candidates: blocked: truncated, not verified; kept" in text
   assert "\u00ab3+4=7 | 7*3=1\u00bb | Answer: 1" in text  # the prefix, then the policy's own
+  # edit K* a deletion at the start: the policy was given nothing of the repair
+  d["continuation_prefix"] = 0
+  text = report.render_text([report.StepReport(3, {}, [d])], tok, "lines", n=10)
+  assert "\u00ab\u00bb3+4=7 | 7*3=1 | Answer: 1 (the policy was given no repair token" in text
 
 
 def test_a_pair_in_html(tok):
   d = _detail(tok)
-  page = report.render_html([report.StepReport(3, {"si/kept": 1, "si/requests": 1}, [d],
+  m = {"si/kept": 1, "si/requests": 1, "si/localization_precision": float("nan")}
+  page = report.render_html([report.StepReport(3, m, [d],  # NaN metrics are not logged
                                                logged={"si/kept": 1, "si/requests": 2})],
                             tok, "lines", n=10, title="t", settings=[("si.truncation_k", 1)])
   credited = re.findall(r'<span class="t c[^>]*>([^<]*)</span>', page)
@@ -110,7 +115,7 @@ def test_a_pair_in_html(tok):
   assert "3 + 4 = 7\n7 * 3 = 1" in page  # the anchor
   # the re-run's metrics beside the logged ones, a difference flagged
   assert "<td>si/requests</td><td>1</td><td class=diff>2</td>" in page
-  assert "differs from the run&#x27;s logged step in si/requests" in page
+  assert "differs from the run&#x27;s logged step in si/requests (" in page
   assert "<script" not in page and "http" not in page.replace('lang="en"', "")
 
 
@@ -174,7 +179,8 @@ def test_show_repairs_html_of_a_trained_run(tmp_path):
       assert "none: K* = all" in b
     else:
       continued += 1
-      assert f"the policy continuation that verified rung {rung}</h4><pre><span class=\"pfx\"" in b
+      assert f"the policy continuation that verified rung {rung} " in b
+      assert '<pre><span class="pfx" title="the repair up to the end of edit K*">' in b
   assert continued == logged["si/kstar_at_k"] + logged["si/kstar_at_2k"]
   if "si/localization_precision" in logged:  # the task knew some failure's first wrong step
     assert 'class="ln fw"' in page

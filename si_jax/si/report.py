@@ -190,14 +190,20 @@ def _kstar(d: dict) -> str:
   return f"K* = {d['kstar']} of {_plural(d['num_edits'], 'edit')} (rung {d['rung']})"
 
 
-def _split_continuation(d: dict, tokenizer) -> tuple[str, str]:
-  """(the repair prefix the policy was given, what the policy wrote) of the continuation."""
+def _split_continuation(d: dict, tokenizer) -> tuple[str | None, str]:
+  """(the repair prefix the policy was given, what the policy wrote) of the continuation; the
+  prefix is None where it is not known, and empty where edit K* ends before the repair's
+  first token (the first edit deletes the failure's first tokens)."""
   text, p = d["continuation"], d.get("continuation_prefix")
   if p is not None:
     prefix = tokenizer.decode(d["repaired"][:p])
     if text.startswith(prefix):
       return prefix, text[len(prefix):]
-  return "", text
+  return None, text
+
+
+_EMPTY_PREFIX = ("the policy was given no repair token (edit K* ends before the repair's first "
+                 "token): it solved the problem from scratch")
 
 
 def _no_continuation(d: dict, truncation: str) -> str:
@@ -259,7 +265,8 @@ def render_text(reports: Sequence[StepReport], tokenizer, step_mode: str, n: int
       else:
         prefix, rest = _split_continuation(d, tokenizer)
         out.append("continuation (the repair's prefix in \u00ab\u00bb, then the policy's): "
-                   + (f"\u00ab{prefix}\u00bb{rest}" if prefix else rest).replace("\n", " | "))
+                   + (rest if prefix is None else f"\u00ab{prefix}\u00bb{rest}").replace(
+                       "\n", " | ") + (f" ({_EMPTY_PREFIX})" if prefix == "" else ""))
     out.append("")
   return "\n".join(out)
 
@@ -339,10 +346,14 @@ def _fmt(v) -> str:
 
 
 def _same(a, b) -> bool:
-  if a is None or b is None:
-    return a is b
-  a, b = float(a), float(b)
+  """Equal metric values; None (not logged: the run drops NaN metrics) equals NaN."""
+  a, b = (float("nan") if x is None else float(x) for x in (a, b))
   return (a != a and b != b) or abs(a - b) <= 1e-6 * max(1.0, abs(a))
+
+
+def _pre(text: str) -> str:
+  return (f"<pre>{html.escape(text)}</pre>" if text
+          else '<p class="muted">(empty)</p>')
 
 
 def _metrics_table(r: StepReport) -> str:
@@ -379,7 +390,7 @@ def _candidates(d: dict) -> str:
     v = verdict(c)
     cls = ("v-kept" if c["kept"] else "v-blocked" if c["reason"] is not None else "v-nv")
     items.append(f'<li><span class="verdict {cls}">{html.escape(v)}</span>'
-                 f'<pre>{html.escape(c["text"])}</pre></li>')
+                 f'{_pre(c["text"])}</li>')
   return f'<ul class="c">{"".join(items)}</ul>'
 
 
@@ -391,13 +402,17 @@ def _pair(step: int, i: int, d: dict, tokenizer, step_mode: str, scale: float,
              else f"the true first wrong {f.unit}: {fw + 1} (banded)")
   if d["continuation"] is not None:
     prefix, rest = _split_continuation(d, tokenizer)
-    cont = (f'<h4>the policy continuation that verified rung {d["rung"]}</h4>'
+    cont = (f'<h4>the policy continuation that verified rung {d["rung"]} <span class="muted">'
+            f'(<span class="pfx">the repair\'s prefix</span>, then the policy\'s own)</span></h4>'
             f'<pre><span class="pfx" title="the repair up to the end of edit K*">'
-            f'{html.escape(prefix)}</span>{html.escape(rest)}</pre>')
+            f'{html.escape(prefix or "")}</span>{html.escape(rest)}</pre>'
+            + (f'<p class="muted">{html.escape(_EMPTY_PREFIX)}</p>' if prefix == "" else "")
+            + ('<p class="muted">the policy added no text: it stopped right after the prefix</p>'
+               if prefix and not rest else ""))
   else:
     cont = (f'<h4>policy continuation</h4>'
             f'<p class="muted">{html.escape(_no_continuation(d, truncation))}</p>')
-  anchor = (f'<pre>{html.escape(d["anchor"])}</pre>' if d["anchor"] is not None
+  anchor = (_pre(d["anchor"]) if d["anchor"] is not None
             else '<p class="muted">none (the group had no correct rollout)</p>')
   return (
       f'<section class="pair" id="s{step}-p{i + 1}">'
