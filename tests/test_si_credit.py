@@ -239,6 +239,11 @@ def test_repair_credit_marks_the_decisive_tokens_of_failure_and_repair(tok):
   assert m["si/localization_precision"] == 1.0  # the first edit is in step 1, the true one
   (detail,) = credit.details
   assert detail["rung"] == "K" and detail["continuation"] == "3+4=7\n7*3=1\nAnswer: 1"
+  # the policy continued the repair's first 11 tokens ("3+4=7\n7*3=1"); the gates are the rows'
+  assert detail["continuation_prefix"] == len(tok.encode("3+4=7\n7*3=1"))
+  assert tok.decode(_span(detail["failed"], detail["minus_mask"])) == "2"
+  assert tok.decode(_span(detail["repaired"], detail["plus_mask"])) == "1"
+  assert detail["first_wrong"] == 1 and detail["kstar"] == 1 and detail["num_edits"] == 2
   policy, nll = credit.terms[0].rows, credit.terms[1].rows
   assert credit.terms[1].term.name == "repair" and policy["tokens"].shape[0] == 2
   minus, plus = policy["tokens"]

@@ -328,8 +328,9 @@ def _repair_rl_rows(ctx, cands: Candidates, requests, width: int) -> dict | None
 def _details(ctx, scored, requests, cands: Candidates, kept, kstar, alignments, conts, minus,
              plus) -> list[dict]:
   """Per kept repair, what the credit did (experiments/show_repairs.py renders it): the
-  failure and the repair (ids), their credited tokens and advantages, K* and its rung, the
-  audit verdicts of the request's candidates, the continuation that verified."""
+  failure and the repair (ids), their credited tokens (minus_mask / plus_mask: the gates) and
+  advantages, K* and its rung, the audit verdicts of the request's candidates, the
+  continuation that verified (its text, and how many repair tokens were its prefix)."""
   ro, task, c = scored.rollouts, ctx.task, ctx.config.si
   pl = scored.prompt_len
   by_request = {id(r): i for i, r in enumerate(requests)}
@@ -343,6 +344,7 @@ def _details(ctx, scored, requests, cands: Candidates, kept, kstar, alignments, 
         example=ro.examples[r.group].id, problem=ro.examples[r.group].prompt,
         failed=list(failed), repaired=list(repaired),
         minus_adv=minus["advantages"][i, pl:pl + len(failed)].tolist() if minus else [],
+        minus_mask=minus["loss_mask"][i, pl:pl + len(failed)].tolist() if minus else [],
         plus_adv=(plus["advantages"][i, pl:pl + len(repaired)].tolist()
                   if plus and "advantages" in plus else []),
         plus_mask=plus["loss_mask"][i, pl:pl + len(repaired)].tolist() if plus else [],
@@ -351,6 +353,8 @@ def _details(ctx, scored, requests, cands: Candidates, kept, kstar, alignments, 
         candidates=[dict(text=cands.texts[j], reason=cands.reasons[j],
                          verified=bool(cands.reward[j]), kept=j == b)
                     for j in range(q * n, (q + 1) * n)],
-        continuation=conts.get(i), first_wrong=task.first_wrong_step(ro.examples[r.group],
-                                                                     ro.texts[r.row])))
+        continuation=conts.get(i),
+        # the repair tokens the policy was given before it continued: up to the end of edit K*
+        continuation_prefix=int(a.b_end[ks - 1]) if i in conts else None,
+        first_wrong=task.first_wrong_step(ro.examples[r.group], ro.texts[r.row])))
   return out
