@@ -368,6 +368,11 @@ def test_continuation_truncation_credits_a_propagated_mistake_at_its_first_edit(
   assert kstar == [4, 4, 1] and stats.at_all == 3
   with pytest.raises(ValueError, match="pass_frac must be in"):
     continuation_truncation(repaired, alignments, policy, 1, pass_frac=0.0)
+  # an edit that only deletes (the failure's first line is extra): the prefix still holds the
+  # repair's token at that point, never nothing (which any solve from scratch would pass)
+  from si_jax.si.truncate import prefix_end
+  extra = align([9, 9, 100, 7, 101], [100, 7, 101])
+  assert (extra.b_start[0], extra.b_end[0], prefix_end(extra, 1)) == (0, 0, 1)
   with pytest.raises(ValueError, match="attempt returned 1 results for 2 prefixes at K=1"):
     continuation_truncation(repaired, alignments, lambda p, x, r: [1.0], 1, 0.5)
 

@@ -355,6 +355,6 @@ def _details(ctx, scored, requests, cands: Candidates, kept, kstar, alignments, 
                     for j in range(q * n, (q + 1) * n)],
         continuation=conts.get(i),
         # the repair tokens the policy was given before it continued: up to the end of edit K*
-        continuation_prefix=int(a.b_end[ks - 1]) if i in conts else None,
+        continuation_prefix=truncate_lib.prefix_end(a, ks) if i in conts else None,
         first_wrong=task.first_wrong_step(ro.examples[r.group], ro.texts[r.row])))
   return out

@@ -34,7 +34,8 @@ import numpy as np
 
 from si_jax.si.align import Alignment, graft
 
-__all__ = ["TruncationStats", "adaptive_truncation", "continuation_truncation", "ladder"]
+__all__ = ["TruncationStats", "adaptive_truncation", "continuation_truncation", "ladder",
+           "prefix_end"]
 
 # verify(pairs, grafts): pairs[i] is the index of the pair graft i comes from (so a verifier can
 # look up its problem); returns one bool per graft (True = the graft is correct).
@@ -149,6 +150,17 @@ def adaptive_truncation(failed: Sequence[Sequence[int]], repaired: Sequence[Sequ
   return ladder([a.num_edits for a in alignments], passes, k)
 
 
+def prefix_end(alignment: Alignment, k: int) -> int:
+  """Where the repair's prefix that holds its first k edits ends: the end of edit k on the
+  repair's side, or, for an edit that only deletes failure tokens (empty on the repair's
+  side), just past the repair's token at that point (the token `both_sides` credits), so the
+  prefix always carries the edit's decision. A prefix that held none of it (a deletion at the
+  very start would give an empty one) would pass whenever the policy solves the problem from
+  scratch."""
+  start, end = int(alignment.b_start[k - 1]), int(alignment.b_end[k - 1])
+  return end if end > start else min(start + 1, alignment.len_b)
+
+
 def continuation_truncation(repaired: Sequence[Sequence[int]],
                             alignments: Sequence[Alignment], attempt: Attempt, k: int,
                             pass_frac: float) -> tuple[list[int], TruncationStats]:
@@ -172,7 +184,7 @@ def continuation_truncation(repaired: Sequence[Sequence[int]],
     raise ValueError(f"continuation_truncation: pass_frac must be in (0, 1], got {pass_frac}")
 
   def passes(rows: list[int], kk: int, index: int) -> list[bool]:
-    prefixes = [list(repaired[i][:int(alignments[i].b_end[kk - 1])]) for i in rows]
+    prefixes = [list(repaired[i][:prefix_end(alignments[i], kk)]) for i in rows]
     frac = list(attempt(rows, prefixes, index))
     if len(frac) != len(rows):
       raise ValueError(f"continuation_truncation: attempt returned {len(frac)} results for "
