@@ -66,9 +66,14 @@ LADDER_STEPS: list[tuple[str, dict[str, Any]]] = [
     ("SI as before", SI_BEFORE),
     ("+ continuation truncation", {"si.truncation": "continue"}),
     ("+ both sides", {"si.both_sides": True}),
+    # chosen on one seed, 20 steps (README: the probe): group scale + response norm + correct
+    # rollouts' outcome credit, the repair's off-policy tokens as plain PG ("pg"; "is" and
+    # "sft" measured no better)
     ("+ balanced signal", {"si.adv_scale": "group", "si.gate_norm": "response",
-                           "si.plus": "is", "si.train_correct_base": True}),
+                           "si.plus": "pg", "si.train_correct_base": True}),
     ("+ internalization", {"si.anchor_dropout": 0.5, "si.repair_copy_weight": 0.2}),
+    # cost, not credit: half the repair candidates (does repair success hold?)
+    ("+ 2 repair candidates", {"si.repair_samples": 2}),
 ]
 
 

@@ -165,8 +165,13 @@ def base_config() -> ml_collections.ConfigDict:
       both_sides=True,              # every edit gates a token on both sides (si/credit.py)
       adv_minus=1.0,                # advantage -adv_minus on g_minus tokens of the failure
       adv_plus=1.0,                 # advantage +adv_plus on g_plus tokens of the repair
-      adv_scale="fixed",            # "group": both times the failure's |group advantage|
-      gate_norm="gate",             # gated rows under seq_mean_token_mean: "gate" | "response"
+      # "group": both times the failure's |group advantage| (SI's credit on the scale of the
+      # outcome credit beside it); "fixed": +-adv_plus / adv_minus as they are
+      adv_scale="group",
+      # a gated row under seq_mean_token_mean: "response" = normalized by its response length
+      # (a gated token weighs what any response token weighs), "gate" = by its gated tokens
+      # (a 1-2 token row then weighs a whole sequence)
+      gate_norm="response",
       plus="pg",                    # the repair under the policy prompt: "pg" | "is" | "sft"
       plus_tis_cap=1.0,             # si.plus = "is": cap of the importance weight pi_old / rho
       plus_weight=1.0,              # si.plus = "sft": weight of the NLL term "plus"

@@ -249,8 +249,11 @@ def test_repair_credit_marks_the_decisive_tokens_of_failure_and_repair(tok):
   minus, plus = policy["tokens"]
   assert tok.decode(_span(minus, policy["loss_mask"][0])) == "2"  # 7*3=[2], Answer: 2
   assert tok.decode(_span(plus, policy["loss_mask"][1])) == "1"   # 7*3=[1], Answer: 1
-  assert (policy["advantages"][0][policy["loss_mask"][0] > 0] == -1.0).all()
-  assert (policy["advantages"][1][policy["loss_mask"][1] > 0] == 1.0).all()
+  # si.adv_scale=group: the failure's own group-relative magnitude (1 in a group of 2)
+  np.testing.assert_allclose(policy["advantages"][0][policy["loss_mask"][0] > 0], -1.0, rtol=1e-5)
+  np.testing.assert_allclose(policy["advantages"][1][policy["loss_mask"][1] > 0], 1.0, rtol=1e-5)
+  # si.gate_norm=response: the gated rows are weighed by their response lengths
+  assert policy["row_len"].tolist() == [len(scored.rollouts.response_ids[1]), len(repair)]
   assert policy["advantages"][:, :48].sum() == 0 and policy["loss_mask"][:, :48].sum() == 0
   # both rows train under the policy prompt; the repair on its sampled ids, verbatim
   failed_ids = scored.rollouts.response_ids[1]

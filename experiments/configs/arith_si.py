@@ -51,9 +51,12 @@ def get_config(arg=None):
   c.rl.credit = "si"
   c.rl.prompts_per_step = 32
   c.rl.group_size = 8
-  c.rl.max_new_tokens = 48
+  # the longest correct solution is 29 tokens with its stop token (2-4 operations); 32 leaves
+  # room, and every row, cache and repair prompt bound scales with it (48 before: 1.5x wider)
+  c.rl.max_new_tokens = 32
   c.rl.temperature = 1.0
   c.rl.minibatches = 2
+  c.rl.microbatches = 4  # update calls of 32 rows: a term's rows pad to 64, not 256
   c.rl.optim.lr = 1e-4
   c.rl.optim.warmup_steps = 5
   c.rl.optim.schedule = "constant"
@@ -69,13 +72,13 @@ def get_config(arg=None):
   c.si.copy_margin = 1.0
   c.si.max_failed_per_prompt = 2
   c.si.repair_samples = 4
-  c.si.repair_max_new_tokens = 48
+  c.si.repair_max_new_tokens = 32
 
   c.eval.every = 10
   c.eval.num_examples = 256
   c.eval.k = 4
   c.eval.temperature = 1.0
-  c.eval.max_new_tokens = 48
+  c.eval.max_new_tokens = 32
   c.checkpoint.every = 10
 
   if arg == "smoke":  # seconds, for tests: same code path, minute sizes
@@ -92,6 +95,7 @@ def get_config(arg=None):
     c.rl.prompts_per_step = 4
     c.rl.group_size = 4
     c.rl.max_new_tokens = 24
+    c.rl.microbatches = 1
     c.si.repair_samples = 2
     c.si.repair_max_new_tokens = 24
     c.si.probe_examples = 4

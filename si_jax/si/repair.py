@@ -154,9 +154,12 @@ def truncate(ctx, scored: credit_lib.Scored, kept: Sequence[tuple[Request, int]]
   def attempt(pairs: list[int], prefixes: list[list[int]], rung: int) -> list[float]:
     ps = [prompts_[i] for i in pairs for _ in range(M)]
     xs = [x for x in prefixes for _ in range(M)]
+    # the first rung meets every pair with more than K edits; the second only those that did
+    # not pass the first (few), so its one shape is a quarter of that (more rows: a rung up)
+    most = rows_lib.max_requests(cfg) * M
     ids, _ = rows_lib.continue_prefixes(ctx, ps, xs,
                                         jax.random.fold_in(ctx.key(rows_lib.TRUNCATE), rung),
-                                        rows=rows_lib.max_requests(cfg) * M)
+                                        rows=most if rung == 0 else max(most // 4, 1))
     texts = [tok.decode(x + y) for x, y in zip(xs, ids)]
     sampled[0] += sum(len(y) for y in ids)
     ok = rows_lib.verified(task, [examples[i] for i in pairs for _ in range(M)], texts,
