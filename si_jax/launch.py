@@ -71,6 +71,7 @@ ENV_ENABLE = "SI_MULTIHOST"
 ENV_COORDINATOR = "SI_COORDINATOR"
 ENV_NUM_PROCESSES = "SI_NUM_PROCESSES"
 ENV_PROCESS_ID = "SI_PROCESS_ID"
+ENV_PLATFORM = "SI_PLATFORM"  # the backend si-train must find (multihost.check_platform)
 DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
 HEREDOC_END = "SI_LAUNCH_EOF"
 TPU_TARBALL = "si-launch-src.tar.gz"  # in the remote home directory
@@ -331,6 +332,7 @@ def slurm_script(args: Sequence[str], nodes: int, gpus_per_node: int = 8,
            'coordinator=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)',
            f"export {ENV_ENABLE}=1",
            f'export {ENV_COORDINATOR}="$coordinator:{port_expr}"',
+           *([f"export {ENV_PLATFORM}=gpu"] if gpus_per_node else []),
            *[f"export {k}={shlex.quote(v)}" for k, v in (env or {}).items()],
            f'echo "si-launch: job $SLURM_JOB_ID, $SLURM_JOB_NUM_NODES nodes '
            f'($SLURM_JOB_NODELIST), coordinator ${ENV_COORDINATOR}"',
@@ -581,7 +583,7 @@ def tpu_plan(args: Sequence[str], tpu: str, zone: str, accelerator_type: str,
                                           f"{rdir} && cd {rdir} && {_remote(python)} -m pip "
                                           f"install -q -e . {pip_words}".rstrip()],
                       note="3. unpack and install on every worker")
-  run_env = {ENV_ENABLE: "1", **(env or {})}
+  run_env = {ENV_ENABLE: "1", ENV_PLATFORM: "tpu", **(env or {})}
   run_cmd = (f"cd {rdir} && " + " ".join(f"{k}={shlex.quote(v)}" for k, v in run_env.items())
              + f" {_remote(python)} -m si_jax.main " + shlex.join(args))
   logs = [f"--output-directory={log_dir}"] if log_dir else []

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from typing import Any, Sequence
 
 import jax
@@ -37,17 +38,66 @@ ENV_ENABLE = "SI_MULTIHOST"
 ENV_COORDINATOR = "SI_COORDINATOR"
 ENV_NUM_PROCESSES = "SI_NUM_PROCESSES"
 ENV_PROCESS_ID = "SI_PROCESS_ID"
+# The JAX backend the launch asked for ("gpu", "tpu", "cpu"): si-train stops with one line when
+# jax runs on another (a CPU-only jaxlib on a GPU node), see `check_platform`.
+ENV_PLATFORM = "SI_PLATFORM"
+# How to get the accelerator builds of the pinned jax (launch/README.md has the runbooks).
+INSTALL_HINT = {
+    "gpu": "pip install 'jax[cuda13]=={v}' (CUDA 12 drivers: 'jax[cuda12]=={v}')",
+    "tpu": "pip install 'jax[tpu]=={v}'",
+    "cpu": "pip install 'jax=={v}' and JAX_PLATFORMS=cpu",
+}
 
 
-def initialize_from_env(environ=None) -> bool:
-  """Calls `jax.distributed.initialize` when SI_MULTIHOST=1. Returns whether it did.
+def _slurm_step(env) -> bool:
+  """Inside an srun step (the variables JAX's own SLURM detection reads)."""
+  return all(k in env for k in ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS",
+                                "SLURM_PROCID", "SLURM_LOCALID"))
 
-  SI_COORDINATOR (host:port), SI_NUM_PROCESSES and SI_PROCESS_ID are passed when set (all
-  three or none). On CPU the cross-process collectives use gloo.
+
+def _slurm_tasks_on_node(env) -> int:
+  """Tasks of this srun step on this node: SLURM_STEP_TASKS_PER_NODE ('8', '1(x16)' or
+  '2(x3),1', indexed by SLURM_NODEID), else SLURM_NTASKS_PER_NODE, else NTASKS / nodes."""
+  text = env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE")
+  if text:
+    counts = []
+    for part in text.split(","):
+      m = re.fullmatch(r"(\d+)(?:\(x(\d+)\))?", part.strip())
+      if not m:
+        counts = []
+        break
+      counts += [int(m.group(1))] * int(m.group(2) or 1)
+    node = int(env.get("SLURM_NODEID", 0) or 0)
+    if counts and node < len(counts):
+      return counts[node]
+  if env.get("SLURM_NTASKS_PER_NODE", "").isdigit():
+    return int(env["SLURM_NTASKS_PER_NODE"])
+  nodes = env.get("SLURM_STEP_NUM_NODES") or env.get("SLURM_JOB_NUM_NODES") or "1"
+  return max(1, int(env["SLURM_NTASKS"]) // max(1, int(nodes)))
+
+
+def _node_gpus(env) -> int | None:
+  """GPUs this process may use on its node: the entries of CUDA_VISIBLE_DEVICES (SLURM sets it
+  for the GPUs it allocated), else SLURM_GPUS_ON_NODE; None when neither says."""
+  cvd = env.get("CUDA_VISIBLE_DEVICES")
+  if cvd is not None and cvd.strip() not in ("", "-1", "NoDevFiles"):
+    return len([d for d in cvd.split(",") if d.strip()])
+  on_node = env.get("SLURM_GPUS_ON_NODE", "")
+  return int(on_node) if on_node.isdigit() and int(on_node) > 0 else None
+
+
+def distributed_kwargs(environ=None) -> dict[str, Any]:
+  """The arguments of `jax.distributed.initialize` for this environment (SI_MULTIHOST=1).
+
+  SI_COORDINATOR, SI_NUM_PROCESSES and SI_PROCESS_ID are passed when set (all three or none);
+  then JAX's cluster detection is off (`cluster_detection_method='deactivate'`), since under
+  SLURM or Open MPI it would make every process see one GPU (`[SLURM_LOCALID]`), and si-launch
+  starts one process per node that drives all of the node's GPUs. Without them JAX detects
+  the cluster (TPU VMs, SLURM); under an srun step with one task per node every GPU of the
+  node is passed as `local_device_ids`. With several tasks on a node (one per GPU) each task
+  gets its own GPU, `[SLURM_LOCALID]`, as JAX would give it.
   """
   env = os.environ if environ is None else environ
-  if env.get(ENV_ENABLE) != "1":
-    return False
   names = (ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID)
   given = [n for n in names if env.get(n)]
   if given and len(given) != len(names):
@@ -59,14 +109,68 @@ def initialize_from_env(environ=None) -> bool:
     try:
       kwargs = dict(coordinator_address=env[ENV_COORDINATOR],
                     num_processes=int(env[ENV_NUM_PROCESSES]),
-                    process_id=int(env[ENV_PROCESS_ID]))
+                    process_id=int(env[ENV_PROCESS_ID]),
+                    cluster_detection_method="deactivate")
     except ValueError:
       raise ValueError(f"{ENV_NUM_PROCESSES}={env[ENV_NUM_PROCESSES]!r} and {ENV_PROCESS_ID}="
                        f"{env[ENV_PROCESS_ID]!r} must be integers") from None
-  # cross-process collectives of the CPU backend (simulated hosts; no effect on GPU / TPU)
-  jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(**kwargs)
-  return True
+  if _slurm_step(env):
+    if _slurm_tasks_on_node(env) > 1:
+      kwargs["local_device_ids"] = [int(env["SLURM_LOCALID"])]
+    elif not given and (gpus := _node_gpus(env)):
+      kwargs["local_device_ids"] = list(range(gpus))
+  return kwargs
+
+
+def initialize_from_env(environ=None) -> bool:
+  """Calls `jax.distributed.initialize(**distributed_kwargs())` when SI_MULTIHOST=1, then
+  `check_platform`. Returns whether it initialized. On CPU the cross-process collectives use
+  gloo."""
+  env = os.environ if environ is None else environ
+  started = False
+  if env.get(ENV_ENABLE) == "1":
+    kwargs = distributed_kwargs(env)
+    # cross-process collectives of the CPU backend (simulated hosts; no effect on GPU / TPU)
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(**kwargs)
+    started = True
+  check_platform(env)
+  return started
+
+
+def expected_platform(environ=None) -> str | None:
+  """The backend this process must run on: SI_PLATFORM (si-launch sets it), else "gpu" for a
+  multi-host process in a SLURM job that holds GPUs (SLURM_GPUS_ON_NODE / CUDA_VISIBLE_DEVICES)
+  unless JAX_PLATFORMS names the platforms; None: no expectation."""
+  env = os.environ if environ is None else environ
+  if env.get(ENV_PLATFORM):
+    return env[ENV_PLATFORM]
+  if (env.get(ENV_ENABLE) == "1" and "SLURM_JOB_ID" in env and not env.get("JAX_PLATFORMS")
+      and _node_gpus(env)):
+    return "gpu"
+  return None
+
+
+def check_platform(environ=None, backend: str | None = None) -> None:
+  """Stops a process whose JAX backend is not the one its launch asked for (`expected_platform`),
+  e.g. a CPU-only jaxlib on a GPU node, which would otherwise train on the host CPU, with a
+  line naming what to install. `backend`: the backend to check (default jax's)."""
+  env = os.environ if environ is None else environ
+  want = expected_platform(env)
+  if want is None:
+    return
+  have = backend or jax.default_backend()
+  if have == want:
+    return
+  import jaxlib  # pylint: disable=import-outside-toplevel
+  hint = INSTALL_HINT.get(want, "the {v} build for it").format(v=jax.__version__)
+  source = (f"{ENV_PLATFORM}={want}" if env.get(ENV_PLATFORM) else
+            "a SLURM job with GPUs (CUDA_VISIBLE_DEVICES / SLURM_GPUS_ON_NODE)")
+  raise ValueError(
+      f"{source}: the launch asked for {want} devices but jax {jax.__version__} runs on "
+      f"{have} (jaxlib {jaxlib.__version__} found no {want} backend): install the {want} "
+      f"build of JAX on every host, {hint}; or set {ENV_PLATFORM}={have} to run on {have} "
+      f"(launch/README.md)")
 
 
 def process_count() -> int:

@@ -90,12 +90,13 @@ def test_tpu_pod_dry_run_prints_every_gcloud_command(capsys, kind, hosts):
              "mkdir -p ~/si_jax && tar -xzf ~/si-launch-src.tar.gz -C ~/si_jax && cd ~/si_jax "
              "&& python3 -m pip install -q -e . 'jax[tpu]'"],
       tpu + ["ssh", *where, "--worker=all", "--command",
-             "cd ~/si_jax && SI_MULTIHOST=1 python3 -m si_jax.main " + shlex.join(AWKWARD)],
+             "cd ~/si_jax && SI_MULTIHOST=1 SI_PLATFORM=tpu python3 -m si_jax.main "
+             + shlex.join(AWKWARD)],
       tpu + ["delete", *where, "--quiet"]]
   remote = shlex.split(cmds[7][-1])  # what the worker's shell reads: the arguments, unchanged
-  assert remote[:7] == ["cd", "~/si_jax", "&&", "SI_MULTIHOST=1", "python3", "-m",
-                        "si_jax.main"]
-  assert remote[7:] == AWKWARD
+  assert remote[:8] == ["cd", "~/si_jax", "&&", "SI_MULTIHOST=1", "SI_PLATFORM=tpu", "python3",
+                        "-m", "si_jax.main"]
+  assert remote[8:] == AWKWARD
 
 
 def test_tpu_pod_source_none_and_local_workdir(capsys):
@@ -111,7 +112,8 @@ def test_tpu_pod_source_none_and_local_workdir(capsys):
   assert cmds[1][-1] == "--version=v2-alpha-tpuv5-lite"
   assert cmds[3][-3:] == [
       "--output-directory=logs", "--command",
-      "cd '/opt/my si' && SI_MULTIHOST=1 JAX_COMPILATION_CACHE_DIR=gs://c ~/venv/bin/python "
+      "cd '/opt/my si' && SI_MULTIHOST=1 SI_PLATFORM=tpu JAX_COMPILATION_CACHE_DIR=gs://c "
+      "~/venv/bin/python "
       "-m si_jax.main --config c.py --workdir /tmp/w"]
 
 
@@ -256,6 +258,7 @@ set -euo pipefail
 coordinator=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)
 export SI_MULTIHOST=1
 export SI_COORDINATOR="$coordinator:$((20000 + SLURM_JOB_ID % 20000))"
+export SI_PLATFORM=gpu
 echo "si-launch: job $SLURM_JOB_ID, $SLURM_JOB_NUM_NODES nodes ($SLURM_JOB_NODELIST), \
 coordinator $SI_COORDINATOR"
 preempted="${{TMPDIR:-/tmp}}/si-launch-preempted-$SLURM_JOB_ID"
@@ -308,7 +311,8 @@ def test_slurm_script_starts_one_process_per_node_with_its_index(tmp_path):
                                 'wait\n')
   stand_in = _executable(tmp_path / "si train", f"""#!{sys.executable}
 import json, os, sys
-keys = ("SI_MULTIHOST", "SI_COORDINATOR", "SI_NUM_PROCESSES", "SI_PROCESS_ID", "RUN_TAG")
+keys = ("SI_MULTIHOST", "SI_COORDINATOR", "SI_NUM_PROCESSES", "SI_PROCESS_ID", "SI_PLATFORM",
+        "RUN_TAG")
 line = json.dumps(dict(argv=sys.argv[1:], **{{k: os.environ.get(k) for k in keys}}))
 sys.stdout.write(line + "\\n")  # one write: the two tasks share the pipe
 """)
@@ -322,7 +326,8 @@ sys.stdout.write(line + "\\n")  # one write: the two tasks share the pipe
                       "gpu-a:23456")
   tasks = sorted((json.loads(line) for line in lines[1:]), key=lambda t: t["SI_PROCESS_ID"])
   assert tasks == [dict(argv=AWKWARD, SI_MULTIHOST="1", SI_COORDINATOR="gpu-a:23456",
-                        SI_NUM_PROCESSES="2", SI_PROCESS_ID=str(i), RUN_TAG="a b")
+                        SI_NUM_PROCESSES="2", SI_PROCESS_ID=str(i), SI_PLATFORM="gpu",
+                        RUN_TAG="a b")
                    for i in range(2)]
 
 

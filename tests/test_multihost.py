@@ -206,6 +206,76 @@ def test_bad_multihost_environment_names_the_variable(env, message):
     multihost.initialize_from_env(env)
 
 
+# What srun sets in each task of `srun --nodes=2 --ntasks-per-node=1` on 8-GPU nodes (task 1).
+SRUN_ONE_TASK_PER_NODE = {
+    "SLURM_JOB_ID": "4242", "SLURM_STEP_NODELIST": "gpu-[01-02]", "SLURM_NTASKS": "2",
+    "SLURM_PROCID": "1", "SLURM_LOCALID": "0", "SLURM_NODEID": "1",
+    "SLURM_STEP_NUM_NODES": "2", "SLURM_STEP_TASKS_PER_NODE": "1(x2)",
+    "SLURM_NTASKS_PER_NODE": "1", "SLURM_GPUS_ON_NODE": "8",
+    "CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7"}
+# The launcher's own variables (si-launch slurm exports them before srun).
+SI_LAUNCHED = {"SI_MULTIHOST": "1", "SI_COORDINATOR": "gpu-01:24242", "SI_NUM_PROCESSES": "2",
+               "SI_PROCESS_ID": "1"}
+
+
+def _gpus_jax_would_use(env: dict, monkeypatch) -> list[int]:
+  """The local GPU ids a process with `env` gets from jax.distributed.initialize(**kwargs):
+  JAX's own cluster detection (`ClusterEnv.auto_detect_unset_distributed_params`, what
+  initialize runs unless detection is deactivated) fills in what the kwargs leave unset; no
+  local_device_ids means every GPU in CUDA_VISIBLE_DEVICES."""
+  from jax._src import clusters
+  kwargs = multihost.distributed_kwargs(env)
+  ids = kwargs.get("local_device_ids")
+  if kwargs.get("cluster_detection_method") != "deactivate" and None in (
+      kwargs.get("coordinator_address"), kwargs.get("num_processes"), kwargs.get("process_id"),
+      ids):
+    for k in [k for k in os.environ if k.startswith(("SLURM_", "OMPI_"))]:
+      monkeypatch.delenv(k)
+    for k, v in env.items():
+      monkeypatch.setenv(k, v)
+    ids = clusters.ClusterEnv.auto_detect_unset_distributed_params(
+        kwargs.get("coordinator_address"), kwargs.get("num_processes"),
+        kwargs.get("process_id"), ids, kwargs.get("cluster_detection_method"), 300)[3]
+  return list(ids) if ids else list(range(len(env["CUDA_VISIBLE_DEVICES"].split(","))))
+
+
+@pytest.mark.parametrize("launched", [True, False], ids=["si-launch slurm", "plain srun"])
+def test_one_task_per_slurm_node_sees_every_gpu_of_its_node(launched, monkeypatch):
+  """JAX's SLURM detection gives each process [SLURM_LOCALID] = [0] when local_device_ids is
+  not passed: 1 GPU of 8 per node under si-launch's one task per node."""
+  env = dict(SRUN_ONE_TASK_PER_NODE, **(SI_LAUNCHED if launched else {"SI_MULTIHOST": "1"}))
+  assert _gpus_jax_would_use(env, monkeypatch) == list(range(8))
+  kwargs = multihost.distributed_kwargs(env)
+  if launched:  # the launcher's coordinator and index are the ones passed
+    assert (kwargs["coordinator_address"], kwargs["num_processes"], kwargs["process_id"]) == (
+        "gpu-01:24242", 2, 1)
+
+
+def test_one_task_per_gpu_keeps_one_gpu_per_task(monkeypatch):
+  env = dict(SRUN_ONE_TASK_PER_NODE, SLURM_NTASKS="16", SLURM_LOCALID="5", SLURM_PROCID="13",
+             SLURM_STEP_TASKS_PER_NODE="8(x2)", SLURM_NTASKS_PER_NODE="8", SI_MULTIHOST="1")
+  assert _gpus_jax_would_use(env, monkeypatch) == [5]
+  assert _gpus_jax_would_use(dict(env, **SI_LAUNCHED), monkeypatch) == [5]
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"SI_PLATFORM": "gpu"},
+     "SI_PLATFORM=gpu: the launch asked for gpu devices but jax .* runs on cpu .*found no gpu "
+     r"backend\): install the gpu build of JAX on every host, pip install 'jax\[cuda13\]=="),
+    ({"SI_PLATFORM": "tpu"}, r"pip install 'jax\[tpu\]=="),
+    (dict(SRUN_ONE_TASK_PER_NODE, SI_MULTIHOST="1"),
+     "a SLURM job with GPUs .*: the launch asked for gpu devices but jax"),
+])
+def test_a_backend_other_than_the_launch_asked_for_stops_with_the_install_line(env, message):
+  """A CPU-only jaxlib on a GPU node (this test process runs on CPU) is one line naming the
+  install, not a run on the host CPU."""
+  with pytest.raises(ValueError, match=message):
+    multihost.check_platform(env)
+  multihost.check_platform({"SI_PLATFORM": "cpu"})  # what it runs on: fine
+  multihost.check_platform(dict(env, JAX_PLATFORMS="cpu", SI_PLATFORM=""))  # said so: fine
+  multihost.check_platform(env, backend=env.get("SI_PLATFORM", "gpu"))
+
+
 def test_without_si_multihost_nothing_is_initialized():
   assert multihost.initialize_from_env({}) is False
   assert multihost.initialize_from_env({"SI_MULTIHOST": "0"}) is False
