@@ -92,11 +92,14 @@ def base_config() -> ml_collections.ConfigDict:
   # param_dtype / dtype: how params are stored and what the model computes in ("float32",
   # "bfloat16"); None = the model's own (a preset's, or the loaded checkpoint's). bfloat16
   # params with rl.optim.state_dtype="float32" is si-plan's mixed-precision memory lever.
+  # master_weights: with params below float32, the optimizer keeps float32 master weights in
+  # its state (sharded like the params) and the params are their rounding; without them an
+  # update under half a bfloat16 step is lost (si_jax/rl/train_state.py).
   c.model = dict(init_from="", preset="tiny", family="qwen3", overrides={}, remat="none",
                  attention="auto", attention_block_size=128, logprob_chunk=128,
                  lora=dict(rank=0, alpha=16.0,
                            targets=("q", "k", "v", "o", "gate", "up", "down")),
-                 param_dtype=_P(str), dtype=_P(str))
+                 param_dtype=_P(str), dtype=_P(str), master_weights=True)
 
   # Cold start. Policy traces come from the task's generator (num_traces, error_rate) or from
   # data_path, a jsonl of {"prompt": <raw user message>, "response": <raw text>} lines (the

@@ -562,7 +562,9 @@ def plan(config, *, devices: int, acc: Accelerator, model: str | None = None,
                      f"max_position_embeddings {cfg.max_position_embeddings}")
   cfg, attn_note = planned_attention(cfg, acc, wl.width)
   rl_updates = config.rl.steps * config.rl.epochs * config.rl.minibatches
-  optimizer = ts.optimizer_from_config(config.rl.optim, max(rl_updates, 1))
+  master = ts.master_weights_for(  # LoRA trains float32 adapters: no master for them
+      config, jnp.float32 if _lora(config) is not None else cfg.jnp_param_dtype)
+  optimizer = ts.optimizer_from_config(config.rl.optim, max(rl_updates, 1), master)
   ab = abstract_state(config, cfg, mesh, optimizer)
   opt_b = tree_bytes(ab.state.opt_state)
   resident = {"opt_state": opt_b}
@@ -593,7 +595,8 @@ def plan(config, *, devices: int, acc: Accelerator, model: str | None = None,
   dtype_name = lambda d: np.dtype(d).name  # noqa: E731
   opt_leaves = [x for x in jax.tree.leaves(ab.state.opt_state) if x.ndim]
   numerics = dict(params=cfg.param_dtype, compute=cfg.dtype,
-                  opt_state=dtype_name(opt_leaves[0].dtype) if opt_leaves else "-",
+                  opt_state=dtype_name(opt_leaves[-1].dtype) if opt_leaves else "-",
+                  master_weights="float32" if master else "off",
                   remat=config.model.remat, attention=cfg.attention,
                   lora=f"r={ab.lora.rank}" if ab.lora else "off")
   kv = 0

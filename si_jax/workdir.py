@@ -339,8 +339,9 @@ def load_run(workdir: str, step: int | None = None, mesh=None) -> dict[str, Any]
   with _nested():  # the params the checkpoint's replace (with LoRA: the base they adapt)
     cfg, params = setup_model(config, tok, mesh)
   lc, adapters = setup_adapters(config, cfg, mesh)
-  state = ts.create(params if lc is None else adapters,
-                    ts.optimizer_from_config(config.sft.optim, 1), mesh)
+  trained = params if lc is None else adapters
+  master = ts.master_weights_for(config, jax.tree.leaves(trained)[0].dtype)
+  state = ts.create(trained, ts.optimizer_from_config(config.sft.optim, 1, master), mesh)
   ck = ckpt_lib.Checkpointer(os.path.join(workdir, CHECKPOINTS))
   try:
     step = ck.latest_step() if step is None else step

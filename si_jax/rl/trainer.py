@@ -151,9 +151,10 @@ class Run:
       self._merge = lora_lib.make_merge_fn(self.lora, param_sh)
     self.sft_steps, self.rl_steps = config.sft.steps, config.rl.steps
     self.total_steps = self.sft_steps + self.rl_steps
-    self.sft_opt = ts.optimizer_from_config(config.sft.optim, max(self.sft_steps, 1))
+    master = ts.master_weights_for(config, jax.tree.leaves(params)[0].dtype)  # bf16: fp32 copy
+    self.sft_opt = ts.optimizer_from_config(config.sft.optim, max(self.sft_steps, 1), master)
     rl_updates = self.rl_steps * config.rl.epochs * config.rl.minibatches
-    self.rl_opt = ts.optimizer_from_config(config.rl.optim, max(rl_updates, 1))
+    self.rl_opt = ts.optimizer_from_config(config.rl.optim, max(rl_updates, 1), master)
     self.state = ts.create(params, self.sft_opt if self.sft_steps else self.rl_opt, self.mesh)
     self.sampler = sampling.Sampler(self.model_cfg, self.mesh,
                                     max_len=self.model_cfg.max_position_embeddings,
