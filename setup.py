@@ -42,7 +42,9 @@ setuptools.setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=setuptools.find_packages(include=["si_jax", "si_jax.*"]),
-    python_requires=">=3.10",
+    # jax, jaxlib, flax, orbax-checkpoint and transformers as pinned need 3.11
+    # (si_jax/launch.py: PYTHON_FLOOR; si-launch tpu_pod checks the workers' Python first)
+    python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
     entry_points={

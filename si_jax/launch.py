@@ -72,9 +72,16 @@ ENV_COORDINATOR = "SI_COORDINATOR"
 ENV_NUM_PROCESSES = "SI_NUM_PROCESSES"
 ENV_PROCESS_ID = "SI_PROCESS_ID"
 ENV_PLATFORM = "SI_PLATFORM"  # the backend si-train must find (multihost.check_platform)
+# The fraction of GPU memory JAX preallocates (its default: 0.75). si-plan plans against this
+# one (plan.gpu_mem_fraction); the slurm script exports it and si-train sets it when unset.
+MEM_FRACTION_ENV = "XLA_PYTHON_CLIENT_MEM_FRACTION"
+GPU_MEM_FRACTION = 0.9
 DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
 HEREDOC_END = "SI_LAUNCH_EOF"
 TPU_TARBALL = "si-launch-src.tar.gz"  # in the remote home directory
+# The oldest Python the pinned jax / jaxlib / flax / orbax / transformers install on
+# (setup.py's python_requires; a test keeps them in step). TPU VM images may ship an older one.
+PYTHON_FLOOR = (3, 11)
 POLL_S = 0.05  # local: how often the processes are checked
 FOLLOW_POLL_S = 5.0  # slurm --follow: how often squeue and the log are read
 KILL_GRACE_S = 10.0  # local: SIGTERM, then SIGKILL after this long
@@ -333,6 +340,7 @@ def slurm_script(args: Sequence[str], nodes: int, gpus_per_node: int = 8,
            f"export {ENV_ENABLE}=1",
            f'export {ENV_COORDINATOR}="$coordinator:{port_expr}"',
            *([f"export {ENV_PLATFORM}=gpu"] if gpus_per_node else []),
+           f"export {MEM_FRACTION_ENV}={GPU_MEM_FRACTION}  # what si-plan planned against",
            *[f"export {k}={shlex.quote(v)}" for k, v in (env or {}).items()],
            f'echo "si-launch: job $SLURM_JOB_ID, $SLURM_JOB_NUM_NODES nodes '
            f'($SLURM_JOB_NODELIST), coordinator ${ENV_COORDINATOR}"',
@@ -482,6 +490,19 @@ def tpu_hosts(accelerator_type: str) -> int:
                     f"size ({sizes}, or a multiple of {fam.per_host} above)")
 
 
+def python_check(python: str) -> str:
+  """Shell text that stops a worker whose `python` is older than PYTHON_FLOOR (or missing),
+  with one line naming the worker, its version and the way out, exit code 2."""
+  py = _remote(python)
+  floor = ".".join(map(str, PYTHON_FLOOR))
+  return (f"{{ {py} -c 'import sys; sys.exit(sys.version_info < {PYTHON_FLOOR})' 2>/dev/null "
+          f"|| {{ echo \"si-launch: error: worker $(hostname): $({py} --version 2>&1 | head -1) "
+          f"is not Python >= {floor}, which si_jax needs (jax, jaxlib, orbax): make a "
+          f"virtualenv of one on every worker (sudo apt-get install -y python{floor}-venv && "
+          f"python{floor} -m venv ~/si-venv) and pass --python ~/si-venv/bin/python\" >&2; "
+          f"exit 2; }}; }}")
+
+
 def _remote(path: str) -> str:
   """A remote path for the remote shell: quoted, but a leading `~/` still expands."""
   if path == "~" or path.startswith("~/"):
@@ -579,12 +600,15 @@ def tpu_plan(args: Sequence[str], tpu: str, zone: str, accelerator_type: str,
             Command(base + ["scp", tarball, f"{tpu}:{TPU_TARBALL}", *where, "--worker=all"],
                     note="2b. to every worker")]
     pip_words = " ".join(shlex.quote(p) for p in pip)
-    install = Command(ssh + ["--command", f"mkdir -p {rdir} && tar -xzf ~/{TPU_TARBALL} -C "
-                                          f"{rdir} && cd {rdir} && {_remote(python)} -m pip "
-                                          f"install -q -e . {pip_words}".rstrip()],
-                      note="3. unpack and install on every worker")
+    install = Command(ssh + ["--command", f"{python_check(python)} && mkdir -p {rdir} && "
+                                          f"tar -xzf ~/{TPU_TARBALL} -C {rdir} && cd {rdir} && "
+                                          f"{_remote(python)} -m pip install -q -e . "
+                                          f"{pip_words}".rstrip()],
+                      note=f"3. Python >= {'.'.join(map(str, PYTHON_FLOOR))}? then unpack and "
+                           f"install on every worker")
   run_env = {ENV_ENABLE: "1", ENV_PLATFORM: "tpu", **(env or {})}
-  run_cmd = (f"cd {rdir} && " + " ".join(f"{k}={shlex.quote(v)}" for k, v in run_env.items())
+  run_cmd = ((f"{python_check(python)} && " if install is None else "") + f"cd {rdir} && "
+             + " ".join(f"{k}={shlex.quote(v)}" for k, v in run_env.items())
              + f" {_remote(python)} -m si_jax.main " + shlex.join(args))
   logs = [f"--output-directory={log_dir}"] if log_dir else []
   where_logs = f"logs in {log_dir}/<worker>.log" if log_dir else "output streamed"

@@ -128,7 +128,10 @@ def _main(argv):
 
 def run():
   from si_jax import allocator
+  from si_jax import launch
   allocator.reexec_if_needed()  # SI_ALLOCATOR: a retaining malloc, chosen before anything runs
+  # GPU memory JAX preallocates: si-plan's verdict assumes this fraction (JAX's default 0.75)
+  os.environ.setdefault(launch.MEM_FRACTION_ENV, str(launch.GPU_MEM_FRACTION))
   if os.environ.get("SI_TRACEBACK") != "1":
     check_overrides(sys.argv[1:])
   flags.mark_flags_as_required(["config", "workdir"])

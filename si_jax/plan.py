@@ -36,9 +36,12 @@ upcast bfloat16 arithmetic to float32), so read them as an estimate. Attention t
 to cuDNN or splash on the named accelerator is planned as blockwise: the same memory class (no
 T x T residual), and XLA:CPU cannot compile those kernels.
 
-Usable HBM is `USABLE_FRACTION` (90%) of the accelerator's nominal capacity: the runtime,
-XLA's scratch and fragmentation take the rest (on GPU, JAX preallocates 75% unless
-XLA_PYTHON_CLIENT_MEM_FRACTION says more: set it to 0.9 for runs planned this way).
+Usable HBM is a fraction of the accelerator's nominal capacity. On GPU it is the fraction JAX
+preallocates, XLA_PYTHON_CLIENT_MEM_FRACTION: the value in si-plan's environment or
+`--mem_fraction`, else `launch.GPU_MEM_FRACTION` (0.9), the value si-launch exports and
+si-train sets when it is unset (JAX's own default is 0.75), so the verdict is computed against
+the fraction the run gets. On TPU it is `TPU_USABLE_FRACTION` (90%): the runtime, XLA's
+scratch and fragmentation take the rest.
 
 When the plan does not fit, si-plan tries the memory levers (config fields) one at a time,
 cumulatively, re-planning the affected programs after each, until it fits: attention
@@ -80,7 +83,8 @@ from si_jax.rl import train_state as ts
 from si_jax.rl import update as update_lib
 
 GiB = 2 ** 30
-USABLE_FRACTION = 0.9
+TPU_USABLE_FRACTION = 0.9
+MEM_FRACTION_ENV = "XLA_PYTHON_CLIENT_MEM_FRACTION"
 DEVICE_FLAG = "--xla_force_host_platform_device_count"
 PHASES = ("sample", "logprobs", "update")
 LORA_LEVER_RANK = 64  # SRPO's adapters
@@ -88,15 +92,17 @@ LORA_LEVER_RANK = 64  # SRPO's adapters
 
 @dataclasses.dataclass(frozen=True)
 class Accelerator:
-  """A device kind: nominal HBM in GiB and the jax backend it runs (for attention="auto")."""
+  """A device kind: nominal HBM in GiB, the jax backend it runs (for attention="auto") and
+  the fraction of HBM a run may use (on GPU, what JAX preallocates)."""
 
   name: str
   hbm_gib: float
   backend: str
+  fraction: float = TPU_USABLE_FRACTION
 
   @property
   def usable_bytes(self) -> float:
-    return self.hbm_gib * GiB * USABLE_FRACTION
+    return self.hbm_gib * GiB * self.fraction
 
 
 ACCELERATORS = {
@@ -107,10 +113,31 @@ ACCELERATORS = {
 }
 
 
-def accelerator(name: str) -> Accelerator:
+def gpu_mem_fraction(environ: Mapping[str, str] | None = None,
+                     mem_fraction: float | None = None) -> float:
+  """The fraction of GPU memory a run gets: `mem_fraction`, else XLA_PYTHON_CLIENT_MEM_FRACTION
+  of `environ`, else what si-launch and si-train set (`launch.GPU_MEM_FRACTION`)."""
+  from si_jax import launch  # local: launch imports no JAX, but is a command module
+  env = os.environ if environ is None else environ
+  value = mem_fraction if mem_fraction else env.get(MEM_FRACTION_ENV) or launch.GPU_MEM_FRACTION
+  try:
+    value = float(value)
+  except ValueError:
+    raise ValueError(f"{MEM_FRACTION_ENV}={value!r}: must be a number in (0, 1]") from None
+  if not 0 < value <= 1:
+    raise ValueError(f"GPU memory fraction {value}: must be in (0, 1]")
+  return value
+
+
+def accelerator(name: str, environ: Mapping[str, str] | None = None,
+                mem_fraction: float | None = None) -> Accelerator:
+  """The accelerator `name`, a GPU with the memory fraction of `gpu_mem_fraction`."""
   if name not in ACCELERATORS:
     raise ValueError(f"unknown accelerator {name!r}; known: {sorted(ACCELERATORS)}")
-  return ACCELERATORS[name]
+  acc = ACCELERATORS[name]
+  if acc.backend == "gpu":
+    acc = dataclasses.replace(acc, fraction=gpu_mem_fraction(environ, mem_fraction))
+  return acc
 
 
 def device_env(n: int, environ: Mapping[str, str]) -> dict[str, str]:
@@ -728,6 +755,13 @@ def find_fit(config, p: Plan, acc: Accelerator, *, model: str | None, prompt_len
 # ----------------------------------------------------------------------------- reports
 
 
+def _all(acc: Accelerator) -> dict[str, Accelerator]:
+  """Every accelerator, the GPUs with `acc`'s memory fraction when it is a GPU."""
+  gpu = acc.fraction if acc.backend == "gpu" else None
+  return {k: dataclasses.replace(a, fraction=gpu) if gpu and a.backend == "gpu" else
+          accelerator(k) for k, a in ACCELERATORS.items()}
+
+
 def _gib(n: float) -> str:
   return f"{n / GiB:.2f}"
 
@@ -779,9 +813,10 @@ def report(p: Plan, acc: Accelerator) -> str:
         f"{p.opt_state_global / d['opt_state']:.1f} ways)")
   peak, phase = p.peak()
   verdict = "fits" if p.fits(acc) else "does not fit"
-  others = ", ".join(f"{k} {'yes' if p.fits(a) else 'no'}" for k, a in ACCELERATORS.items())
+  others = ", ".join(f"{k} {'yes' if p.fits(a) else 'no'}" for k, a in _all(acc).items())
   lines.append(f"  verdict: {verdict} on {acc.name} (peak {_gib(peak)} GiB in {phase}, usable "
-               f"{_gib(acc.usable_bytes)} GiB); fits: {others}")
+               f"{_gib(acc.usable_bytes)} GiB = {acc.fraction:g} of {acc.hbm_gib:g}); fits: "
+               f"{others}")
   return "\n".join(lines)
 
 
@@ -809,7 +844,7 @@ def table_row(p: Plan, acc: Accelerator, search: Search | None) -> dict[str, Any
           "opt state": _gib(d["opt_state"]), "update temporaries": _gib(d["update_temp"]),
           "KV cache": _gib(d["kv_cache"]), "peak (phase)": f"{_gib(peak)} ({phase})",
           **{a.name.replace("TPU ", ""): "yes" if p.fits(a) else "no"
-             for a in ACCELERATORS.values()}, "lever": lever}
+             for a in _all(acc).values()}, "lever": lever}
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -834,6 +869,9 @@ def _define_flags():
                       "model shape (e.g. qwen3-8b,qwen3-32b); empty: the config's model")
   flags.DEFINE_string("devices", "8", "comma-separated simulated device counts")
   flags.DEFINE_enum("accelerator", "h100", sorted(ACCELERATORS), "HBM to plan against")
+  flags.DEFINE_float("mem_fraction", None, "GPU: the fraction of memory the run gets (default "
+                     "$XLA_PYTHON_CLIENT_MEM_FRACTION, else what si-launch / si-train set: "
+                     "0.9)")
   flags.DEFINE_integer("prompt_len", 256, "prompt tokens assumed (rounded up to 16)")
   flags.DEFINE_string("phases", ",".join(PHASES), f"subset of {','.join(PHASES)}")
   flags.DEFINE_bool("levers", True, "when it does not fit, search the memory levers")
@@ -847,7 +885,7 @@ def _main(argv) -> None:
   if len(argv) > 1:
     raise SystemExit(f"si-plan: error: unexpected arguments {argv[1:]}")
   try:
-    acc = accelerator(FLAGS.accelerator)
+    acc = accelerator(FLAGS.accelerator, mem_fraction=FLAGS.mem_fraction)
     devices = _csv(FLAGS.devices, int)
     models = _csv(FLAGS.model) or [None]
     phases = _csv(FLAGS.phases)
@@ -891,7 +929,7 @@ def _main(argv) -> None:
   if FLAGS.json:
     with open(FLAGS.json, "w", encoding="utf-8") as f:
       json.dump(dict(argv=sys.argv, accelerator=dataclasses.asdict(acc),
-                     usable_fraction=USABLE_FRACTION, plans=plans), f, indent=1)
+                     usable_fraction=acc.fraction, plans=plans), f, indent=1)
       f.write("\n")
 
 

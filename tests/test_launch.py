@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
+import socket
 import subprocess
 import sys
 import tempfile
@@ -87,8 +89,9 @@ def test_tpu_pod_dry_run_prints_every_gcloud_command(capsys, kind, hosts):
       tpu + ["scp", tar, "my-pod:si-launch-src.tar.gz", "--zone=us-east5-a", "--project=proj",
              "--worker=all"],
       tpu + ["ssh", *where, "--worker=all", "--command",
-             "mkdir -p ~/si_jax && tar -xzf ~/si-launch-src.tar.gz -C ~/si_jax && cd ~/si_jax "
-             "&& python3 -m pip install -q -e . 'jax[tpu]'"],
+             launch.python_check("python3") + " && mkdir -p ~/si_jax && tar -xzf "
+             "~/si-launch-src.tar.gz -C ~/si_jax && cd ~/si_jax && python3 -m pip install -q "
+             "-e . 'jax[tpu]'"],
       tpu + ["ssh", *where, "--worker=all", "--command",
              "cd ~/si_jax && SI_MULTIHOST=1 SI_PLATFORM=tpu python3 -m si_jax.main "
              + shlex.join(AWKWARD)],
@@ -112,7 +115,7 @@ def test_tpu_pod_source_none_and_local_workdir(capsys):
   assert cmds[1][-1] == "--version=v2-alpha-tpuv5-lite"
   assert cmds[3][-3:] == [
       "--output-directory=logs", "--command",
-      "cd '/opt/my si' && SI_MULTIHOST=1 SI_PLATFORM=tpu JAX_COMPILATION_CACHE_DIR=gs://c "
+      launch.python_check("~/venv/bin/python") + " && cd '/opt/my si' && SI_MULTIHOST=1 SI_PLATFORM=tpu JAX_COMPILATION_CACHE_DIR=gs://c "
       "~/venv/bin/python "
       "-m si_jax.main --config c.py --workdir /tmp/w"]
 
@@ -164,7 +167,12 @@ elif verb == "ssh":
 """)
   python = _executable(tmp_path / "fake python", f"""#!{sys.executable}
 import json, os, sys
-if sys.argv[1:3] == ["-m", "pip"]:
+old = os.environ["WORKER"] in os.environ.get("OLD_PYTHON_WORKERS", "").split(",")
+if sys.argv[1] == "--version":
+  print("Python 3.10.12" if old else "Python 3.11.7")
+elif sys.argv[1] == "-c":  # the launcher's version check
+  sys.exit(1 if old else 0)
+elif sys.argv[1:3] == ["-m", "pip"]:
   open(os.path.join(os.environ["HOME"], "pip"), "w").write(json.dumps(sys.argv[3:]))
 else:
   print(json.dumps(dict(worker=os.environ["WORKER"], cwd=os.getcwd(), argv=sys.argv[3:],
@@ -172,7 +180,7 @@ else:
   if "--config.preempted=1" in sys.argv:
     sys.exit(75)
   sys.exit(3 if "--config.fail=1" in sys.argv and os.environ["WORKER"] == "1" else 0)
-""")
+""")  # workers named in OLD_PYTHON_WORKERS have Python 3.10
   env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
   return env, python
 
@@ -219,6 +227,38 @@ def test_tpu_pod_creates_copies_installs_runs_and_stops_on_a_fake_pod(tmp_path):
       "command again to resume")
 
 
+@pytest.mark.parametrize("source", ["git", "none"])
+def test_tpu_pod_checks_the_workers_python_first(tmp_path, source):
+  """The pinned jax needs Python >= 3.11; a TPU VM image may have 3.10: the first command on
+  the workers stops with one line naming the worker and the way out, before pip or si-train."""
+  env, python = _fake_pod(tmp_path)
+  env["OLD_PYTHON_WORKERS"] = "1"
+  repo = _git_repo(tmp_path / "repo")
+  res = subprocess.run([sys.executable, "-m", "si_jax.launch", "tpu_pod", "--tpu", "pod",
+                        "--zone", "z", "--accelerator_type", "v5p-16", "--repo", repo,
+                        "--source", source, "--python", python, "--", "--config", "c",
+                        "--workdir", "gs://b/w"], cwd=REPO, env=env, capture_output=True,
+                       text=True)
+  assert res.returncode == 2, res.stdout + res.stderr
+  assert (f"si-launch: error: worker {socket.gethostname()}: Python 3.10.12 is not Python >= "
+          f"3.11, which si_jax needs (jax, jaxlib, orbax): make a virtualenv of one on every "
+          f"worker (sudo apt-get install -y python3.11-venv && python3.11 -m venv ~/si-venv) "
+          f"and pass --python ~/si-venv/bin/python") in res.stderr.splitlines()
+  assert not (tmp_path / "w1" / "pip").exists() and '"worker"' not in res.stdout  # no run
+
+
+def test_setup_py_states_the_python_the_launcher_checks():
+  text = open(os.path.join(REPO, "setup.py"), encoding="utf-8").read()
+  floor = ".".join(map(str, launch.PYTHON_FLOOR))
+  assert f'python_requires=">={floor}"' in text
+  from importlib import metadata
+  floors = {}  # what the pinned packages, as installed here, require
+  for dist in ("jax", "jaxlib", "flax", "orbax-checkpoint", "transformers", "optax"):
+    m = re.fullmatch(r">=(\d+)\.(\d+)(?:\.\d+)?", metadata.metadata(dist)["Requires-Python"])
+    floors[dist] = (int(m.group(1)), int(m.group(2)))
+  assert max(floors.values()) == launch.PYTHON_FLOOR, floors
+
+
 def test_tpu_pod_refuses_uncommitted_changes_and_another_slice_type(tmp_path):
   env, python = _fake_pod(tmp_path)
   repo = _git_repo(tmp_path / "repo")
@@ -259,6 +299,7 @@ coordinator=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)
 export SI_MULTIHOST=1
 export SI_COORDINATOR="$coordinator:$((20000 + SLURM_JOB_ID % 20000))"
 export SI_PLATFORM=gpu
+export XLA_PYTHON_CLIENT_MEM_FRACTION=0.9  # what si-plan planned against
 echo "si-launch: job $SLURM_JOB_ID, $SLURM_JOB_NUM_NODES nodes ($SLURM_JOB_NODELIST), \
 coordinator $SI_COORDINATOR"
 preempted="${{TMPDIR:-/tmp}}/si-launch-preempted-$SLURM_JOB_ID"

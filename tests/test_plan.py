@@ -253,6 +253,39 @@ def test_verdict_flips_with_the_hbm(update_search):
   assert "verdict: fits on H200" in pl.report(p, BIG)
 
 
+def test_the_verdict_uses_the_gpu_memory_fraction_the_launch_sets(update_search, monkeypatch):
+  """JAX preallocates XLA_PYTHON_CLIENT_MEM_FRACTION of a GPU (0.75 unless set): the slurm
+  launcher exports the fraction si-plan plans against, si-train sets it when unset, and a
+  peak between 75% and 90% of the HBM fits only as launched."""
+  import re
+  from si_jax import launch, main
+  p, _ = update_search
+  script = launch.slurm_script(["--config", "c", "--workdir", "w"], nodes=2)
+  exported = re.search(r"^export XLA_PYTHON_CLIENT_MEM_FRACTION=([0-9.]+)", script, re.M)
+  assert exported, script
+  fraction = float(exported.group(1))
+  h100 = pl.accelerator("h100", environ={})
+  assert h100.fraction == fraction == 0.9
+  assert h100.usable_bytes == pytest.approx(80 * fraction * 2 ** 30)
+  env = {"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.75"}
+  assert pl.accelerator("h100", environ=env).usable_bytes == pytest.approx(60 * 2 ** 30)
+  assert pl.accelerator("h100", environ=env, mem_fraction=0.5).fraction == 0.5
+  assert pl.accelerator("v5p", environ=env).fraction == pl.TPU_USABLE_FRACTION  # GPU only
+  gpu = pl.Accelerator("gpu", p.peak()[0] / 0.8 / 2 ** 30, "gpu")  # peak = 80% of its HBM
+  assert p.fits(dataclasses.replace(gpu, fraction=fraction))
+  assert not p.fits(dataclasses.replace(gpu, fraction=0.75))
+  assert "usable 0.00 GiB = 0.9 of" in pl.report(p, dataclasses.replace(TINY, fraction=0.9))
+  # si-train, started without it (a plain `si-train` on a GPU), sets the same fraction
+  monkeypatch.delenv("XLA_PYTHON_CLIENT_MEM_FRACTION", raising=False)
+  from si_jax import allocator
+  monkeypatch.setattr(allocator, "reexec_if_needed", lambda: None)
+  monkeypatch.setattr(main.app, "run", lambda _: None)
+  monkeypatch.setattr(sys, "argv", ["si-train"])
+  main.run()
+  assert os.environ["XLA_PYTHON_CLIENT_MEM_FRACTION"] == str(fraction)
+  assert launch.MEM_FRACTION_ENV == pl.MEM_FRACTION_ENV
+
+
 def test_levers_remat_dots_then_full_reduce_the_update_temporaries(update_search):
   p, search = update_search
   assert search.overrides == ["model.remat=dots", "model.remat=full"] and not search.fits
