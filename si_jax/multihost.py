@@ -1,12 +1,14 @@
 """Multi-controller SPMD helpers: one process per host, every process runs the same program.
 
-In a multi-process run (`jax.process_count() > 1`) each process owns a contiguous block of the
-rows of every batch-sharded array: the batch axes (`data`, `fsdp`) span the processes in
-process order (checked by `check_mesh`). So a process
+In a multi-process run (`jax.process_count() > 1`) each process owns the rows of its own
+batch shards of every batch-sharded array: whole shards, as many as any other process, where
+the mesh puts them (one block per process on CPU and GPU; interleaved on TPU slices above 2
+hosts, where the mesh follows the torus; checked by `check_mesh`). So a process
 
   * samples, verifies and assigns credit to its own rows only (host data stays local),
   * turns its rows into the global array with `to_global` (`jax.make_array_from_process_local_
-    data`: no process ever holds another's rows),
+    data` maps them onto its shards in row order, wherever they are: no process ever holds
+    another's rows),
   * reads back only its own rows with `local_rows` (its addressable shards; never a
     `device_get` of a global array),
   * agrees with the others on shapes (row counts, prompt widths) through small host
@@ -233,10 +235,31 @@ def local_slice(n: int) -> slice:
   return slice(start, start + base + (p < extra))
 
 
+def batch_owners(mesh: Mesh) -> np.ndarray:
+  """[data * fsdp]: the process whose devices hold each batch shard (the row blocks of a
+  batch-sharded array, in row order). An error when a shard's devices (its tensor group) are
+  on several processes: each would feed its own rows to one shard."""
+  groups = mesh.devices.reshape(-1, mesh.shape["tensor"])
+  owners = []
+  for i, g in enumerate(groups):
+    procs = sorted({d.process_index for d in g})
+    if len(procs) > 1:
+      raise ValueError(
+          f"config.mesh {dict(mesh.shape)}: batch shard {i} is held by devices of processes "
+          f"{procs} (tensor={mesh.shape['tensor']} spans hosts); keep mesh.tensor within a "
+          f"host's devices")
+    owners.append(procs[0])
+  return np.asarray(owners)
+
+
 def check_mesh(mesh: Mesh) -> None:
-  """Every process must hold its own contiguous block of batch rows: the batch axes (data x
-  fsdp) must be a multiple of the process count, laid out in process order."""
-  P = jax.process_count()
+  """Every process must own whole batch shards, as many as any other: the batch axes (data x
+  fsdp) a multiple of the process count, each shard's devices on one process. Where they sit
+  does not matter: on TPU slices above 2 hosts the topology order interleaves the processes'
+  shards (v5p-32: shards of processes 0, 1, 2, 3, 0, 1, ...), and `to_global` / `local_rows`
+  place and read a process's rows wherever its shards are."""
+  procs = {d.process_index for d in mesh.devices.flat}
+  P = max(len(procs), jax.process_count())
   if P == 1:
     return
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -245,12 +268,11 @@ def check_mesh(mesh: Mesh) -> None:
         f"config.mesh: data x fsdp = {mesh.shape['data']} x {mesh.shape['fsdp']} = {shards} "
         f"batch shards cannot be split over {P} processes; each process samples its own rows, "
         f"so data x fsdp must be a multiple of the process count")
-  from si_jax import sharding as shd  # local: sharding imports the model
-  sh = shd.batch_sharding(mesh, (shards,))
-  if process_rows(sh, shards) != local_slice(shards):
+  counts = np.bincount(batch_owners(mesh), minlength=P)
+  if (counts != shards // P).any():
     raise ValueError(
-        f"config.mesh {dict(mesh.shape)}: the batch shards of process {jax.process_index()} "
-        f"are not its contiguous block in process order (device order of the mesh)")
+        f"config.mesh {dict(mesh.shape)}: processes own {counts.tolist()} of the {shards} "
+        f"batch shards; each must own {shards // P}")
 
 
 def process_rows(sharding: NamedSharding, n: int) -> slice:

@@ -14,6 +14,8 @@ import math
 from typing import Any, Sequence
 
 import jax
+import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from si_jax.models import constraints
@@ -43,9 +45,10 @@ def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1,
               devices: Sequence[jax.Device] | None = None) -> Mesh:
   """A (data, fsdp, tensor) mesh. One size may be -1: it takes the remaining devices.
 
-  Devices are placed by `jax.make_mesh`, which orders them along the physical topology (ICI
-  rings on TPU, device ids on GPU; on CPU it is the order given). `devices` (default
-  `jax.devices()`) may hold more devices than the mesh needs: the first ones are used.
+  Devices are placed by `device_grid`: `jax.make_mesh`'s order along the physical topology
+  (ICI rings on TPU, device ids on GPU; on CPU it is the order given), with the fall-backs
+  it describes. `devices` (default `jax.devices()`) may hold more devices than the mesh needs:
+  the first ones are used.
 
   Axes are `AxisType.Auto` (what `jax.sharding.Mesh` gives by default): jit follows the
   in/out shardings we pass and GSPMD propagates the rest. `jax.make_mesh` alone would make them
@@ -68,8 +71,60 @@ def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1,
   if n > len(devices):
     raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {n} devices, "
                      f"only {len(devices)} available")
-  return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
-                       devices=devices[:n])
+  grid = device_grid(tuple(sizes), devices[:n])
+  return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def device_grid(sizes: tuple[int, int, int], devices: Sequence[Any]) -> np.ndarray:
+  """The [data, fsdp, tensor] array of `devices` a mesh of `sizes` uses.
+
+  `jax.make_mesh`'s order (the physical topology: ICI rings on TPU, device ids on GPU), where
+  it can lay the sizes out on the topology without splitting a physical axis; else
+  `mesh_utils.create_device_mesh` allowed to split one (jax.make_mesh refuses e.g. (8, 8, 1)
+  on a v5p-128's 4x4x4 chips, which JAX only allows itself on v5e).
+
+  With several processes, each `tensor` group (the devices that hold the same batch rows)
+  must belong to one process: it does in the topology order except where a tensor group is
+  laid across hosts (v5e-256 with tensor=4 puts 4 chips in a row over two 2x2 hosts). Then
+  the devices are placed host by host instead: each process's devices, in the topology order
+  of its own chips, make whole tensor groups, and the processes follow one another along the
+  batch axes. Batch shards of one process need not be contiguous (multihost.check_mesh).
+  """
+  try:
+    grid = jax.make_mesh(sizes, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
+                         devices=devices).devices
+  except (NotImplementedError, ValueError):
+    grid = mesh_utils.create_device_mesh(sizes, devices, allow_split_physical_axes=True)
+  if _tensor_groups_within_processes(grid):
+    return grid
+  return _host_major_grid(sizes, devices)
+
+
+def _tensor_groups_within_processes(grid: np.ndarray) -> bool:
+  groups = grid.reshape(-1, grid.shape[-1])
+  return all(len({d.process_index for d in g}) == 1 for g in groups)
+
+
+def _host_major_grid(sizes: tuple[int, int, int], devices: Sequence[Any]) -> np.ndarray:
+  """Devices host by host: each process's own (in its chips' topology order) as whole tensor
+  groups, the processes in index order along the batch axes."""
+  tensor = sizes[-1]
+  by_process: dict[int, list] = {}
+  for d in devices:
+    by_process.setdefault(d.process_index, []).append(d)
+  rows = []
+  for p in sorted(by_process):
+    local = by_process[p]
+    if len(local) % tensor:
+      raise ValueError(f"mesh.tensor={tensor} does not divide the {len(local)} devices of "
+                       f"process {p}: a tensor group must stay within one host")
+    try:
+      local_grid = mesh_utils.create_device_mesh((len(local) // tensor, tensor), local,
+                                                 allow_split_physical_axes=True)
+    except (NotImplementedError, ValueError, AssertionError):
+      local_grid = np.asarray(local).reshape(-1, tensor)
+    rows.append(local_grid)
+  return np.concatenate(rows).reshape(sizes)
 
 
 def mesh_from_config(mesh_cfg) -> Mesh:

@@ -2,6 +2,7 @@
 simulated devices each) train exactly like one process with 8 devices; the helpers each
 process uses to own its rows."""
 
+import dataclasses
 import json
 import os
 import shlex
@@ -290,6 +291,121 @@ def test_single_process_helpers_are_identities():
   assert multihost.local_slice(5) == slice(0, 5)
   row = {"reward": 0.5, "tokens/rollout": 7, "time/update": 1.0}
   assert multihost.reduce_metrics(row) is row
+
+
+# ----------------------------------------------------------------------------- TPU slices
+
+
+@dataclasses.dataclass(frozen=True)
+class MockTpu:
+  """What jax.make_mesh reads of a TPU device (jax's mesh_utils: coords, core_on_chip,
+  device_kind, platform) and what si_jax reads (process_index)."""
+  id: int
+  process_index: int
+  coords: tuple
+  device_kind: str
+  core_on_chip: int = 0
+  platform: str = "tpu"
+  slice_index: int = 0
+
+
+# name -> (device_kind, chips x, y, z). One JAX device per chip (v5p megacore); every host
+# holds a 2x2x1 block of 4 chips (Cloud TPU VMs), hosts numbered x, then y, then z.
+SLICES = {"v5p-16": ("TPU v5p", (2, 2, 2)), "v5p-32": ("TPU v5p", (2, 2, 4)),
+          "v5p-64": ("TPU v5p", (2, 4, 4)), "v5p-128": ("TPU v5p", (4, 4, 4)),
+          "v5litepod-256": ("TPU v5 lite", (16, 16, 1))}
+
+
+def mock_slice(name: str) -> list[MockTpu]:
+  """The devices of a slice in jax.devices() order (process by process)."""
+  from si_jax import launch
+  kind, (X, Y, Z) = SLICES[name]
+  hosts = [(x, y, z) for z in range(Z) for y in range(0, Y, 2) for x in range(0, X, 2)]
+  assert len(hosts) == launch.tpu_hosts(name)  # the launcher's host count for the type
+  return [MockTpu(4 * p + i, p, (x + dx, y + dy, z), kind)
+          for p, (x, y, z) in enumerate(hosts)
+          for i, (dy, dx) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1)))]
+
+
+def _config_meshes(devices: int):
+  """(data, fsdp, tensor) of the paper-scale configs (data=-1, each size's fsdp and tensor;
+  experiments/configs/_qwen3.py) and si-plan's fsdp over everything, that fit `devices`."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(
+      "_qwen3", os.path.join(REPO, "experiments", "configs", "_qwen3.py"))
+  q = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(q)
+  shapes = {(1, devices, 1)} | {(devices // (s.fsdp * s.tensor), s.fsdp, s.tensor)
+                                for s in q.SCALES.values()
+                                if devices % (s.fsdp * s.tensor) == 0}
+  return sorted(shapes)
+
+
+@pytest.mark.parametrize("name", sorted(SLICES))
+def test_config_meshes_build_on_tpu_slices_and_each_host_feeds_its_own_batch_shards(name):
+  """jax.make_mesh orders a slice's chips by torus position: above 2 hosts the batch shards
+  of the processes interleave (v5p-32: 0, 1, 2, 3, 0, 1, ...), (8, 8, 1) on v5p-128's 4x4x4
+  chips needs a split axis, and tensor=4 on v5e-256 lays a tensor group over two hosts. Every
+  config mesh builds, every batch shard belongs to one host, and each host owns an equal
+  share of them (which rows those are is the data path's business: test below)."""
+  from si_jax import sharding as shd
+  devices = mock_slice(name)
+  hosts = len({d.process_index for d in devices})
+  seen_interleaved = False
+  for data, fsdp, tensor in _config_meshes(len(devices)):
+    if (data * fsdp) % hosts:
+      continue  # refused at start by check_mesh (fewer batch shards than hosts)
+    mesh = shd.make_mesh(data, fsdp, tensor, devices=devices)
+    assert mesh.devices.shape == (data, fsdp, tensor)
+    assert sorted(d.id for d in mesh.devices.flat) == list(range(len(devices)))
+    multihost.check_mesh(mesh)
+    owners = multihost.batch_owners(mesh)
+    assert np.bincount(owners).tolist() == [data * fsdp // hosts] * hosts
+    seen_interleaved |= any(np.diff(owners) < 0)
+  assert seen_interleaved == (hosts > 2), name  # the torus order, kept where it is valid
+
+
+def test_a_tensor_group_across_hosts_is_refused_by_name():
+  from si_jax.sharding import AxisType, MESH_AXES, Mesh
+  d = mock_slice("v5p-16")  # tensor pairs of a chip of host 0 and one of host 1
+  pairs = [[d[0], d[4]], [d[1], d[5]], [d[2], d[6]], [d[3], d[7]]]
+  mesh = Mesh(np.asarray([pairs]), MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+  with pytest.raises(ValueError, match=r"batch shard 0 is held by devices of processes \[0, 1\] "
+                     r"\(tensor=2 spans hosts\); keep mesh.tensor within a host's devices"):
+    multihost.check_mesh(mesh)
+
+
+def test_interleaved_batch_shards_feed_each_process_its_own_rows(tmp_path):
+  """Two processes x 2 CPU devices on a mesh whose batch shards alternate between them, as a
+  TPU slice's torus order makes them: check_mesh accepts it, and the data path (to_global,
+  a jitted program, local_rows: what the sampler, the log-probs and the update use) gives each
+  process back its own rows, placed at its shards."""
+  (tmp_path / "interleaved.py").write_text("""
+from si_jax import multihost, sharding as shd
+assert multihost.initialize_from_env()
+import jax, numpy as np
+from jax.experimental import multihost_utils
+d = jax.devices()  # process 0: d[0], d[1]; process 1: d[2], d[3]
+mesh = shd.make_mesh(data=4, devices=[d[0], d[2], d[1], d[3]])
+multihost.check_mesh(mesh)
+p = jax.process_index()
+rows = np.arange(4, dtype=np.float32).reshape(2, 2) + 100 * p  # this process's 2 rows
+sh = shd.batch_sharding(mesh, (4, 2))
+out = jax.jit(lambda x: x * 2, out_shardings=sh)(multihost.to_global(rows, sh))
+np.testing.assert_array_equal(multihost.local_rows(out), rows * 2)
+whole = multihost_utils.process_allgather(out, tiled=True)
+print("rows of", p, "ok; global first column", whole[:, 0].astype(int).tolist(), flush=True)
+""")
+  program = shlex.join([sys.executable, str(tmp_path / "interleaved.py")])
+  res = subprocess.run([sys.executable, "-m", "si_jax.launch", "local", "--processes", "2",
+                        "--devices_per_process", "2", "--program", program, "--"],
+                       cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), capture_output=True,
+                       text=True, timeout=300)
+  assert res.returncode == 0, res.stdout + res.stderr
+  lines = sorted(l for l in res.stdout.splitlines() if "ok; global" in l)
+  # global rows 0..3 sit on d0 (p0), d2 (p1), d1 (p0), d3 (p1)
+  assert lines == [f"[p{i}] rows of {i} ok; global first column [0, 200, 4, 204]"
+                   for i in range(2)]
 
 
 def test_local_rows_reads_only_addressable_shards_in_row_order():
