@@ -33,6 +33,9 @@ EXTRAS_REQUIRE = {
     "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0"],
     # experiments/reproduce_arith.py draws its learning curves with matplotlib.
     "experiments": ["matplotlib==3.11.2"],
+    # gs:// workdirs and model.init_from: gcsfs is epath's filesystem for gs:// (it pins fsspec
+    # to its own release, so pip picks the pair), google-cloud-storage is tensorboardX's.
+    "gcs": ["gcsfs>=2025.9.0", "google-cloud-storage>=2.14"],
 }
 
 setuptools.setup(

@@ -18,20 +18,32 @@ on a workdir that holds a checkpoint is refused, naming the fields that differ (
 `RESUME_FIELDS`, which only steer the resume); a workdir without a checkpoint (a run that died
 before its first save) is simply taken over.
 
-Workdir files go through `etils.epath`, so a workdir may be `gs://...` wherever the filesystem
-backend is installed (Orbax writes the checkpoints); model and tokenizer directories are read
-from local (or mounted) paths. In a multi-process run process 0 writes and the others wait.
+Workdir files go through `etils.epath`, so a workdir may be `gs://...` where its filesystem
+backend is installed (`pip install -e .[gcs]`: gcsfs for epath, google-cloud-storage for
+TensorBoard; Orbax writes the checkpoints through tensorstore's own GCS driver). In a
+multi-process run process 0 writes and the others wait.
+
+Inputs: `model.init_from` may be remote (`gs://bucket/Qwen3-32B`, any epath URI): each host
+stages its own local copy once (`stage`, under $SI_STAGE_DIR or ~/.cache/si_jax/staged; a
+remote si-train workdir is read in place through Orbax). A local init_from, and a task's
+local `manual_dir` / `data_dir`, must be on storage every host sees: a multi-process run
+checks that each exists on every host before any work and names the hosts where it does not
+(`check_inputs_on_every_host`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import shutil
 import sys
+import tempfile
 from typing import Any
 
 import jax
+import numpy as np
 from etils import epath
 
 from si_jax import checkpoint as ckpt_lib
@@ -52,6 +64,106 @@ RESUME_FIELDS = ("checkpoint.on_corrupt",)
 
 
 _quiet = [0]  # > 0 while another run is read as model.init_from: its parts are not announced
+STAGE_ENV = "SI_STAGE_DIR"
+STAGED_MARK = ".si_staged.json"  # the listing a complete staged copy was made from
+
+
+def is_remote(path: str | os.PathLike) -> bool:
+  return "://" in os.fspath(path)
+
+
+def _listing(root: epath.Path) -> dict[str, int]:
+  """{relative file path: size} of every file under `root` (epath: local or remote)."""
+  out: dict[str, int] = {}
+  todo = [root]
+  while todo:
+    d = todo.pop()
+    for p in d.iterdir():
+      if p.is_dir():
+        todo.append(p)
+      else:
+        out[os.fspath(p)[len(os.fspath(root)):].lstrip("/")] = p.stat().length
+  return dict(sorted(out.items()))
+
+
+def stage(path: str, stage_dir: str | None = None) -> str:
+  """A local copy of the remote directory `path` (gs://..., any epath URI): made once per host
+  (checked by the file names and sizes; a changed source is copied again), into a temporary
+  directory renamed when complete, so a killed copy is never used. Local paths come back as
+  they are. Returns the local directory."""
+  if not is_remote(path):
+    return path
+  src = epath.Path(path)
+  if not src.is_dir():
+    raise FileNotFoundError(f"{path}: no such directory to stage (config.model.init_from)")
+  listing = _listing(src)
+  root = stage_dir or os.environ.get(STAGE_ENV) or os.path.expanduser(
+      os.path.join("~", ".cache", "si_jax", "staged"))
+  key = hashlib.sha256(path.rstrip("/").encode()).hexdigest()[:12]
+  dst = os.path.join(root, f"{os.path.basename(path.rstrip('/'))}-{key}")
+  mark = os.path.join(dst, STAGED_MARK)
+  if os.path.exists(mark):
+    with open(mark, encoding="utf-8") as f:
+      if json.load(f) == listing:
+        return dst
+  os.makedirs(root, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=os.path.basename(dst) + ".tmp-", dir=root)
+  announce(f"staging {path} ({sum(listing.values()) / 1e9:.2f} GB, {len(listing)} files) to "
+           f"{dst}")
+  for rel in listing:
+    os.makedirs(os.path.dirname(os.path.join(tmp, rel)), exist_ok=True)
+    with (src / rel).open("rb") as fin, open(os.path.join(tmp, rel), "wb") as fout:
+      shutil.copyfileobj(fin, fout, 16 << 20)
+  with open(os.path.join(tmp, STAGED_MARK), "w", encoding="utf-8") as f:
+    json.dump(listing, f)
+  shutil.rmtree(dst, ignore_errors=True)  # a stale copy (the source changed)
+  try:
+    os.replace(tmp, dst)
+  except OSError:  # another process of this host staged it meanwhile
+    shutil.rmtree(tmp, ignore_errors=True)
+  return dst
+
+
+def _init_dir(config) -> str:
+  """config.model.init_from as a local directory: staged when remote and not a workdir."""
+  init = config.model.init_from
+  if init and is_remote(init) and not is_workdir(init):
+    return stage(init)
+  return init
+
+
+def inputs_to_check(config) -> dict[str, str]:
+  """{config field: local path} a run reads on every host: model.init_from (remote ones are
+  staged), tokenizer.path, sft data files and the task's manual_dir / data_dir when set."""
+  fields = {"model.init_from": config.model.init_from, "tokenizer.path": config.tokenizer.path,
+            "sft.data_path": config.sft.data_path,
+            "sft.repair_data_path": config.sft.repair_data_path}
+  kwargs = config.task.kwargs
+  for name in ("manual_dir", "data_dir"):
+    if kwargs.get(name):
+      fields[f"task.kwargs.{name}"] = kwargs[name]
+  return {k: os.path.expanduser(os.fspath(v)) for k, v in fields.items()
+          if v and not is_remote(v)}
+
+
+def check_inputs_on_every_host(config) -> None:
+  """In a multi-process run, every host must see the local inputs of `inputs_to_check`: one
+  all-gather of which exist, then an error naming the field, the path and the hosts that lack
+  it (before any work; else each host would fail or wait on its own)."""
+  if multihost.process_count() == 1:
+    return
+  paths = inputs_to_check(config)
+  names = sorted(paths)
+  have = multihost.allgather(np.array([os.path.exists(paths[n]) for n in names], bool))
+  for j, name in enumerate(names):
+    missing = [p for p in range(have.shape[0]) if not have[p, j]]
+    if missing:
+      raise ValueError(
+          f"config.{name}={paths[name]!r} does not exist on process(es) {missing} of "
+          f"{have.shape[0]} (one per host): a multi-host run reads it on every host, so it "
+          f"must be on storage every host sees (a shared filesystem), or for "
+          f"config.model.init_from a gs:// directory, which each host stages "
+          f"(launch/README.md, storage)")
 
 
 @contextlib.contextmanager
@@ -102,8 +214,10 @@ def _find_tokenizer(config, workdir: str | None) -> tuple[Tokenizer, str]:
   if is_workdir(init):  # the tokenizer of the run we start from
     tok, source = _find_tokenizer(read_config(init), init)
     return tok, f"{source}, of the run config.model.init_from={init}"
-  if init and _has_tokenizer(init):
-    return Tokenizer.from_dir(init), f"{init} (the model's own)"
+  local = _init_dir(config)
+  if local and _has_tokenizer(local):
+    staged = f", staged to {local}" if local != init else ""
+    return Tokenizer.from_dir(local), f"{init} (the model's own{staged})"
   if config.tokenizer.build == "arith":
     from si_jax.tokenizer import build_char_tokenizer
     if workdir is None:
@@ -223,6 +337,8 @@ def _load_or_init(config, tokenizer: Tokenizer, mesh, seed: int | None):
   """(model config, params, where they came from)."""
   if config.model.init_from:
     path = config.model.init_from
+    if not is_workdir(path):
+      path = _init_dir(config)  # a remote HF or si-convert directory: this host's copy
     shard = lambda c: shd.param_shardings(c, mesh)
     if is_workdir(path):  # the latest checkpoint of another run (e.g. a shared cold start)
       with _nested():

@@ -1,6 +1,7 @@
 """What a run is built from: tokenizer defaults and mismatches, model overrides with init_from,
 the workdir's config rules, field-by-field task options."""
 
+import importlib
 import json
 import os
 
@@ -234,3 +235,112 @@ def test_si_from_a_run_that_had_the_repair_cold_start_does_not_warn(tmp_path, ca
   c.model.init_from = str(tmp_path / "bare")
   workdir_lib.warn_without_repair_cold_start(c)
   assert "no cold start on repair pairs" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- gs:// storage
+
+
+@pytest.fixture
+def fake_gcs(tmp_path, monkeypatch):
+  """gs:// served from a local directory through fsspec, as gcsfs would serve a bucket (no
+  bucket is reachable here): epath (what workdir files, metrics and staging use) reaches gs://
+  through fsspec when TensorFlow is not installed. Returns the directory holding the buckets."""
+  import fsspec
+  from etils.epath import backend
+  from fsspec.implementations.local import LocalFileSystem
+  root = tmp_path / "gcs"
+  root.mkdir()
+
+  class FakeGCS(LocalFileSystem):
+    protocol = ("gs", "gcs")
+
+    def __init__(self, *args, finalize_on_close=False, **kwargs):  # gcsfs's option
+      super().__init__(*args, **kwargs)
+
+    @classmethod
+    def _strip_protocol(cls, path):
+      path = fsspec.utils.stringify_path(path)
+      if path.startswith("gs://"):
+        path = f"{root}/{path[len('gs://'):]}"
+      return super()._strip_protocol(path)
+
+  registry = importlib.import_module("fsspec.registry")._registry  # pylint: disable=protected-access
+  for name in ("gs", "gcs"):
+    monkeypatch.setitem(registry, name, FakeGCS)
+  backend.fsspec_backend._get_filesystem.cache_clear()  # pylint: disable=protected-access
+  yield root
+  backend.fsspec_backend._get_filesystem.cache_clear()  # pylint: disable=protected-access
+
+
+def test_a_gs_workdir_holds_the_config_metrics_and_samples(fake_gcs):
+  from si_jax import metrics
+  wd = "gs://bucket/runs/a"
+  config = _config(build="arith")
+  workdir_lib.claim(config, wd)
+  assert workdir_lib.read_config(wd).to_dict() == configs.from_json(
+      configs.to_json(config)).to_dict()
+  assert not workdir_lib.has_checkpoint(wd)
+  with metrics.MetricsWriter(wd, tensorboard=False, enabled=True) as w:
+    w.write(1, {"loss": 1.5})
+    w.write(2, {"loss": 0.5})
+  metrics.append_text(f"{wd}/samples.jsonl", "a\n")
+  metrics.append_text(f"{wd}/samples.jsonl", "b\n")
+  run = fake_gcs / "bucket" / "runs" / "a"  # what the bucket holds
+  assert sorted(os.listdir(run)) == ["config.json", "metrics.jsonl", "samples.jsonl"]
+  assert [json.loads(l)["loss"] for l in open(run / "metrics.jsonl")] == [1.5, 0.5]
+  assert (run / "samples.jsonl").read_text() == "a\nb\n"
+  workdir_lib.claim(config, wd)  # the same run again: accepted
+
+
+def test_a_gs_init_from_is_staged_once_per_host_and_loads(hf_dir, fake_gcs, tmp_path,
+                                                         monkeypatch, capsys):
+  """model.init_from=gs://...: this host's local copy is made once (a killed copy is never
+  used: it is renamed when complete), then the model and its tokenizer load from it."""
+  import shutil
+  shutil.copytree(hf_dir, fake_gcs / "bucket" / "models" / "tiny")
+  monkeypatch.setenv(workdir_lib.STAGE_ENV, str(tmp_path / "stage"))
+  c = configs.base_config()
+  c.model.init_from = "gs://bucket/models/tiny"
+  tok = workdir_lib.setup_tokenizer(c, None)
+  local = workdir_lib.stage(c.model.init_from)
+  assert local.startswith(str(tmp_path / "stage")) and sorted(
+      f for f in os.listdir(local) if f != workdir_lib.STAGED_MARK) == sorted(os.listdir(hf_dir))
+  mesh = shd.make_mesh(devices=jax.devices()[:1])
+  cfg, params = workdir_lib.setup_model(c, tok, mesh)
+  out = capsys.readouterr().out
+  assert out.count("staging gs://bucket/models/tiny") == 1  # once, by the tokenizer's look
+  assert "(the model's own, staged to" in out and cfg.num_layers >= 1
+  mtime = os.path.getmtime(os.path.join(local, "config.json"))
+  assert workdir_lib.stage(c.model.init_from) == local  # a second start: no copy
+  assert os.path.getmtime(os.path.join(local, "config.json")) == mtime
+  (fake_gcs / "bucket" / "models" / "tiny" / "extra.txt").write_text("new")  # source changed
+  assert os.path.exists(os.path.join(workdir_lib.stage(c.model.init_from), "extra.txt"))
+  assert [n for n in os.listdir(tmp_path / "stage") if ".tmp-" in n] == []
+
+
+def test_inputs_every_host_reads_are_checked_on_every_host(tmp_path, monkeypatch):
+  """A multi-host run stops before any work, naming the field, the path and the processes
+  that do not see it (here: 2 processes, the second without the data directory)."""
+  from si_jax import multihost
+  c = configs.base_config()
+  c.model.init_from = str(tmp_path / "model")
+  c.task.kwargs = {"manual_dir": str(tmp_path / "data")}
+  c.sft.data_path = "gs://bucket/sft.jsonl"  # remote: read through epath, not checked here
+  os.makedirs(tmp_path / "model")
+  assert workdir_lib.inputs_to_check(c) == {"model.init_from": str(tmp_path / "model"),
+                                            "task.kwargs.manual_dir": str(tmp_path / "data")}
+  workdir_lib.check_inputs_on_every_host(c)  # one process: nothing to compare
+  monkeypatch.setattr(multihost, "process_count", lambda: 2)
+  monkeypatch.setattr(multihost, "allgather", lambda x: __import__("numpy").stack(
+      [x, [os.path.exists(tmp_path / "model"), False]]))  # process 1 lacks the data
+  with pytest.raises(ValueError, match=(
+      r"config.task.kwargs.manual_dir='.*/data' does not exist on process\(es\) \[0, 1\] of 2 "
+      r"\(one per host\): a multi-host run reads it on every host, so it must be on storage "
+      r"every host sees")):
+    workdir_lib.check_inputs_on_every_host(c)
+
+
+def test_setup_py_declares_the_gcs_extra():
+  text = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "setup.py"), encoding="utf-8").read()
+  assert '"gcs": ["gcsfs' in text and "google-cloud-storage" in text

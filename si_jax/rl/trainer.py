@@ -132,6 +132,7 @@ class Run:
     self.credit_fn = credit_lib.get_credit(config.rl.credit)
     self.loss = configs.resolve_loss(config)
     self.policy_term = credit_lib.policy_term(config)
+    workdir_lib.check_inputs_on_every_host(config)  # multi-host: shared storage, or stop here
     workdir_lib.claim(config, workdir)
     workdir_lib.warn_without_repair_cold_start(config)
     self.tokenizer = workdir_lib.setup_tokenizer(config, workdir)
