@@ -79,6 +79,7 @@ GPU_MEM_FRACTION = 0.9
 DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
 HEREDOC_END = "SI_LAUNCH_EOF"
 TPU_TARBALL = "si-launch-src.tar.gz"  # in the remote home directory
+DETACHED_LOG, DETACHED_PID = "si-train.log", "si-train.pid"  # tpu_pod --detach, in remote_dir
 # The oldest Python the pinned jax / jaxlib / flax / orbax / transformers install on
 # (setup.py's python_requires; a test keeps them in step). TPU VM images may ship an older one.
 PYTHON_FLOOR = (3, 11)
@@ -528,6 +529,8 @@ class TpuPlan:
   notes: list[str]
   log_dir: str = ""
   tarball: str = ""  # the local copy of HEAD, removed once it is on the workers
+  # --detach: how to watch and stop the run that outlives this command
+  follow: list[Command] = dataclasses.field(default_factory=list)
 
   def script(self) -> str:
     """The plan as a commented shell script (--dry_run)."""
@@ -541,6 +544,8 @@ class TpuPlan:
       lines += [f"# {self.clean_check.note}", self.clean_check.shell()]
     for c in self.copy + [c for c in (self.install, self.run, self.after) if c]:
       lines += [f"# {c.note}", c.shell()]
+    for c in self.follow:
+      lines += [f"# then: {c.note}", f"#   {c.shell()}"]
     return "\n".join(lines) + "\n"
 
 
@@ -549,7 +554,7 @@ def tpu_plan(args: Sequence[str], tpu: str, zone: str, accelerator_type: str,
              source: str = "git", repo: str = REPO_DIR, remote_dir: str = "~/si_jax",
              python: str = "python3", pip: Sequence[str] = ("jax[tpu]",),
              env: dict[str, str] | None = None, log_dir: str = "", after: str = "",
-             tarball: str | None = None) -> TpuPlan:
+             tarball: str | None = None, detach: bool = False) -> TpuPlan:
   """Every command of a TPU pod launch (see the module docstring); runs nothing.
 
   Args:
@@ -563,6 +568,10 @@ def tpu_plan(args: Sequence[str], tpu: str, zone: str, accelerator_type: str,
       it, and what `pip install -e .` also installs.
     env: extra environment of the run. log_dir: per-worker logs (`--output-directory`) instead
       of streaming. after: '', 'stop' or 'delete'.
+    detach: start si-train in the background on every worker (`setsid nohup`: it outlives the
+      ssh session and this command), its output in `<remote_dir>/si-train.log` and its pid in
+      `<remote_dir>/si-train.pid` on each worker; the plan's `follow` commands watch the log
+      and stop the run (SIGTERM: every worker saves the step, exit 75, resumable).
   """
   for flag, value in (("--tpu", tpu), ("--zone", zone), ("--accelerator_type",
                                                          accelerator_type)):
@@ -572,6 +581,10 @@ def tpu_plan(args: Sequence[str], tpu: str, zone: str, accelerator_type: str,
     raise LaunchError(f"--source {source}: must be 'git' or 'none'")
   if after not in ("", "stop", "delete"):
     raise LaunchError(f"after the run: {after!r} must be '', 'stop' or 'delete'")
+  if detach and (after or log_dir):
+    raise LaunchError(f"--detach: the run outlives this command, so --{after or 'log_dir'} "
+                      f"cannot wait for it (its log is <remote_dir>/si-train.log on each "
+                      f"worker)")
   _check_train_args(args)
   hosts = tpu_hosts(accelerator_type)
   fam, _ = tpu_family(accelerator_type)
@@ -612,6 +625,22 @@ def tpu_plan(args: Sequence[str], tpu: str, zone: str, accelerator_type: str,
              + f" {_remote(python)} -m si_jax.main " + shlex.join(args))
   logs = [f"--output-directory={log_dir}"] if log_dir else []
   where_logs = f"logs in {log_dir}/<worker>.log" if log_dir else "output streamed"
+  follow = []
+  if detach:
+    log, pid = f"{rdir}/{DETACHED_LOG}", f"{rdir}/{DETACHED_PID}"
+    head, _, rest = run_cmd.partition(f"cd {rdir} && ")
+    run_cmd = (f"{head}cd {rdir} && {{ setsid nohup env {rest} > {DETACHED_LOG} 2>&1 "
+               f"< /dev/null & echo $! > {DETACHED_PID}; }} && echo \"si-launch: worker "
+               f"$(hostname): si-train started, pid $(cat {DETACHED_PID}), log {log}\"")
+    where_logs = f"detached: log {log} on each worker"
+    follow = [Command(base + ["ssh", tpu, *where, "--worker=0", "--command",
+                              f"tail -n +1 -F {log}"],
+                      note="watch worker 0's log (Ctrl-C stops watching, not the run)"),
+              Command(ssh + ["--command", f"tail -n 5 {log}"],
+                      note="the last lines of every worker's log"),
+              Command(ssh + ["--command", f"kill -TERM $(cat {pid})"],
+                      note="stop: every worker saves the step and exits 75; run the same "
+                           "si-launch command again to resume")]
   run = Command(ssh + logs + ["--command", run_cmd],
                 note=f"4. si-train on every worker ({where_logs})")
   after_cmd = None
@@ -619,7 +648,7 @@ def tpu_plan(args: Sequence[str], tpu: str, zone: str, accelerator_type: str,
     after_cmd = Command(base + [after, tpu, *where] + (["--quiet"] if after == "delete" else []),
                         note=f"5. {after} the TPU (also after a failed run)")
   return TpuPlan(tpu, accelerator_type, hosts, describe, create, start, clean_check, copy,
-                 install, run, after_cmd, notes, log_dir, tarball or "")
+                 install, run, after_cmd, notes, log_dir, tarball or "", follow)
 
 
 def _echo(c: Command) -> None:
@@ -696,7 +725,10 @@ def run_tpu_pod(plan: TpuPlan, allow_dirty: bool = False) -> int:
       if after_rc:
         print(f"si-launch: {shlex.join(plan.after.argv[:6])} failed (exit code {after_rc}): "
               f"the TPU may still be running", file=sys.stderr, flush=True)
-  if rc == PREEMPTED:
+  if plan.follow and not rc:
+    for c in plan.follow:
+      print(f"si-launch: {c.note}:\n  {c.shell()}", file=sys.stderr, flush=True)
+  elif rc == PREEMPTED:
     print(f"si-launch: si-train was preempted and saved a checkpoint (exit code {PREEMPTED}); "
           f"run the same command again to resume", file=sys.stderr, flush=True)
   elif rc:
@@ -772,6 +804,10 @@ def _parser() -> argparse.ArgumentParser:
                  help="installed with `pip install -e .`, one string ('' for nothing)")
   s.add_argument("--log_dir", default="",
                  help="write each worker's output to <log_dir>/<worker>.log instead")
+  s.add_argument("--detach", action="store_true",
+                 help="start si-train in the background on every worker (it outlives ssh "
+                      "and si-launch; log in <remote_dir>/si-train.log) and print how to "
+                      "watch and stop it")
   after = s.add_mutually_exclusive_group()
   after.add_argument("--stop", action="store_true", help="stop the TPU after the run")
   after.add_argument("--delete", action="store_true", help="delete the TPU after the run")
@@ -823,7 +859,7 @@ def plan(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str], object]:
       train, args.tpu, args.zone, args.accelerator_type, args.version, args.project,
       _split(args.create_args, "--create_args"), args.source, args.repo, args.remote_dir,
       args.python, _split(args.pip, "--pip"), env, args.log_dir,
-      "stop" if args.stop else "delete" if args.delete else "")
+      "stop" if args.stop else "delete" if args.delete else "", detach=args.detach)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

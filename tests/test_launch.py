@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 
@@ -225,6 +226,35 @@ def test_tpu_pod_creates_copies_installs_runs_and_stops_on_a_fake_pod(tmp_path):
   assert res.stderr.splitlines()[-1] == (
       "si-launch: si-train was preempted and saved a checkpoint (exit code 75); run the same "
       "command again to resume")
+
+
+def test_tpu_pod_detach_leaves_si_train_running_with_its_log_on_every_worker(tmp_path):
+  """--detach: si-train starts in the background on every worker (setsid nohup, output to
+  <remote_dir>/si-train.log, pid beside it); si-launch returns and prints how to watch the
+  logs and stop the run."""
+  env, python = _fake_pod(tmp_path)
+  repo = _git_repo(tmp_path / "repo")
+  res = subprocess.run([sys.executable, "-m", "si_jax.launch", "tpu_pod", "--tpu", "pod",
+                        "--zone", "z", "--accelerator_type", "v5p-16", "--repo", repo,
+                        "--python", python, "--detach", "--", *AWKWARD], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=120)
+  assert res.returncode == 0, res.stderr
+  for i in range(2):
+    d = tmp_path / f"w{i}" / "si_jax"
+    assert f"si-launch: worker {socket.gethostname()}: si-train started, pid " \
+           f"{(d / 'si-train.pid').read_text().strip()}, log ~/si_jax/si-train.log" in res.stdout
+    deadline = time.monotonic() + 60  # the background process writes its line soon after
+    while not (d / "si-train.log").read_text() and time.monotonic() < deadline:
+      time.sleep(0.1)
+    assert json.loads((d / "si-train.log").read_text()) == dict(
+        worker=str(i), cwd=str(d), argv=AWKWARD, multihost="1")
+  err = res.stderr.splitlines()
+  assert "si-launch: watch worker 0's log (Ctrl-C stops watching, not the run):" in err
+  assert ("  gcloud compute tpus tpu-vm ssh pod --zone=z --worker=all --command 'kill -TERM "
+          "$(cat ~/si_jax/si-train.pid)'") in err
+  rc = launch.main(["tpu_pod", "--tpu", "p", "--zone", "z", "--accelerator_type", "v5p-16",
+                    "--detach", "--stop", "--dry_run", "--", "--config", "c", "--workdir", "w"])
+  assert rc == 2
 
 
 @pytest.mark.parametrize("source", ["git", "none"])
