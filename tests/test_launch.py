@@ -6,6 +6,7 @@ gcloud whose workers are directories here."""
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
@@ -661,3 +662,32 @@ def test_mistakes_are_one_line_naming_the_flag(capsys, monkeypatch, tmp_path, ar
   monkeypatch.chdir(tmp_path)  # were one accepted, its workdir `w` would land here
   rc, out, err = _main(capsys, *argv)
   assert (rc, out, err) == (2, "", f"si-launch: error: {message}\n")
+
+
+# ----------------------------------------------------------------------------- the runbooks
+
+
+def _doc_dry_runs(path: str) -> list[tuple[list[str], str]]:
+  """(argv, the block's text after the command) of every fenced block of `path` that starts
+  with `$ si-launch ... --dry_run`."""
+  text = open(path, encoding="utf-8").read()
+  out = []
+  for block in re.findall(r"^```\n(\$ si-launch .*?)^```$", text, re.S | re.M):
+    command, _, printed = block.partition("\n")
+    argv = shlex.split(command)[2:]
+    assert "--dry_run" in argv, command
+    out.append((argv, printed))
+  return out
+
+
+def test_the_runbooks_show_what_the_dry_runs_print(capsys, monkeypatch):
+  """launch/README.md's slurm and tpu_pod runbooks show the whole dry-run output of their
+  commands: it must be what si-launch prints now."""
+  monkeypatch.setattr(tempfile, "tempdir", "/tmp")  # the tarball's path in the tpu_pod plan
+  runs = _doc_dry_runs(os.path.join(REPO, "launch", "README.md"))
+  assert sorted(argv[0] for argv, _ in runs) == ["slurm", "tpu_pod"]
+  for argv, printed in runs:
+    rc, out, err = _main(capsys, *argv)
+    assert (rc, err) == (0, ""), argv
+    assert out == printed, f"launch/README.md shows another dry run of {argv[0]}: " + "".join(
+        difflib.unified_diff(printed.splitlines(True), out.splitlines(True), "README", "now"))
