@@ -97,7 +97,10 @@ def device_grid(sizes: tuple[int, int, int], devices: Sequence[Any]) -> np.ndarr
     grid = mesh_utils.create_device_mesh(sizes, devices, allow_split_physical_axes=True)
   if _tensor_groups_within_processes(grid):
     return grid
-  return _host_major_grid(sizes, devices)
+  try:
+    return _host_major_grid(sizes, devices)
+  except ValueError:  # tensor does not divide a host's devices: check_mesh names the mesh
+    return grid
 
 
 def _tensor_groups_within_processes(grid: np.ndarray) -> bool:
