@@ -282,7 +282,9 @@ class Checkpointer:
       or on a preemption signal on multi-host TPU jobs).
     async_save: if True, `save` returns once the arrays are copied to host memory and writes
       them in a background thread; call `wait()` before reading the checkpoint back. The state
-      may be donated/overwritten as soon as `save` returns.
+      may be donated/overwritten as soon as `save` returns. The next `save`, `latest_step`,
+      `all_steps` and `close` wait for it first, so a failed save (a full disk) is reported
+      for its own step and a committed step is never saved twice.
     checksums: record the arrays' checksums with every save (see the module docstring);
       restores verify whatever a checkpoint recorded, whatever this says.
   """
@@ -302,6 +304,9 @@ class Checkpointer:
     self._checksums = checksums
     self._async = async_save
     self._pending: tuple[int, Callable[[], int]] | None = None  # (step, bytes it needs)
+    # An async save's write threads log a full disk with tracebacks while training goes on:
+    # quiet from the save until `wait` reports it in one line (as a synchronous save does).
+    self._quiet_pending = contextlib.ExitStack()
     options = ocp.CheckpointManagerOptions(
         save_decision_policy=ocm.AnySavePolicy([
             ocm.FixedIntervalPolicy(save_every),
@@ -326,11 +331,14 @@ class Checkpointer:
     return self._directory
 
   def all_steps(self) -> list[int]:
-    """Steps of the complete checkpoints on disk, ascending."""
+    """Steps of the complete checkpoints on disk, ascending (after a pending async save)."""
+    self.wait()
     return sorted(self._manager.all_steps())
 
   def latest_step(self) -> int | None:
-    """The newest complete checkpoint's step, or None if there is none."""
+    """The newest complete checkpoint's step, or None if there is none (after a pending
+    async save: the step it writes counts once it is committed)."""
+    self.wait()
     return self._manager.latest_step()
 
   def save(self, step: int, state: Any, meta: Mapping[str, Any], force: bool = False) -> bool:
@@ -357,6 +365,9 @@ class Checkpointer:
       raise TypeError(f"Checkpointer.save(step={step}): meta is not JSON-able: {problem}")
     if not force and not self._manager.should_save(step):
       return False
+    # An async save still in flight finishes first (Orbax would wait for it too): its failure
+    # (a full disk) is reported for its own step, and its partial folder removed.
+    self.wait()
     # Round-trip through json so the saved object is plain dicts/lists (no tuples/Mappings).
     meta = json.loads(json.dumps(dict(meta)))
     items = {_STATE: ocp.args.StandardSave(state), _META: ocp.args.JsonSave(meta)}
@@ -369,6 +380,8 @@ class Checkpointer:
                   for x in jax.tree.leaves(state)))
     needed = lambda: self._needed_bytes(raw)  # only asked when the disk is full
     self._pending = (step, needed)
+    if self._async:
+      self._quiet_pending.enter_context(_quiet_no_space())
     self._or_no_space(
         lambda: self._manager.save(step, args=ocp.args.Composite(**items), force=True),
         step, needed)
@@ -607,8 +620,11 @@ class Checkpointer:
     if step is None:
       self._manager.wait_until_finished()
       return
-    self._or_no_space(self._manager.wait_until_finished, step, needed)
-    self._pending = None
+    try:
+      self._or_no_space(self._manager.wait_until_finished, step, needed)
+    finally:
+      self._pending = None
+      self._quiet_pending.close()
 
   def close(self) -> None:
     """Waits for pending saves and releases Orbax's threads. Idempotent."""

