@@ -213,6 +213,13 @@ def any_true(flag: bool) -> bool:
   return bool(allgather(np.bool_(flag)).any()) if jax.process_count() > 1 else bool(flag)
 
 
+def gather_size(n: int) -> int:
+  """The padded length of a variable-length all-gather: the next power of two >= n (>= 1),
+  so that gathers of growing lengths compile a few programs (process_allgather compiles one
+  per shape), not one per new maximum."""
+  return 1 << max(0, int(n) - 1).bit_length()
+
+
 def allgather_rows(x: np.ndarray) -> np.ndarray:
   """The concatenation over processes (in process order) of each process's rows [n_p, ...];
   n_p may differ between processes."""
@@ -220,7 +227,7 @@ def allgather_rows(x: np.ndarray) -> np.ndarray:
   if jax.process_count() == 1:
     return x
   n = allgather(np.int64(x.shape[0]))
-  top = int(n.max())
+  top = gather_size(int(n.max()))
   padded = np.zeros((top,) + x.shape[1:], x.dtype)
   padded[:x.shape[0]] = x
   parts = allgather(padded)
@@ -355,7 +362,7 @@ def allgather_bytes(blob: bytes) -> list[bytes]:
     return [blob]
   arr = np.frombuffer(blob, np.uint8)
   n = allgather(np.int64(arr.size))
-  padded = np.zeros(max(int(n.max()), 1), np.uint8)
+  padded = np.zeros(gather_size(int(n.max())), np.uint8)
   padded[:arr.size] = arr
   parts = allgather(padded)
   return [bytes(parts[p, :int(n[p])]) for p in range(len(n))]

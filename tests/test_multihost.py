@@ -408,6 +408,14 @@ print("rows of", p, "ok; global first column", whole[:, 0].astype(int).tolist(),
                    for i in range(2)]
 
 
+def test_variable_length_gathers_pad_to_a_few_sizes():
+  """allgather_bytes / allgather_rows pad to the next power of two: metrics and term lists
+  of growing length compile log2 programs, not one per new longest message."""
+  assert [multihost.gather_size(n) for n in (0, 1, 2, 3, 4, 5, 1000, 1024, 1025)] == [
+      1, 1, 2, 4, 4, 8, 1024, 1024, 2048]
+  assert len({multihost.gather_size(n) for n in range(1, 5000)}) == 14
+
+
 def test_local_rows_reads_only_addressable_shards_in_row_order():
   from si_jax import sharding as shd
   mesh = shd.make_mesh(data=len(jax.devices()))
