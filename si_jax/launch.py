@@ -29,17 +29,20 @@ the job is submitted `--requeue`); tpu_pod says to run the command again.
 
 slurm: one `sbatch` of a generated script (read from stdin; `--dry_run` prints it): `#SBATCH
 --nodes=H --ntasks-per-node=1 --gpus-per-node=G`, coordinator = the first host of the
-allocation (`scontrol show hostnames`) and a port derived from the job id, then `srun
---kill-on-bad-exit=1` of one si-train per node with SI_PROCESS_ID=$SLURM_PROCID. The job's log
+allocation (`scontrol show hostnames`) and a port derived from the job id, SI_PLATFORM=gpu and
+XLA_PYTHON_CLIENT_MEM_FRACTION=GPU_MEM_FRACTION (si-plan's), then `srun --kill-on-bad-exit=1`
+of one si-train per node with SI_PROCESS_ID=$SLURM_PROCID (each drives all its node's GPUs). The job's log
 goes to `<workdir>/slurm-<jobid>.log` (`--log`); `--follow` prints it until the job leaves the
 queue. Needs only sbatch / srun / scontrol (squeue and sacct for --follow).
 
 tpu_pod: one gcloud command per step: describe the TPU VM (create it if absent, start it if
 STOPPED; an existing one of another type is refused), copy the project to every worker (`git
 archive` of the checkout's HEAD, refused with uncommitted changes or untracked files;
-`--source none` when it is there already), install it (`pip install -e .` plus `jax[tpu]`),
-run si-train on every worker (`gcloud ... ssh --worker=all`, output streamed), then `--stop`
-or `--delete` the TPU if asked (also after a failed run). The host count follows from
+`--source none` when it is there already), check the workers' Python (>= PYTHON_FLOOR) and
+install it (`pip install -e .` plus `jax[tpu]`), run si-train on every worker (`gcloud ...
+ssh --worker=all`, output streamed; `--detach`: in the background, outliving ssh, log and pid
+in the remote dir, and the commands to watch and stop it printed), then `--stop` or
+`--delete` the TPU if asked (also after a failed run). The host count follows from
 --accelerator_type (TPU_FAMILIES). Needs only the Google Cloud CLI and git; run `ssh-add
 ~/.ssh/google_compute_engine` first (gcloud's advice for commands on several workers).
 
