@@ -475,11 +475,9 @@ class Sampler:
           f"prompt {i} has {longest} tokens; with max_new_tokens={sp.max_new_tokens} that needs "
           f"a cache of {longest + sp.max_new_tokens} > max_len={self.max_len}")
     B0 = len(prompts)
-    floor = rows
-    if multi:  # one shape for all processes
-      longest, rows = multihost.allgather(np.array([longest, B0], np.int64)).max(axis=0)
-    else:
-      rows = B0
+    most = B0  # the most prompts of any process: one shape for all processes
+    if multi:
+      longest, most = multihost.allgather(np.array([longest, B0], np.int64)).max(axis=0)
     P = shapes.fit(int(longest), width, self.prompt_bucket)
     P = min(P, self.max_len - sp.max_new_tokens)
     if B0:
@@ -488,7 +486,7 @@ class Sampler:
       tokens, mask = np.full((1, P), sp.pad_id, np.int32), np.zeros((1, P), bool)
       mask[:, -1] = True
     div = shd.batch_divisor(self.mesh) // jax.process_count()
-    B = shapes.fit(int(rows), floor // jax.process_count(), div)  # rows per process
+    B = shapes.fit(int(most), rows // jax.process_count(), div)  # rows per process
     if B != len(tokens):  # fill with copies of row 0; their outputs are dropped
       tokens = np.concatenate([tokens, np.repeat(tokens[:1], B - len(tokens), 0)])
       mask = np.concatenate([mask, np.repeat(mask[:1], B - len(mask), 0)])

@@ -37,13 +37,13 @@ def _pause(step: int, process: int, ready: str) -> None:
   from si_jax.rl import trainer
   real = trainer.Run.rl_step
 
-  def rl_step(self, s, stream):
+  def rl_step(self, s, stream, *args, **kwargs):
     if s == step and jax.process_index() == process:
       with open(ready + ".tmp", "w") as f:
         f.write(str(os.getpid()))
       os.replace(ready + ".tmp", ready)
       signal.pause()  # returns once a signal's handler has run
-    return real(self, s, stream)
+    return real(self, s, stream, *args, **kwargs)
 
   trainer.Run.rl_step = rl_step
 

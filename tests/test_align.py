@@ -269,6 +269,7 @@ def test_truncation_picks_k_2k_or_all_as_the_verifier_dictates():
   assert stats.grafts_verified == 8
   metrics = stats.metrics()
   assert metrics["si/kstar_at_k"] == 1 and metrics["si/kstar_mean"] == pytest.approx(25 / 6)
+  assert metrics["si/kstar_at_k_share"] == pytest.approx(2 / 6)  # (5, 1) and (2, 0): K* <= 2
 
 
 def test_truncation_calls_the_verifier_only_when_needed():

@@ -91,6 +91,7 @@ def test_prepare_recomputes_rows_without_own_logprobs():
   (tr,), m = batching.prepare([credit_lib.TermRows(_term(), rows)], recompute=False, **kw)
   assert tr.rows["old_logprobs"][:, 2:].tolist() == [[-1, -1], [-3, -3]]
   assert m["policy/sampler_logprob_gap"] == pytest.approx(2.0)  # only rows with their own
+  assert (m["tokens/policy_positive"], m["tokens/policy_negative"]) == (4, 0)
   (tr,), _ = batching.prepare([credit_lib.TermRows(_term(), rows)], recompute=True, **kw)
   assert tr.rows["old_logprobs"][:, 2:].tolist() == [[-3, -3], [-3, -3]]
   empty = {k: v[:0] for k, v in rows.items()}

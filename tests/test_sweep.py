@@ -170,6 +170,13 @@ def test_a_different_sweep_on_the_same_root_is_refused_naming_the_difference(cap
 # ----------------------------------------------------------------------------- launchers
 
 
+def _srun_command(script: str) -> list[str]:
+  """The si-train command a generated sbatch script runs on every node (its `srun` line is
+  continued onto the next: `  si-train ... || rc=$?`)."""
+  line = next(l for l in script.splitlines() if l.startswith("  si-train "))
+  return shlex.split(line.rsplit(" || ", 1)[0])
+
+
 def test_dry_run_prints_one_copy_pasteable_command_per_run(capsys, tmp_path):
   root = str(tmp_path / "my sweep")  # a space: the printed lines must quote it
   common = ["--config", SMOKE, "--root", root, "--grid", "rl.loss=grpo,gspo",
@@ -196,7 +203,7 @@ def test_dry_run_prints_one_copy_pasteable_command_per_run(capsys, tmp_path):
     assert sbatch.argv == ["sbatch", f"--output={workdir}/slurm-%j.log", "--partition=gpu",
                            "--time=4:00:00"]
     assert f"#SBATCH --nodes={hosts}\n" in sbatch.stdin
-    assert shlex.split(sbatch.stdin.splitlines()[-1]) == ["si-train", *train]
+    assert _srun_command(sbatch.stdin) == ["si-train", *train]
 
   rc, out, _ = _main(capsys, *common, "--launcher", "tpu_pod", "--tpu", "v5p-32",
                      "--zone", "us-east5-a", "--launch_args=--accelerator_type=v5p-32")
@@ -232,7 +239,7 @@ def test_slurm_submits_one_job_per_unfinished_run_and_not_twice(capsys, tmp_path
   assert log.read_text().splitlines() == submitted
   script = scripts.read_text()
   assert "#SBATCH --nodes=2\n" in script and "#SBATCH --job-name=si-sweep:seed=1\n" in script
-  assert shlex.split(script.splitlines()[-1]) == [
+  assert _srun_command(script) == [
       "si-train", "--config", SMOKE, "--workdir", str(root / "seed=1"), "--config.seed=1"]
   assert (root / "seed=1" / "slurm_job").read_text() == "7\n"
 

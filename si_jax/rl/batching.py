@@ -162,6 +162,10 @@ def prepare(term_rows: list[credit_lib.TermRows], *, rows_per_call: Mapping[str,
     rows = pad_rows(tr.rows, shapes.round_up(n, quantum))
     if isinstance(tr.term, update_lib.PolicyTerm):
       resp = rows["loss_mask"] != 0
+      # loss tokens credited up and down (a run-level sum over processes: the tokens/ prefix)
+      adv = rows["advantages"] * resp * (rows["seq_mask"][:, None] != 0)
+      metrics[f"tokens/{tr.term.name}_positive"] = int((adv > 0).sum())
+      metrics[f"tokens/{tr.term.name}_negative"] = int((adv < 0).sum())
       lp = logprob_fn(params, rows["tokens"], rows["input_mask"])
       has_old = rows["has_old"].astype(bool)
       sampled = resp & has_old[:, None]

@@ -321,9 +321,9 @@ class Updater:
           raise ValueError(f"Updater: term {name!r} has {rows} rows, not a multiple of its "
                            f"{per} rows per call")
         for i in range(0, rows, per):
-          chunk = {k: v[i:i + per] for k, v in group.items()}
-          fn = self.accumulate_program(term, chunk)
-          args = (state.params, acc, {k: self._put(v, local) for k, v in chunk.items()}, den)
+          chunk = {k: self._put(v[i:i + per], local) for k, v in group.items()}
+          fn = self.accumulate_program(term, chunk)  # by the global shape (all processes')
+          args = (state.params, acc, chunk, den)
           acc, m = fn(*(args + ((self.frozen,) if self.lora is not None else ())))
           parts.append(m)
     state, out = self.apply_program(optimizer)(state, acc, np.bool_(tokens == 0))

@@ -62,8 +62,8 @@ from si_jax.si import reset as reset_lib
 __all__ = ["si_credit", "capacity", "SUMMARY"]
 
 # What the trainer prints at the end of a run, first -> last RL step (`Credit` metrics).
-SUMMARY = ("si/repair_success", "si/active_token_ratio", "si/kstar_mean", "si/kstar_at_k",
-           "si/localization_precision", "si/audit_block_rate")
+SUMMARY = ("si/repair_success", "si/active_token_ratio", "si/kstar_mean",
+           "si/kstar_at_k_share", "si/localization_precision", "si/audit_block_rate")
 
 
 def capacity(config) -> dict[str, int]:

@@ -172,10 +172,11 @@ def truncate(ctx, scored: credit_lib.Scored, kept: Sequence[tuple[Request, int]]
   pass_frac = c.truncation_pass or 1.0 / M  # 0 = any one continuation
   kstar, stats = truncate_lib.continuation_truncation(repair_ids, alignments, attempt,
                                                       c.truncation_k, pass_frac)
-  k = c.truncation_k
-  conts = {i: passed[(i, 0 if ks == k else 1)] for i, ks in enumerate(kstar)
-           if (i, 0 if ks == k else 1) in passed and ks in (k, 2 * k)
-           and alignments[i].num_edits > ks}
+  rung_of = {c.truncation_k: 0, 2 * c.truncation_k: 1}  # K* -> the rung that set it
+  conts = {}
+  for i, ks in enumerate(kstar):
+    if ks < alignments[i].num_edits and (i, rung_of.get(ks)) in passed:  # a rung passed
+      conts[i] = passed[(i, rung_of[ks])]
   return kstar, stats, conts, sampled[0]
 
 

@@ -184,9 +184,9 @@ def make_credit_fn(mesh: Mesh) -> Callable[..., tuple[jax.Array, jax.Array]]:
     edges = sharding.batch_sharding(mesh, (rows, e_max))
     per_row = sharding.batch_sharding(mesh, (rows,))
     out = sharding.batch_sharding(mesh, (rows, width))
-    return jax.jit(functools.partial(token_credit, width=width),
-                   in_shardings=(edges, edges, per_row, per_row, per_row),
-                   out_shardings=(out, out))
+    ins = (edges, edges, per_row, per_row, per_row)
+    return jax.jit(functools.partial(token_credit, width=width), in_shardings=ins,
+                   out_shardings=(out, out)), ins
 
   def credit_fn(start, end, kstar, offset, value, *, width: int, rows: int = 0):
     """rows: the most rows such a call gets in a run; fewer are padded to it (one shape)."""
@@ -203,7 +203,11 @@ def make_credit_fn(mesh: Mesh) -> Callable[..., tuple[jax.Array, jax.Array]]:
     if rows != R:  # empty rows: no active edit, zero advantage
       grow = lambda x: np.concatenate([x, np.zeros((rows - R,) + x.shape[1:], x.dtype)])
       start, end, kstar, offset, value = map(grow, (start, end, kstar, offset, value))
-    gate, adv = compiled(rows, used, int(width))(start, end, kstar, offset, value)
+    fn, ins = compiled(rows, used, int(width))
+    # Placed before the call: jit takes numpy inputs with a sharded layout only in a single
+    # process (with several, `mesh` is this process's own devices, see si/rows.py).
+    args = jax.device_put((start, end, kstar, offset, value), ins)
+    gate, adv = fn(*args)
     return np.asarray(gate)[:R], np.asarray(adv)[:R]
 
   return credit_fn

@@ -54,6 +54,7 @@ class TruncationStats:
     kstar: K* of every pair, in input order (for a histogram).
     verify_calls: number of calls of the verifier (0, 1 or 2).
     grafts_verified: number of grafted sequences the verifier was given.
+    k: the first rung K.
   """
   at_k: int
   at_2k: int
@@ -61,11 +62,17 @@ class TruncationStats:
   kstar: tuple[int, ...]
   verify_calls: int
   grafts_verified: int
+  k: int = 1
 
   def metrics(self, prefix: str = "si/") -> dict[str, float | int]:
-    """Scalar metrics: counts per rung and the mean K* (0.0 for an empty batch)."""
+    """Scalar metrics: counts per rung, the share of pairs credited on their first K edits or
+    fewer (those at the first rung and those with at most K edits; NaN for an empty batch:
+    left out of the log) and the mean K* (0.0 for an empty batch)."""
+    n = len(self.kstar)
+    first = sum(ks <= self.k for ks in self.kstar)  # credit on the first K edits (or fewer)
     return {f"{prefix}kstar_at_k": self.at_k, f"{prefix}kstar_at_2k": self.at_2k,
             f"{prefix}kstar_at_all": self.at_all,
+            f"{prefix}kstar_at_k_share": first / n if n else float("nan"),
             f"{prefix}kstar_mean": float(np.mean(self.kstar)) if self.kstar else 0.0,
             f"{prefix}verify_calls": self.verify_calls}
 
@@ -114,7 +121,7 @@ def ladder(num_edits: Sequence[int], passes: Callable[[list[int], int, int], lis
   stats = TruncationStats(
       at_k=at_k, at_2k=at_2k, at_all=len(kstar) - at_k - at_2k, kstar=tuple(kstar),
       verify_calls=bool(at_k_rows) + bool(at_2k_rows),
-      grafts_verified=len(at_k_rows) + len(at_2k_rows))
+      grafts_verified=len(at_k_rows) + len(at_2k_rows), k=k)
   return kstar, stats
 
 
