@@ -143,6 +143,15 @@ def run_all(args, task: str, methods: dict[str, dict[str, Any]]
   wall = 0.0
   for seed in args.seeds:
     cold = os.path.join(root, f"cold_start_seed{seed}")
+    if args.report_only:  # what has finished, nothing started
+      for m in methods:
+        wd = os.path.join(root, f"{_slug(m)}_{args.steps}steps_seed{seed}")
+        if os.path.exists(os.path.join(wd, "summary.json")):
+          out[m][seed] = _rows(wd)
+          wall += _wall(wd)
+      if any(seed in r for r in out.values()):
+        wall += _wall(cold)
+      continue
     dt = _run(cold, task, {"seed": seed, "rl.steps": 0}, 100)
     wall += _wall(cold)
     print(f"{task}: cold start seed {seed}: {dt:.0f} s", flush=True)
@@ -346,6 +355,14 @@ def plot(results: dict[str, dict[int, list[dict]]], k: int, path: str) -> None:
 STUDIES = ("ladder", "dilution", "methods")
 
 
+def _seeds(results: dict[str, dict[int, list[dict]]], asked: list[int]) -> str:
+  """The seeds of the table: the ones asked, or each row's own when they differ."""
+  per = {m: sorted(r) for m, r in results.items()}
+  if all(s == sorted(asked) for s in per.values()):
+    return str(asked)
+  return "; ".join(f"{m}: {s}" for m, s in per.items())
+
+
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--study", default="ladder", choices=STUDIES)
@@ -360,6 +377,9 @@ def main(argv=None) -> int:
   ap.add_argument("--best", default="+ internalization",
                   help="the SI row of the ladder that the dilution study runs against GSPO")
   ap.add_argument("--steps", type=int, default=None, help="RL steps (default 40; quick 20)")
+  ap.add_argument("--report_only", action="store_true",
+                  help="write the table from the runs that have finished; start none (a study "
+                       "run in parts; each row says its seeds)")
   ap.add_argument("--eval_every", type=int, default=5)
   ap.add_argument("--eval_examples", type=int, default=128)
   ap.add_argument("--root", default=os.path.join(REPO, "runs", "reproduce_arith"))
@@ -385,13 +405,16 @@ def main(argv=None) -> int:
   os.makedirs(args.out, exist_ok=True)
   for task in tasks:
     results, wall = run_all(args, task, {m: study[m] for m in names})
+    results = {m: r for m, r in results.items() if r}  # report_only: rows with no finished run
     name = ("arith_quick" if args.quick else "arith" if (args.study, task) == ("ladder", "chain")
             else f"arith_{args.study}_{task}")
     md = table(results, 4)
     header = (f"Command: `python experiments/reproduce_arith.py {' '.join(argv or sys.argv[1:])}`"
-              f"; task {task}; seeds {args.seeds}; {args.steps} RL steps x 32 prompts x 8 "
+              f"; task {task}; seeds {_seeds(results, args.seeds)}; {args.steps} RL steps x 32 "
+              f"prompts x 8 "
               f"samples; {time.strftime('%Y-%m-%d')}; {wall / 60:.0f} min of si-train wall time "
-              f"over {sum(map(len, results.values())) + len(args.seeds)} runs (cold starts "
+              f"over {sum(map(len, results.values())) + len(set().union(*results.values()))} runs "
+              f"(cold starts "
               f"included) on a 2-core CPU.\n\n")
     with open(os.path.join(args.out, f"{name}_table.md"), "w", encoding="utf-8") as f:
       f.write(header + md + "\n")
