@@ -274,8 +274,11 @@ def test_tpu_pod_passes_the_si_train_arguments_through_to_every_host(capsys, tmp
   argv = calls.read_text().splitlines()
   assert argv[:7] == ["compute", "tpus", "tpu-vm", "ssh", "pod", "--zone=z", "--worker=all"]
   remote = shlex.split(argv[argv.index("--command") + 1])
-  assert remote[:7] == ["cd", "~/si_jax", "&&", "SI_MULTIHOST=1", "python3", "-m", "si_jax.main"]
-  assert remote[7:] == ["--config", SMOKE, "--workdir", str(workdir),
+  assert any("sys.version_info" in w for w in remote[:remote.index("cd")])  # Python checked first
+  remote = remote[remote.index("cd"):]
+  assert remote[:8] == ["cd", "~/si_jax", "&&", "SI_MULTIHOST=1", "SI_PLATFORM=tpu", "python3",
+                        "-m", "si_jax.main"]
+  assert remote[8:] == ["--config", SMOKE, "--workdir", str(workdir),
                         "--config.task.kwargs.num_steps=(1, 2)"]
 
 
