@@ -54,7 +54,7 @@ setuptools.setup(
         "console_scripts": [
             "si-train=si_jax.main:run",
             "si-eval=si_jax.evaluate:run",
-            "si-convert=si_jax.models.convert:run",
+            "si-convert=si_jax.cli.convert:run",
             "si-bench=si_jax.bench:run",
             "si-sweep=si_jax.sweep:run",
             "si-launch=si_jax.launch:run",

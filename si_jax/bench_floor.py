@@ -31,14 +31,14 @@ from typing import Any
 
 import numpy as np
 
-from si_jax import bench
+from si_jax import bench_common as common
 
 COLUMNS = ("size", "workload", "shape", "si_jax s", "where the time goes", "floor s", "HF s",
            "ratio now", "ratio at floor", "goal")
 
 
 def _median(fn, args) -> float:
-  return statistics.median(bench.time_calls(fn, args.repeats, args.warmup))
+  return statistics.median(common.time_calls(fn, args.repeats, args.warmup))
 
 
 def _chained(n: int, body, init):
@@ -60,7 +60,7 @@ def decode_floor(cfg, params, args) -> dict[str, Any]:
   B, P, N = args.batch, args.prompt_len, args.new_tokens
   if N < 2:
     raise ValueError(f"--new_tokens={N}: the floor workload needs at least 2 new tokens")
-  rows = [list(p) for p in bench._prompts(cfg, B, P, args.seed)]
+  rows = [list(p) for p in common.prompts(cfg, B, P, args.seed)]
   sampler = Sampler(cfg, max_len=P + N, prompt_bucket=P)
   key = jax.random.key(args.seed)
 
@@ -102,7 +102,7 @@ def decode_floor(cfg, params, args) -> dict[str, Any]:
   attn = _median(_chained(N - 1, attend, q0), args) / (N - 1)
   return dict(shape=f"B={B} P={P} N={N}", call_s=full, prefill_s=one - step, step_s=step,
               matmul_step_s=gemm,
-              matmul_gflops=B * (bench._body_flops(cfg) + bench._head_flops(cfg)) / gemm / 1e9,
+              matmul_gflops=B * (common.body_flops(cfg) + common.head_flops(cfg)) / gemm / 1e9,
               attention_step_s=attn, rest_step_s=step - gemm - attn,
               floor_s=(one - step) + (N - 1) * gemm)
 
@@ -144,9 +144,9 @@ def train_floor(cfg, params, args, steps: int = 3) -> dict[str, Any]:
   import jax.numpy as jnp
 
   B, T = args.train_batch, args.train_len
-  init, step = bench._jax_train_step(cfg, 1e-4, 0.01, args.remat)
+  init, step = common.jax_train_step(cfg, 1e-4, 0.01, args.remat)
   state = {"s": init(jax.tree.map(lambda x: x.copy(), params))}
-  tokens = jnp.asarray(bench._prompts(cfg, B, T, args.seed + 1))
+  tokens = jnp.asarray(common.prompts(cfg, B, T, args.seed + 1))
   mask = jnp.ones((B, T), bool)
   kinds = _instruction_kinds(step.lower(state["s"], tokens, mask).compile().as_text())
 
@@ -191,7 +191,7 @@ def rows_for(size: str, cfg, params, args, hf_times: dict[str, float]) -> list[d
     hf = hf_times.get(workload)
     if hf:
       r.update(hf_s=hf, ratio_now=hf / r["call_s"], ratio_floor=hf / r["floor_s"])
-    r["goal"] = bench.TARGETS.get((size, workload))
+    r["goal"] = common.TARGETS.get((size, workload))
     out.append(r)
   return out
 

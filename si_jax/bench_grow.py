@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from si_jax import bench
+from si_jax import bench_common as common
 
 COLUMNS = ("size", "shape", "grow every", "cache columns from step", "off tok/s", "on tok/s",
            "ratio", "parity")
@@ -26,7 +26,7 @@ def row(size: str, cfg, params, args) -> dict[str, Any]:
   from si_jax.sampling import Sampler, SamplingParams
 
   B, P, N, G = args.batch, args.prompt_len, args.grow_new_tokens, args.grow_every
-  rows = [list(p) for p in bench._prompts(cfg, B, P, args.seed)]
+  rows = [list(p) for p in common.prompts(cfg, B, P, args.seed)]
   key = jax.random.key(args.seed)
   sp = SamplingParams(max_new_tokens=N, temperature=0.0)
   off = Sampler(cfg, max_len=P + N, prompt_bucket=P)
@@ -38,8 +38,8 @@ def row(size: str, cfg, params, args) -> dict[str, Any]:
       outs[name] = sampler.generate(params, rows, key, sp)  # numpy: blocks
     return fn
 
-  t_off = statistics.median(bench.time_calls(run("off", off), args.repeats, args.warmup))
-  t_on = statistics.median(bench.time_calls(run("on", on), args.repeats, args.warmup))
+  t_off = statistics.median(common.time_calls(run("off", off), args.repeats, args.warmup))
+  t_on = statistics.median(common.time_calls(run("on", on), args.repeats, args.warmup))
   same = bool(np.array_equal(outs["off"].tokens, outs["on"].tokens))
   return dict(size=size, shape=f"B={B} P={P} N={N} greedy", grow_every=G,
               cache_lengths=on.last_cache_lengths, off_s=t_off, on_s=t_on,

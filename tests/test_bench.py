@@ -11,6 +11,7 @@ import statistics
 import pytest
 
 from si_jax import bench
+from si_jax import bench_common
 from si_jax.models.config import preset
 
 
@@ -33,7 +34,7 @@ def test_matmul_flops_are_twice_the_matmul_params(size):
   d, L = cfg.hidden_size, cfg.num_layers
   norms = 2 * L * d + d + (2 * L * cfg.head_dim if cfg.qk_norm else 0)
   embed = cfg.vocab_size * d  # a lookup, not a matmul
-  assert bench._body_flops(cfg) + bench._head_flops(cfg) == 2 * (cfg.num_params() - norms - embed)
+  assert bench_common.body_flops(cfg) + bench_common.head_flops(cfg) == 2 * (cfg.num_params() - norms - embed)
 
 
 def _row(**kw):

@@ -15,6 +15,7 @@ import transformers
 
 import hf_fixtures
 from si_jax import sharding as sharding_lib
+from si_jax.cli import convert as convert_cli
 from si_jax.models import convert
 from si_jax.models import hf
 from si_jax.models import transformer
@@ -377,7 +378,7 @@ def test_convert_cli_round_trip(tmp_path, ckpts, loaded, capsys):
   hf_dir = _copy(src, tmp_path / "hf")
   hf_fixtures.make_tokenizer_files(hf_dir)
   si_dir, back = str(tmp_path / "si"), str(tmp_path / "back")
-  assert convert.main(["--to=si", f"--hf_dir={hf_dir}", f"--out={si_dir}"]) == 0
+  assert convert_cli.main(["--to=si", f"--hf_dir={hf_dir}", f"--out={si_dir}"]) == 0
   for name in (convert.MODEL_CONFIG_FILE, convert.HF_CONFIG_FILE, hf.GENERATION_CONFIG_FILE,
                os.path.join(convert.TOKENIZER_SUBDIR, "tokenizer.json")):
     assert os.path.exists(os.path.join(si_dir, name)), name
@@ -385,7 +386,7 @@ def test_convert_cli_round_trip(tmp_path, ckpts, loaded, capsys):
   assert cfg == loaded["qwen3"][0]
   _assert_trees_identical(params, loaded["qwen3"][1])
 
-  assert convert.main(["--to=hf", f"--from_params={si_dir}", f"--out={back}"]) == 0
+  assert convert_cli.main(["--to=hf", f"--from_params={si_dir}", f"--out={back}"]) == 0
   with open(os.path.join(back, hf.CONFIG_FILE)) as f:
     hf_cfg = json.load(f)
   assert (hf_cfg["bos_token_id"], hf_cfg["eos_token_id"], hf_cfg["pad_token_id"]) == (1, 2, 0)
@@ -397,12 +398,12 @@ def test_convert_cli_round_trip(tmp_path, ckpts, loaded, capsys):
     assert torch.equal(v, reloaded.state_dict()[k]), k
 
   capsys.readouterr()
-  assert convert.main(["--to=si", f"--hf_dir={hf_dir}", f"--out={si_dir}"]) == 2
+  assert convert_cli.main(["--to=si", f"--hf_dir={hf_dir}", f"--out={si_dir}"]) == 2
   err = capsys.readouterr().err  # one line, as si-train's mistakes
   assert err.startswith("si-convert: error: output directory ") and err.endswith(
       "exists and is not empty\n") and err.count("\n") == 1, err
   with pytest.raises(SystemExit):
-    convert.main(["--to=hf", f"--hf_dir={hf_dir}", f"--out={back}"])
+    convert_cli.main(["--to=hf", f"--hf_dir={hf_dir}", f"--out={back}"])
 
 
 def _safetensors_dtypes(model_dir):
@@ -426,13 +427,13 @@ def test_convert_keeps_the_recorded_bf16_dtype_both_ways(tmp_path):
   src, _ = hf_fixtures.make_checkpoint("qwen3", str(tmp_path / "hf"), seed=3, dtype="bfloat16")
   si_dir, back, si_again = (str(tmp_path / n) for n in ("si", "back", "si_again"))
   # HF bf16 -> params dir: bf16, as config.json records (not load_hf's float32 default).
-  assert convert.main(["--to=si", f"--hf_dir={src}", f"--out={si_dir}"]) == 0
+  assert convert_cli.main(["--to=si", f"--hf_dir={src}", f"--out={si_dir}"]) == 0
   with open(os.path.join(si_dir, convert.MODEL_CONFIG_FILE)) as f:
     assert json.load(f)["param_dtype"] == "bfloat16"
   cfg, params = convert.load_params(si_dir)
   assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(jnp.bfloat16)}
   # Params dir -> HF, no --dtype: bf16 safetensors, bitwise the source tensors.
-  assert convert.main(["--to=hf", f"--from_params={si_dir}", f"--out={back}"]) == 0
+  assert convert_cli.main(["--to=hf", f"--from_params={si_dir}", f"--out={back}"]) == 0
   assert set(_safetensors_dtypes(back).values()) == {"BF16"}
   with open(os.path.join(back, hf.CONFIG_FILE)) as f:
     assert json.load(f)["dtype"] == "bfloat16"
@@ -443,15 +444,15 @@ def test_convert_keeps_the_recorded_bf16_dtype_both_ways(tmp_path):
   for k in want:
     assert got[k].dtype == torch.bfloat16 and torch.equal(got[k], want[k]), k
   # ... and it reimports to the same params, bitwise.
-  assert convert.main(["--to=si", f"--hf_dir={back}", f"--out={si_again}"]) == 0
+  assert convert_cli.main(["--to=si", f"--hf_dir={back}", f"--out={si_again}"]) == 0
   cfg2, params2 = convert.load_params(si_again)
   assert cfg2 == cfg
   _assert_trees_identical(params2, params)
   # --dtype still overrides, both ways.
-  assert convert.main(["--to=hf", f"--from_params={si_dir}", f"--out={tmp_path / 'f32'}",
+  assert convert_cli.main(["--to=hf", f"--from_params={si_dir}", f"--out={tmp_path / 'f32'}",
                        "--dtype=float32"]) == 0
   assert set(_safetensors_dtypes(tmp_path / "f32").values()) == {"F32"}
-  assert convert.main(["--to=si", f"--hf_dir={src}", f"--out={tmp_path / 'si32'}",
+  assert convert_cli.main(["--to=si", f"--hf_dir={src}", f"--out={tmp_path / 'si32'}",
                        "--dtype=float32"]) == 0
   assert convert.load_params(str(tmp_path / "si32"))[0].param_dtype == "float32"
 

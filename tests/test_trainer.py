@@ -148,9 +148,9 @@ def test_smoke_run_then_sigkill_resume_is_the_same_run(tmp_path):
   assert res["num_examples"] == 5 and 0 <= res["avg@2"] <= res["pass@2"] <= 1
   assert "| avg@2 |" in open(tmp_path / "ev" / "eval.md").read()
   # si-convert exports the run's checkpoint as an HF directory transformers loads.
-  from si_jax.models import convert
+  from si_jax.cli import convert as convert_cli
   from si_jax.models import hf
-  assert convert.main(["--to=hf", f"--from_workdir={a}", f"--out={tmp_path / 'hf'}"]) == 0
+  assert convert_cli.main(["--to=hf", f"--from_workdir={a}", f"--out={tmp_path / 'hf'}"]) == 0
   import transformers
   _, info = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"),
                                                             output_loading_info=True)
@@ -344,12 +344,12 @@ def test_a_corrupt_checkpoint_is_refused_by_eval_and_convert_and_resume_falls_ba
            rf"'[a-z_/0-9]+' has checksum [0-9a-f]{{8}} but the checkpoint recorded [0-9a-f]{{8}} "
            rf"\(its data is in {re.escape(os.path.relpath(data, w / 'checkpoints' / '10'))}\)")
   from si_jax import evaluate
-  from si_jax.models import convert
+  from si_jax.cli import convert as convert_cli
   capsys.readouterr()
   assert evaluate.main(["--workdir", str(w), "--out", str(tmp_path / "ev")]) == 2
   err = capsys.readouterr().err.splitlines()
   assert len(err) == 1 and re.fullmatch(r"si-eval: error: " + named + ".*", err[0]), err
-  assert convert.main(["--to=hf", f"--from_workdir={w}", f"--out={tmp_path / 'hf'}"]) == 2
+  assert convert_cli.main(["--to=hf", f"--from_workdir={w}", f"--out={tmp_path / 'hf'}"]) == 2
   err = capsys.readouterr().err.splitlines()
   assert len(err) == 1 and re.fullmatch(r"si-convert: error: " + named + ".*", err[0]), err
   assert not os.path.exists(tmp_path / "ev") and not os.path.exists(tmp_path / "hf")
