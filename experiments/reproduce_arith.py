@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -409,7 +410,8 @@ def main(argv=None) -> int:
     name = ("arith_quick" if args.quick else "arith" if (args.study, task) == ("ladder", "chain")
             else f"arith_{args.study}_{task}")
     md = table(results, 4)
-    header = (f"Command: `python experiments/reproduce_arith.py {' '.join(argv or sys.argv[1:])}`"
+    command = shlex.join(argv or sys.argv[1:])
+    header = (f"Command: `python experiments/reproduce_arith.py {command}`"
               f"; task {task}; seeds {_seeds(results, args.seeds)}; {args.steps} RL steps x 32 "
               f"prompts x 8 "
               f"samples; {time.strftime('%Y-%m-%d')}; {wall / 60:.0f} min of si-train wall time "
