@@ -253,6 +253,26 @@ def _collect_abandoned_writes() -> None:
     sys.unraisablehook = hook
 
 
+def _commit_futures(manager: Any) -> list:
+  """The commit futures of the manager's latest async save ([] when there are none)."""
+  checkpointer = getattr(manager, "_checkpointer", None)
+  return list(getattr(getattr(checkpointer, "_async_manager", None), "_commit_futures", None)
+              or ())
+
+
+def _drain_commit_futures(manager: Any) -> None:
+  """Waits for every write of the failed async save. Orbax's save thread waits on its commit
+  futures one after another and gives up at the first error (the full disk), while the others
+  (tensorstore writes of other arrays, creating their folders as they go) may still be running:
+  a partial folder removed before they end comes back. Reaches Orbax's internals (0.12.8:
+  CheckpointManager._checkpointer._async_manager._commit_futures); a no-op where they differ."""
+  for f in _commit_futures(manager):
+    try:
+      f.result()
+    except BaseException:  # pylint: disable=broad-except  (each may have failed the same way)
+      pass
+
+
 def _dir_bytes(path: epath.Path) -> int:
   total = 0
   for root, _, files in os.walk(os.fspath(path)):
@@ -368,6 +388,9 @@ class Checkpointer:
     # An async save still in flight finishes first (Orbax would wait for it too): its failure
     # (a full disk) is reported for its own step, and its partial folder removed.
     self.wait()
+    # A failed save of this step may have left its partial folder (a write still in flight when
+    # the failure was cleaned up can recreate it); Orbax refuses to save over it.
+    self._discard_partial(step, reload=False)
     # Round-trip through json so the saved object is plain dicts/lists (no tuples/Mappings).
     meta = json.loads(json.dumps(dict(meta)))
     items = {_STATE: ocp.args.StandardSave(state), _META: ocp.args.JsonSave(meta)}
@@ -407,15 +430,18 @@ class Checkpointer:
         raise
     # Out of the except block, the failed save's frames are free: collect what it left.
     with _quiet_no_space():
+      _drain_commit_futures(self._manager)
       _collect_abandoned_writes()
     self._discard_partial(step)
     raise NoSpaceError(step, self._directory, needed())
 
-  def _discard_partial(self, step: int) -> None:
+  def _discard_partial(self, step: int, reload: bool = True) -> None:
     """Removes `<step>.orbax-checkpoint-tmp*` (what a failed save leaves); process 0 does."""
     if multihost.is_primary():
       for p in epath.Path(self._directory).glob(f"{step}{TMP_MARK}*"):
         p.rmtree(missing_ok=True) if p.is_dir() else p.unlink(missing_ok=True)
+    if not reload:
+      return
     try:
       self._manager.reload()
     except Exception:  # pylint: disable=broad-except
