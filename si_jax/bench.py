@@ -82,6 +82,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from si_jax import tables
 from si_jax.bench_common import TARGETS, generate_flops, time_calls, train_flops
 from si_jax.bench_common import jax_train_step as _jax_train_step
 from si_jax.bench_common import prompts as _prompts
@@ -441,17 +442,16 @@ def contended(load_start: float, load_end: float, cpus: int) -> bool:
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
   """The rows as a markdown table with `COLUMNS`."""
-  lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+  cells = []
   for r in rows:
     target = "-" if r["target"] is None else (
         f">= {r['target']:g}x " + ("met" if r["ratio"] >= r["target"] else "MISSED"))
-    cells = [r["size"], f"{r['params'] / 1e6:.2f}M", r["workload"], r["shape"],
+    cells.append([r["size"], f"{r['params'] / 1e6:.2f}M", r["workload"], r["shape"],
              f"{r['jax_tok_s']:,.0f}", f"{r['hf_tok_s']:,.0f}", f"{r['ratio']:.2f}x", target,
              f"{r['jax_gflops']:.1f}", f"{r['hf_gflops']:.1f}", f"{r['jax_peak_frac']:.0%}",
              f"{r['hf_peak_frac']:.0%}", f"{r['jax_faults']:,.0f}", f"{r['hf_faults']:,.0f}",
-             f"{r['jax_sys_s']:.3f}", f"{r['hf_sys_s']:.3f}", r["parity"]]
-    lines.append("| " + " | ".join(cells) + " |")
-  return "\n".join(lines)
+             f"{r['jax_sys_s']:.3f}", f"{r['hf_sys_s']:.3f}", r["parity"]])
+  return tables.markdown_table(COLUMNS, cells)
 
 
 def _parser() -> argparse.ArgumentParser:

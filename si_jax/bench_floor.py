@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from si_jax import bench_common as common
+from si_jax import tables
 
 COLUMNS = ("size", "workload", "shape", "si_jax s", "where the time goes", "floor s", "HF s",
            "ratio now", "ratio at floor", "goal")
@@ -211,12 +212,11 @@ def _where(r: dict[str, Any]) -> str:
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-  lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+  cells = []
   for r in rows:
     ratio = lambda k: f"{r[k]:.2f}x" if k in r else "-"
     goal = f">= {r['goal']:g}x" if r.get("goal") else "-"
     hf = f"{r['hf_s']:.3f}" if "hf_s" in r else "-"
-    lines.append("| " + " | ".join([
-        r["size"], r["workload"], r["shape"], f"{r['call_s']:.3f}", _where(r),
-        f"{r['floor_s']:.3f}", hf, ratio("ratio_now"), ratio("ratio_floor"), goal]) + " |")
-  return "\n".join(lines)
+    cells.append([r["size"], r["workload"], r["shape"], f"{r['call_s']:.3f}", _where(r),
+                  f"{r['floor_s']:.3f}", hf, ratio("ratio_now"), ratio("ratio_floor"), goal])
+  return tables.markdown_table(COLUMNS, cells)

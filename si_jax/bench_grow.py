@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from si_jax import bench_common as common
+from si_jax import tables
 
 COLUMNS = ("size", "shape", "grow every", "cache columns from step", "off tok/s", "on tok/s",
            "ratio", "parity")
@@ -54,10 +55,7 @@ def _lengths(lengths) -> str:
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-  lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-  for r in rows:
-    lines.append("| " + " | ".join([
-        r["size"], r["shape"], str(r["grow_every"]), _lengths(r["cache_lengths"]),
-        f"{r['off_tok_s']:,.0f}",
-        f"{r['on_tok_s']:,.0f}", f"{r['ratio']:.2f}x", r["parity"]]) + " |")
-  return "\n".join(lines)
+  return tables.markdown_table(COLUMNS, [
+      [r["size"], r["shape"], str(r["grow_every"]), _lengths(r["cache_lengths"]),
+       f"{r['off_tok_s']:,.0f}", f"{r['on_tok_s']:,.0f}", f"{r['ratio']:.2f}x", r["parity"]]
+      for r in rows])

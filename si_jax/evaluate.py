@@ -28,6 +28,7 @@ import numpy as np
 
 from si_jax import multihost
 from si_jax import sampling
+from si_jax import tables
 from si_jax.rl import rollout
 
 
@@ -105,16 +106,14 @@ def evaluate(sampler: sampling.Sampler, params, tokenizer, task, examples, *, k:
 
 def markdown_table(results: dict[str, dict]) -> str:
   """results: name -> evaluate() output (same k). One row per name."""
-  lines = []
-  for name, res in results.items():
-    k = res["k"]
-    if not lines:
-      lines = [f"| model | n | avg@{k} | pass@{k} | maj@{k} | mean tokens |",
-               "|---|---|---|---|---|---|"]
-    lines.append(f"| {name} | {res['num_examples']} | {res[f'avg@{k}']:.4f} | "
-                 f"{res[f'pass@{k}']:.4f} | {res[f'maj@{k}']:.4f} | "
-                 f"{res['mean_response_tokens']:.1f} |")
-  return "\n".join(lines)
+  if not results:
+    return ""
+  k = next(iter(results.values()))["k"]
+  return tables.markdown_table(
+      ["model", "n", f"avg@{k}", f"pass@{k}", f"maj@{k}", "mean tokens"],
+      [[name, res["num_examples"], f"{res[f'avg@{k}']:.4f}", f"{res[f'pass@{k}']:.4f}",
+        f"{res[f'maj@{k}']:.4f}", f"{res['mean_response_tokens']:.1f}"]
+       for name, res in results.items()])
 
 
 def write_tables(results: dict[str, dict], out_dir: str, name: str = "eval") -> tuple[str, str]:
@@ -122,8 +121,7 @@ def write_tables(results: dict[str, dict], out_dir: str, name: str = "eval") -> 
   md, js = os.path.join(out_dir, f"{name}.md"), os.path.join(out_dir, f"{name}.json")
   with open(md, "w", encoding="utf-8") as f:
     f.write(markdown_table(results) + "\n")
-  with open(js, "w", encoding="utf-8") as f:
-    json.dump(results, f, indent=1)
+  tables.write_json(js, results)
   return md, js
 
 

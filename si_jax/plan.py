@@ -72,6 +72,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from si_jax import sampling
+from si_jax import tables
 from si_jax import shapes
 from si_jax import sharding as shd
 from si_jax.models import attention as attention_lib
@@ -848,9 +849,7 @@ def table_row(p: Plan, acc: Accelerator, search: Search | None) -> dict[str, Any
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-  lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
-  lines += ["| " + " | ".join(str(r[c]) for c in TABLE_COLUMNS) + " |" for r in rows]
-  return "\n".join(lines)
+  return tables.markdown_table(TABLE_COLUMNS, [[r[c] for c in TABLE_COLUMNS] for r in rows])
 
 
 # ----------------------------------------------------------------------------- CLI

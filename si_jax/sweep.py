@@ -60,6 +60,7 @@ import warnings
 from typing import Any, Sequence
 
 from si_jax import launch
+from si_jax import tables
 
 SWEEP_FILE = "sweep.json"
 SUMMARY_FILE = "summary.json"  # a run's (written by si-train) and the root's (written here)
@@ -415,13 +416,6 @@ def check_root(root: str, sweep: Sweep, runs: list[RunSpec]) -> dict[str, Any]:
   return record
 
 
-def _write_json(path: str, obj: Any) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=1)
-  os.replace(tmp, path)
-
-
 def _job_name(sweep: Sweep, run: RunSpec) -> str:
   return f"{sweep.name or 'si-sweep'}:{run.name}"
 
@@ -607,15 +601,11 @@ def summary_table(records: list[dict[str, Any]], axes: Sequence[str], seed_axis:
 
 def markdown_table(table: dict[str, Any]) -> str:
   """The table as markdown: the non-seed axes, finished / total runs, then the metrics."""
-  esc = lambda s: str(s).replace("|", "\\|")
-  head = table["axes"] + ["runs"] + table["metrics"]
-  lines = ["| " + " | ".join(map(esc, head)) + " |", "|" + "---|" * len(head)]
-  for row in table["rows"]:
-    cells = [format_value(row["setting"][a]) for a in table["axes"]]
-    cells.append(f"{row['finished']}/{len(row['runs'])}")
-    cells += [format_cell(row["cells"][m]) for m in table["metrics"]]
-    lines.append("| " + " | ".join(map(esc, cells)) + " |")
-  return "\n".join(lines)
+  return tables.markdown_table(
+      table["axes"] + ["runs"] + table["metrics"],
+      [[format_value(row["setting"][a]) for a in table["axes"]]
+       + [f"{row['finished']}/{len(row['runs'])}"]
+       + [format_cell(row["cells"][m]) for m in table["metrics"]] for row in table["rows"]])
 
 
 def collect(root: str, sweep_record: dict[str, Any]) -> list[dict[str, Any]]:
@@ -662,7 +652,7 @@ def summarize(root: str, extra_metrics: Sequence[str] = ()) -> str:
   md = (f"# sweep {record.get('name') or os.path.basename(os.path.normpath(root))}\n\n"
         f"config {record['config']}; fixed: {fixed}; each cell: mean ± std (n) over "
         f"{record['seed_axis']} (std with ddof=1)\n\n" + markdown_table(table) + "\n")
-  _write_json(os.path.join(root, SUMMARY_FILE), dict(table, runs=records))
+  tables.write_json(os.path.join(root, SUMMARY_FILE), dict(table, runs=records))
   with open(os.path.join(root, TABLE_FILE), "w", encoding="utf-8") as f:
     f.write(md)
   return md
@@ -735,7 +725,7 @@ def _main(args: argparse.Namespace) -> int:
                      f"a remote root is for --dry_run only")
   record = check_root(args.root, sweep, runs)
   os.makedirs(args.root, exist_ok=True)
-  _write_json(os.path.join(args.root, SWEEP_FILE), record)
+  tables.write_json(os.path.join(args.root, SWEEP_FILE), record)
   print(f"si-sweep: {len(runs)} runs under {args.root} ({args.launcher})", flush=True)
   failed = execute(sweep, runs, args.root, launcher)
   if args.launcher == "slurm":

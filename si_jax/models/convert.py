@@ -39,6 +39,7 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import orbax.checkpoint as ocp
 
+from si_jax import tables
 from si_jax.models import hf
 from si_jax.models import transformer
 from si_jax.models.config import DTYPES, ModelConfig, RopeScaling
@@ -78,9 +79,11 @@ def save_params(out_dir: str, params: Params, cfg: ModelConfig, *,
   ckptr.save(os.path.join(out_dir, PARAMS_SUBDIR), params)
   ckptr.wait_until_finished()
   if jax.process_index() == 0:
-    _write_json(os.path.join(out_dir, MODEL_CONFIG_FILE), config_to_dict(cfg))
+    tables.write_json(os.path.join(out_dir, MODEL_CONFIG_FILE), config_to_dict(cfg), indent=2,
+                      sort_keys=True)
     if hf_config is not None:
-      _write_json(os.path.join(out_dir, HF_CONFIG_FILE), dict(hf_config))
+      tables.write_json(os.path.join(out_dir, HF_CONFIG_FILE), dict(hf_config), indent=2,
+                        sort_keys=True)
 
 
 def load_params(params_dir: str, *, dtype: Any = None,
@@ -188,9 +191,3 @@ def si_to_hf(params_dir: str, out_dir: str, *, dtype: Any = None,
              max_shard_size=max_shard_size, extra_config=extra,
              generation_config=generation_config)
   return cfg
-
-
-def _write_json(path: str, obj: Mapping[str, Any]) -> None:
-  with open(path, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-    f.write("\n")

@@ -28,6 +28,7 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
+from si_jax import tables
 from si_jax.models import transformer
 from si_jax.models.config import DTYPES, ModelConfig, from_hf_config, to_hf_config
 
@@ -564,7 +565,7 @@ def save_hf(params: Params, cfg: ModelConfig, out_dir: str, *, dtype: Any = None
   hf_cfg = to_hf_config(cfg)
   hf_cfg.update(dtype=saved_dtype, torch_dtype=saved_dtype)
   hf_cfg.update(extra_config or {})
-  _write_json(os.path.join(out_dir, CONFIG_FILE), hf_cfg)
+  tables.write_json(os.path.join(out_dir, CONFIG_FILE), hf_cfg, indent=2, sort_keys=True)
 
   if generation_config is None:
     src = tokenizer_dir and os.path.join(tokenizer_dir, GENERATION_CONFIG_FILE)
@@ -573,16 +574,13 @@ def save_hf(params: Params, cfg: ModelConfig, out_dir: str, *, dtype: Any = None
         generation_config = json.load(f)
     else:
       generation_config = {k: hf_cfg[k] for k in TOKEN_ID_FIELDS if hf_cfg.get(k) is not None}
-  _write_json(os.path.join(out_dir, GENERATION_CONFIG_FILE), dict(generation_config))
+  tables.write_json(os.path.join(out_dir, GENERATION_CONFIG_FILE), dict(generation_config),
+                    indent=2, sort_keys=True)
 
   if tokenizer_dir is not None:
     copy_tokenizer(tokenizer_dir, out_dir)
 
 
-def _write_json(path: str, obj: Mapping[str, Any]) -> None:
-  with open(path, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-    f.write("\n")
 
 
 def copy_tokenizer(src_dir: str, out_dir: str) -> list[str]:

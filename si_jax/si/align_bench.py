@@ -28,6 +28,7 @@ import numpy as np
 from rapidfuzz.distance import Levenshtein
 
 from si_jax import sharding
+from si_jax import tables
 from si_jax.si import align as align_lib
 from si_jax.si import token_credit
 
@@ -118,12 +119,11 @@ def run(num_pairs: int = 1000, length: int = 2000, *, repeats: int = 3, warmup: 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
   """The rows as a markdown table with `COLUMNS`."""
-  lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+  cells = []
   for r in rows:
     target = "-" if r["target"] is None else (
         f">= {r['target']:g}x " + ("met" if r["ratio"] >= r["target"] else "MISSED"))
     same = "-" if r["ratio_same_args"] is None else f"{r['ratio_same_args']:.2f}x"
-    cells = [r["workload"], r["shape"], r["call"], f"{r['pairs_s']:,.0f}", f"{r['ratio']:.2f}x",
-             same, target]
-    lines.append("| " + " | ".join(cells) + " |")
-  return "\n".join(lines)
+    cells.append([r["workload"], r["shape"], r["call"], f"{r['pairs_s']:,.0f}",
+                  f"{r['ratio']:.2f}x", same, target])
+  return tables.markdown_table(COLUMNS, cells)
