@@ -46,19 +46,19 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     packages=setuptools.find_packages(include=["si_jax", "si_jax.*"]),
     # jax, jaxlib, flax, orbax-checkpoint and transformers as pinned need 3.11
-    # (si_jax/launch.py: PYTHON_FLOOR; si-launch tpu_pod checks the workers' Python first)
+    # (si_jax/tools/launch/: PYTHON_FLOOR; si-launch tpu_pod checks the workers' Python first)
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
     entry_points={
         "console_scripts": [
-            "si-train=si_jax.main:run",
-            "si-eval=si_jax.evaluate:run",
+            "si-train=si_jax.cli.train:run",
+            "si-eval=si_jax.train.evaluate:run",
             "si-convert=si_jax.cli.convert:run",
-            "si-bench=si_jax.bench:run",
-            "si-sweep=si_jax.sweep:run",
-            "si-launch=si_jax.launch:run",
-            "si-plan=si_jax.plan:run",
+            "si-bench=si_jax.tools.bench:run",
+            "si-sweep=si_jax.tools.sweep:run",
+            "si-launch=si_jax.tools.launch:run",
+            "si-plan=si_jax.tools.plan:run",
         ],
     },
 )

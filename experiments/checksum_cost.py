@@ -27,7 +27,7 @@ from si_jax import checkpoint as ckpt_lib
 from si_jax import checksum as checksum_lib
 from si_jax import sharding as shd
 from si_jax.models import config as model_config
-from si_jax.rl import train_state as ts
+from si_jax import train_state as ts
 
 
 def make_state(size: str):

@@ -55,7 +55,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "experiments", "configs", "arith_si.py")
 TASKS = ("chain", "long", "parts2", "parts4")  # arith_si.py variants ("chain": the default)
-WARMUP_STEPS = 5  # RL steps that may compile (si_jax/rl/trainer.py: WARMUP_STEPS)
+WARMUP_STEPS = 5  # RL steps that may compile (si_jax/train/trainer.py: WARMUP_STEPS)
 
 # The SI of the first table, before the decisive-credit changes.
 SI_BEFORE = {"rl.credit": "si", "rl.loss": "gspo", "si.correction": "repair",
@@ -110,7 +110,7 @@ def _run(workdir: str, task: str, overrides: dict[str, Any], log_every: int) -> 
     return 0.0
   os.makedirs(workdir, exist_ok=True)
   config = CONFIG + ("" if task == "chain" else f":{task}")
-  cmd = [sys.executable, "-m", "si_jax.main", f"--config={config}", f"--workdir={workdir}",
+  cmd = [sys.executable, "-m", "si_jax.cli.train", f"--config={config}", f"--workdir={workdir}",
          f"--config.log.progress_every={log_every}",
          f"--compile_cache_dir={os.path.join(os.path.dirname(os.path.dirname(workdir)), 'xla')}"]
   cmd += [f"--config.{k}={v}" for k, v in overrides.items()]

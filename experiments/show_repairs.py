@@ -63,7 +63,7 @@ def choose_steps(available: list[int], wanted: list[int] | None, sft_steps: int,
 
 def rerun(run, step: int):
   """RL step `step` of the run again from its checkpoint: (scored, credit)."""
-  from si_jax.rl import trainer
+  from si_jax.train import trainer
   run.state, run.meta = run.ckpt.restore(trainer.ts.abstract_state(run.state), step)
   stream = trainer.PromptStream(run.task.examples(run.config.task.train_split),
                                 run.config.seed, run.meta["data_cursor"])
@@ -109,8 +109,8 @@ def main(argv=None) -> int:
   wanted = parse_steps(args.step)
   from si_jax import compilation
   from si_jax import metrics as metrics_lib
-  from si_jax import workdir as workdir_lib
-  from si_jax.rl import trainer
+  from si_jax.train import workdir as workdir_lib
+  from si_jax.train import trainer
   from si_jax.si import report
 
   compilation.enable_cache(args.compile_cache_dir or compilation.default_cache_dir())

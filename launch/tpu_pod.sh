@@ -1,4 +1,4 @@
 #!/usr/bin/env bash
-# Same as `si-launch tpu_pod ARGS` (si_jax/launch.py; launch/README.md), for a checkout without the
+# Same as `si-launch tpu_pod ARGS` (si_jax/tools/launch/; launch/README.md), for a checkout without the
 # console script on PATH.  --dry_run prints the exact commands and runs nothing.
-exec python -m si_jax.launch tpu_pod "$@"
+exec python -m si_jax.tools.launch tpu_pod "$@"

@@ -63,7 +63,7 @@ def _optim(lr: float) -> ml_collections.ConfigDict:
       lr=lr, warmup_steps=0, schedule="cosine", end_lr_frac=0.1, b1=0.9, b2=0.99, eps=1e-8,
       weight_decay=0.0, clip_norm=1.0,
       # dtype of the AdamW moments and arithmetic: None = the params' own; "float32" keeps
-      # them in float32 with bfloat16 params (si_jax/rl/train_state.py: with_state_dtype).
+      # them in float32 with bfloat16 params (si_jax/train_state.py: with_state_dtype).
       state_dtype=_P(str)))
 
 
@@ -94,7 +94,7 @@ def base_config() -> ml_collections.ConfigDict:
   # params with rl.optim.state_dtype="float32" is si-plan's mixed-precision memory lever.
   # master_weights: with params below float32, the optimizer keeps float32 master weights in
   # its state (sharded like the params) and the params are their rounding; without them an
-  # update under half a bfloat16 step is lost (si_jax/rl/train_state.py).
+  # update under half a bfloat16 step is lost (si_jax/train_state.py).
   c.model = dict(init_from="", preset="tiny", family="qwen3", overrides={}, remat="none",
                  attention="auto", attention_block_size=128, logprob_chunk=128,
                  lora=dict(rank=0, alpha=16.0,

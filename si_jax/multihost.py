@@ -33,7 +33,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
-# Environment of `si-train` under a launcher (si_jax/launch.py): SI_MULTIHOST=1 turns on
+# Environment of `si-train` under a launcher (si_jax/tools/launch/): SI_MULTIHOST=1 turns on
 # jax.distributed; the three others, when set, name the coordinator explicitly (otherwise JAX
 # detects it on TPU VMs and under SLURM).
 ENV_ENABLE = "SI_MULTIHOST"

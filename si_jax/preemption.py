@@ -3,7 +3,7 @@
 Spot / preemptible VMs and SLURM send SIGTERM some time before they kill a job. si-train then
 finishes the step it is in, and every process saves a checkpoint of the same step and exits
 with `EXIT_CODE` (75, EX_TEMPFAIL of sysexits.h: "temporary failure, try again"), which the
-launchers read as "resume me" (si_jax/launch.py). A second SIGTERM changes nothing; SIGKILL
+launchers read as "resume me" (si_jax/tools/launch/). A second SIGTERM changes nothing; SIGKILL
 still kills (the last complete checkpoint stays, as always).
 
 How the processes agree (multi-process runs): only some processes may get the signal. At every

@@ -34,7 +34,7 @@ def _enospc(step: str) -> None:
 
 def _pause(step: int, process: int, ready: str) -> None:
   import jax
-  from si_jax.rl import trainer
+  from si_jax.train import trainer
   real = trainer.Run.rl_step
 
   def rl_step(self, s, stream, *args, **kwargs):
@@ -55,7 +55,7 @@ def si_train() -> None:
   if env.get("SI_FAULT_PAUSE_STEP"):
     _pause(int(env["SI_FAULT_PAUSE_STEP"]), int(env.get("SI_FAULT_PAUSE_PROCESS", "0")),
            env["SI_FAULT_READY"])
-  from si_jax.main import run
+  from si_jax.cli.train import run
   sys.argv = ["si-train"] + sys.argv[1:]
   run()
 

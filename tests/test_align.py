@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from si_jax import sharding
-from si_jax.si import align_bench
+from si_jax.tools.bench import align as align_bench
 from si_jax.si.align import Alignment, align, align_many, edit_masks, graft
 from si_jax.si.token_credit import edit_arrays, make_credit_fn, token_credit
 from si_jax.si.truncate import adaptive_truncation

@@ -10,8 +10,8 @@ import statistics
 
 import pytest
 
-from si_jax import bench
-from si_jax import bench_common
+from si_jax.tools import bench
+from si_jax.tools.bench import common as bench_common
 from si_jax.models.config import preset
 
 
@@ -163,7 +163,7 @@ def test_minuscule_end_to_end(tmp_path, capsys):
 
 
 def test_align_workload_needs_no_model(tmp_path, capsys):
-  from si_jax.si import align_bench
+  from si_jax.tools.bench import align as align_bench
 
   with pytest.raises(SystemExit):
     bench.main(["--workloads", "align", "--align_len", "0"])
@@ -229,7 +229,7 @@ def test_floor_workload_splits_decode_and_train_time(tmp_path, capsys):
   """The floor rows: the decode call's parts add up to the call, the train step's matmul share
   comes from a real profile (an instruction-named event of the step), and with the decode /
   train rows in the same run the ratios use HF's times from those rows."""
-  from si_jax import bench_floor
+  from si_jax.tools.bench import floor as bench_floor
   out = tmp_path / "bench.json"
   bench.main(["--sizes", "tiny", "--workloads", "decode,train,floor", "--repeats", "1",
               "--warmup", "1", "--batch", "2", "--prompt_len", "8", "--new_tokens", "4",
@@ -259,7 +259,7 @@ def test_floor_workload_splits_decode_and_train_time(tmp_path, capsys):
 
 
 def test_floor_instruction_kinds_find_dots_inside_fusions():
-  from si_jax import bench_floor
+  from si_jax.tools.bench import floor as bench_floor
   hlo = """HloModule m
 
 %fused_dot (p0: f32[2,2], p1: f32[2,2]) -> f32[2,2] {

@@ -114,7 +114,8 @@ def test_bad_growth_is_named_and_the_config_default_is_off():
 
 
 def test_decode_grow_workload_minuscule(params):
-  from si_jax import bench, bench_grow
+  from si_jax.tools import bench
+  from si_jax.tools.bench import grow as bench_grow
 
   args = bench._parser().parse_args(["--repeats", "1", "--warmup", "0", "--batch", "4",
                                      "--prompt_len", "8", "--grow_new_tokens", "20",

@@ -37,7 +37,7 @@ def test_counter_sees_a_compile_once_and_nothing_for_a_program_already_made():
 
 
 def _train(workdir, cache, *overrides):
-  cmd = [sys.executable, "-m", "si_jax.main", f"--config={CONFIG}:smoke",
+  cmd = [sys.executable, "-m", "si_jax.cli.train", f"--config={CONFIG}:smoke",
          f"--workdir={workdir}", f"--compile_cache_dir={cache}", "--config.rl.credit=outcome",
          "--config.rl.steps=6", "--config.eval.every=3", *overrides]
   env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}

@@ -191,7 +191,7 @@ def test_bucket_ladder_and_options():
 
 
 def test_mixed_stop_ids_end_short_rows_early_and_never_long_rows():
-  from si_jax import bench
+  from si_jax.tools import bench
 
   tokens = np.array([[5, 6, 7, 8, 9, 10],    # long
                      [5, 11, 6, 12, 13, 14],  # short: 11 (not 12: at position 3 >= cut)
@@ -202,7 +202,7 @@ def test_mixed_stop_ids_end_short_rows_early_and_never_long_rows():
 
 
 def test_decode_mixed_workload_minuscule(params):
-  from si_jax import bench
+  from si_jax.tools import bench
 
   args = bench._parser().parse_args(["--repeats", "1", "--warmup", "0", "--batch", "8",
                                      "--prompt_len", "8", "--new_tokens", "16",

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from si_jax import launch
+from si_jax.tools import launch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Arguments that break naive quoting: spaces, both quotes, $ and a glob.
@@ -95,12 +95,12 @@ def test_tpu_pod_dry_run_prints_every_gcloud_command(capsys, kind, hosts):
              "~/si-launch-src.tar.gz -C ~/si_jax && cd ~/si_jax && python3 -m pip install -q "
              "-e . 'jax[tpu]'"],
       tpu + ["ssh", *where, "--worker=all", "--command",
-             "cd ~/si_jax && SI_MULTIHOST=1 SI_PLATFORM=tpu python3 -m si_jax.main "
+             "cd ~/si_jax && SI_MULTIHOST=1 SI_PLATFORM=tpu python3 -m si_jax.cli.train "
              + shlex.join(AWKWARD)],
       tpu + ["delete", *where, "--quiet"]]
   remote = shlex.split(cmds[7][-1])  # what the worker's shell reads: the arguments, unchanged
   assert remote[:8] == ["cd", "~/si_jax", "&&", "SI_MULTIHOST=1", "SI_PLATFORM=tpu", "python3",
-                        "-m", "si_jax.main"]
+                        "-m", "si_jax.cli.train"]
   assert remote[8:] == AWKWARD
 
 
@@ -119,7 +119,7 @@ def test_tpu_pod_source_none_and_local_workdir(capsys):
       "--output-directory=logs", "--command",
       launch.python_check("~/venv/bin/python") + " && cd '/opt/my si' && SI_MULTIHOST=1 SI_PLATFORM=tpu JAX_COMPILATION_CACHE_DIR=gs://c "
       "~/venv/bin/python "
-      "-m si_jax.main --config c.py --workdir /tmp/w"]
+      "-m si_jax.cli.train --config c.py --workdir /tmp/w"]
 
 
 def _git_repo(path) -> str:
@@ -137,7 +137,7 @@ def _fake_pod(tmp_path, workers: int = 2) -> tuple[dict, object]:
   """PATH with a fake gcloud: the TPU is absent until created; `scp` copies into each worker's
   home (tmp_path/w<i>); `ssh --worker=all --command C` runs `bash -c C` in each home and fails
   if one fails. Every call is appended to tmp_path/calls as a JSON list. Also a fake python for
-  the workers: `-m pip` is recorded, `-m si_jax.main` prints its arguments and environment."""
+  the workers: `-m pip` is recorded, `-m si_jax.cli.train` prints its arguments and environment."""
   bin_dir = tmp_path / "bin"
   bin_dir.mkdir()
   homes = [tmp_path / f"w{i}" for i in range(workers)]
@@ -194,7 +194,7 @@ def _calls(tmp_path) -> list[list[str]]:
 def test_tpu_pod_creates_copies_installs_runs_and_stops_on_a_fake_pod(tmp_path):
   env, python = _fake_pod(tmp_path)
   repo = _git_repo(tmp_path / "repo")
-  cmd = [sys.executable, "-m", "si_jax.launch", "tpu_pod", "--tpu", "pod", "--zone", "z",
+  cmd = [sys.executable, "-m", "si_jax.tools.launch", "tpu_pod", "--tpu", "pod", "--zone", "z",
          "--accelerator_type", "v5p-16", "--repo", repo, "--python", python, "--stop", "--",
          *AWKWARD]
   res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
@@ -235,7 +235,7 @@ def test_tpu_pod_detach_leaves_si_train_running_with_its_log_on_every_worker(tmp
   logs and stop the run."""
   env, python = _fake_pod(tmp_path)
   repo = _git_repo(tmp_path / "repo")
-  res = subprocess.run([sys.executable, "-m", "si_jax.launch", "tpu_pod", "--tpu", "pod",
+  res = subprocess.run([sys.executable, "-m", "si_jax.tools.launch", "tpu_pod", "--tpu", "pod",
                         "--zone", "z", "--accelerator_type", "v5p-16", "--repo", repo,
                         "--python", python, "--detach", "--", *AWKWARD], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=120)
@@ -265,7 +265,7 @@ def test_tpu_pod_checks_the_workers_python_first(tmp_path, source):
   env, python = _fake_pod(tmp_path)
   env["OLD_PYTHON_WORKERS"] = "1"
   repo = _git_repo(tmp_path / "repo")
-  res = subprocess.run([sys.executable, "-m", "si_jax.launch", "tpu_pod", "--tpu", "pod",
+  res = subprocess.run([sys.executable, "-m", "si_jax.tools.launch", "tpu_pod", "--tpu", "pod",
                         "--zone", "z", "--accelerator_type", "v5p-16", "--repo", repo,
                         "--source", source, "--python", python, "--", "--config", "c",
                         "--workdir", "gs://b/w"], cwd=REPO, env=env, capture_output=True,
@@ -296,7 +296,7 @@ def test_tpu_pod_refuses_uncommitted_changes_and_another_slice_type(tmp_path):
   (tmp_path / "repo" / "experiments" / "c.py").write_text("config = 2\n")
   (tmp_path / "repo" / "experiments" / "new.py").write_text("config = 3\n")
   (tmp_path / "state").write_text("READY")
-  cmd = [sys.executable, "-m", "si_jax.launch", "tpu_pod", "--tpu", "pod", "--zone", "z",
+  cmd = [sys.executable, "-m", "si_jax.tools.launch", "tpu_pod", "--tpu", "pod", "--zone", "z",
          "--repo", repo, "--python", python, "--", "--config", "c", "--workdir", "gs://w"]
   res = subprocess.run(cmd[:4] + ["--accelerator_type", "v5p-16"] + cmd[4:], cwd=REPO,
                        env=env, capture_output=True, text=True)
@@ -467,7 +467,7 @@ def test_local_dry_run_prints_each_process_with_its_environment(capsys, monkeypa
   rc, out, _ = _main(capsys, "local", "--processes", "2", "--devices_per_process", "4",
                      "--port", "1234", "--dry_run", "--", *AWKWARD)
   assert rc == 0
-  py = shlex.join([sys.executable, "-m", "si_jax.main"])
+  py = shlex.join([sys.executable, "-m", "si_jax.cli.train"])
   assert out.splitlines() == [
       f"SI_MULTIHOST=1 SI_COORDINATOR=localhost:1234 SI_NUM_PROCESSES=2 SI_PROCESS_ID={i} "
       f"JAX_PLATFORMS=cpu JAX_CPU_COLLECTIVES_IMPLEMENTATION=gloo XLA_FLAGS='--xla_dump_to=/tmp/x "
@@ -499,7 +499,7 @@ if "fail" in sys.argv:
 def _local(tmp_path, *args):
   (tmp_path / "stand_in.py").write_text(STAND_IN)
   program = shlex.join([sys.executable, str(tmp_path / "stand_in.py")])
-  cmd = [sys.executable, "-m", "si_jax.launch", "local", "--processes", "2",
+  cmd = [sys.executable, "-m", "si_jax.tools.launch", "local", "--processes", "2",
          "--devices_per_process", "3", "--port", "4321", "--program", program, "--", *args]
   return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
 
@@ -562,7 +562,7 @@ def _preempted_launch(tmp_path, *options):
   runs = tmp_path / "runs"
   runs.mkdir()
   program = shlex.join([sys.executable, str(tmp_path / "stand_in.py"), str(runs)])
-  return subprocess.run([sys.executable, "-m", "si_jax.launch", "local", "--processes", "2",
+  return subprocess.run([sys.executable, "-m", "si_jax.tools.launch", "local", "--processes", "2",
                          *options, "--program", program, "--"],
                         cwd=REPO, capture_output=True, text=True)
 
@@ -604,7 +604,7 @@ def test_local_processes_form_one_jax_distributed_run(tmp_path):
       " flush=True)\n")
   program = shlex.join([sys.executable, str(tmp_path / "two_hosts.py")])
   env = dict(os.environ, PYTHONPATH=REPO)  # the stand-in imports si_jax from this checkout
-  res = subprocess.run([sys.executable, "-m", "si_jax.launch", "local", "--processes", "2",
+  res = subprocess.run([sys.executable, "-m", "si_jax.tools.launch", "local", "--processes", "2",
                         "--devices_per_process", "2", "--program", program, "--"],
                        cwd=REPO, env=env, capture_output=True, text=True)
   assert res.returncode == 0, res.stdout + res.stderr

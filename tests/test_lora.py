@@ -12,12 +12,12 @@ import pytest
 
 from si_jax import configs
 from si_jax import sharding as shd
-from si_jax import workdir as workdir_lib
+from si_jax.train import workdir as workdir_lib
 from si_jax.models import config as config_lib
 from si_jax.models import lora
 from si_jax.models import transformer
-from si_jax.rl import train_state as ts
-from si_jax.rl import trainer
+from si_jax import train_state as ts
+from si_jax.train import trainer
 from si_jax.rl import update
 
 CFG = config_lib.make_config(

@@ -18,7 +18,7 @@ import pytest
 
 import fault_boot
 from si_jax import multihost
-from si_jax import workdir as workdir_lib
+from si_jax.train import workdir as workdir_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "experiments", "configs", "arith_grpo.py")
@@ -43,7 +43,7 @@ def _env(devices: int, **extra) -> dict:
 
 
 def _start(workdir, env, *args):
-  return subprocess.Popen([sys.executable, "-m", "si_jax.main", *ARGS, *args,
+  return subprocess.Popen([sys.executable, "-m", "si_jax.cli.train", *ARGS, *args,
                            f"--workdir={workdir}"], env=env, cwd=REPO, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
@@ -65,8 +65,8 @@ def test_two_processes_train_like_one_process_with_the_same_devices(tmp_path):
   out, _ = p.communicate(timeout=600)
   assert p.returncode == 0, out
 
-  # Two simulated hosts, started as a user would: si-launch local (si_jax/launch.py).
-  q = subprocess.run([sys.executable, "-m", "si_jax.launch", "local", "--processes", "2",
+  # Two simulated hosts, started as a user would: si-launch local (si_jax/tools/launch/).
+  q = subprocess.run([sys.executable, "-m", "si_jax.tools.launch", "local", "--processes", "2",
                       "--devices_per_process", "4", "--", *ARGS, f"--workdir={two}"],
                      cwd=REPO, text=True, capture_output=True, timeout=600)
   out = q.stdout + q.stderr
@@ -104,7 +104,7 @@ def _launch_two(workdir, *extra, env=None, cache=None, program=None):
     e.update(JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
   return subprocess.Popen(
-      [sys.executable, "-m", "si_jax.launch", "local", "--processes", "2",
+      [sys.executable, "-m", "si_jax.tools.launch", "local", "--processes", "2",
        "--devices_per_process", "4", *extra, *(["--program", program] if program else []),
        "--", *ARGS, f"--workdir={workdir}"],
       cwd=REPO, env=e, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -153,7 +153,7 @@ SI_CONFIG = os.path.join(REPO, "experiments", "configs", "arith_si.py")
 # si-train with the test-only 'arith_parity' task (tests/test_si_credit.py): a random tiny model
 # is right half the time there, so every process has failures, anchors and kept repairs.
 _BOOT = ("import sys; sys.path.insert(0, 'tests'); import test_si_credit; "
-         "from si_jax.main import run; sys.argv = ['si-train'] + sys.argv[1:]; run()")
+         "from si_jax.cli.train import run; sys.argv = ['si-train'] + sys.argv[1:]; run()")
 
 
 def test_si_credit_runs_on_two_processes(tmp_path):
@@ -163,7 +163,7 @@ def test_si_credit_runs_on_two_processes(tmp_path):
   w = tmp_path / "si"
   program = shlex.join([sys.executable, "-c", _BOOT])
   q = subprocess.run(
-      [sys.executable, "-m", "si_jax.launch", "local", "--processes", "2",
+      [sys.executable, "-m", "si_jax.tools.launch", "local", "--processes", "2",
        "--devices_per_process", "4", "--program", program, "--",
        f"--config={SI_CONFIG}:smoke", "--config.task.name=arith_parity",
        "--config.si.audit=none", "--config.si.repair_rl=True", "--config.rl.kl_beta=0.1",
@@ -318,7 +318,7 @@ SLICES = {"v5p-16": ("TPU v5p", (2, 2, 2)), "v5p-32": ("TPU v5p", (2, 2, 4)),
 
 def mock_slice(name: str) -> list[MockTpu]:
   """The devices of a slice in jax.devices() order (process by process)."""
-  from si_jax import launch
+  from si_jax.tools import launch
   kind, (X, Y, Z) = SLICES[name]
   hosts = [(x, y, z) for z in range(Z) for y in range(0, Y, 2) for x in range(0, X, 2)]
   assert len(hosts) == launch.tpu_hosts(name)  # the launcher's host count for the type
@@ -397,7 +397,7 @@ whole = multihost_utils.process_allgather(out, tiled=True)
 print("rows of", p, "ok; global first column", whole[:, 0].astype(int).tolist(), flush=True)
 """)
   program = shlex.join([sys.executable, str(tmp_path / "interleaved.py")])
-  res = subprocess.run([sys.executable, "-m", "si_jax.launch", "local", "--processes", "2",
+  res = subprocess.run([sys.executable, "-m", "si_jax.tools.launch", "local", "--processes", "2",
                         "--devices_per_process", "2", "--program", program, "--"],
                        cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), capture_output=True,
                        text=True, timeout=300)
@@ -450,7 +450,7 @@ def test_metrics_on_an_object_store_are_rewritten_whole(tmp_path, monkeypatch):
 def test_si_eval_on_a_mesh_samples_what_one_device_samples(tmp_path):
   """si-eval --mesh shards the model over the devices (a big model does not fit one) and
   samples the same completions as on one device."""
-  from si_jax import evaluate
+  from si_jax.train import evaluate
   from si_jax.models import config as model_config
   from si_jax.models import hf, transformer
   from si_jax.tokenizer import Tokenizer, build_char_tokenizer

@@ -15,12 +15,12 @@ import pytest
 
 from si_jax import configs
 from si_jax import sharding as shd
-from si_jax import sweep as sweep_lib
-from si_jax import workdir as workdir_lib
+from si_jax.tools import sweep as sweep_lib
+from si_jax.train import workdir as workdir_lib
 from si_jax.models import config as model_config
 from si_jax.models import hf
 from si_jax.models import transformer
-from si_jax.rl import trainer
+from si_jax.train import trainer
 from si_jax.tokenizer import Tokenizer, build_char_tokenizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

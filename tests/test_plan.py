@@ -1,7 +1,7 @@
 """si-plan: byte accounting, model shapes, levers, and the dry run itself on 8 simulated devices.
 
 The in-process tests use the 8 simulated CPU devices of tests/conftest.py; the CLI test runs
-`python -m si_jax.plan` in a subprocess without XLA_FLAGS, so si-plan must set them itself.
+`python -m si_jax.tools.plan` in a subprocess without XLA_FLAGS, so si-plan must set them itself.
 Plans use the smoke model of gsm8k_grpo.py (1 layer, d=32): compiles take seconds.
 """
 
@@ -18,10 +18,10 @@ import optax
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from si_jax import plan as pl
+from si_jax.tools import plan as pl
 from si_jax import sharding as shd
 from si_jax.models import config as mc
-from si_jax.rl import train_state as ts
+from si_jax import train_state as ts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "experiments", "configs", "gsm8k_grpo.py")
@@ -199,7 +199,7 @@ def test_dtype_fields_are_validated_and_reach_the_model():
 
 
 def test_si_train_builds_the_model_si_plan_plans(tmp_path):
-  from si_jax import workdir as workdir_lib
+  from si_jax.train import workdir as workdir_lib
   c = smoke_config(**{"model.param_dtype": "bfloat16", "model.dtype": "bfloat16"})
   cfg, params = workdir_lib.setup_model(c, workdir_lib.setup_tokenizer(c, str(tmp_path)),
                                         shd.make_mesh(fsdp=8))
@@ -258,7 +258,8 @@ def test_the_verdict_uses_the_gpu_memory_fraction_the_launch_sets(update_search,
   launcher exports the fraction si-plan plans against, si-train sets it when unset, and a
   peak between 75% and 90% of the HBM fits only as launched."""
   import re
-  from si_jax import launch, main
+  from si_jax.tools import launch
+  from si_jax.cli import train as main
   p, _ = update_search
   script = launch.slurm_script(["--config", "c", "--workdir", "w"], nodes=2)
   exported = re.search(r"^export XLA_PYTHON_CLIENT_MEM_FRACTION=([0-9.]+)", script, re.M)
@@ -331,7 +332,7 @@ def test_next_lever_order():
 def _cli(tmp_path, *args):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # si-plan sets its own
   env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-  return subprocess.run([sys.executable, "-m", "si_jax.plan", f"--config={CONFIG}:smoke",
+  return subprocess.run([sys.executable, "-m", "si_jax.tools.plan", f"--config={CONFIG}:smoke",
                          *args], cwd=tmp_path, env=env, capture_output=True, text=True,
                         timeout=300)
 

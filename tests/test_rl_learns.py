@@ -15,7 +15,7 @@ from si_jax.models import config as config_lib
 from si_jax.models import transformer
 from si_jax.rl import advantages
 from si_jax.rl import rollout
-from si_jax.rl import train_state as ts
+from si_jax import train_state as ts
 from si_jax.rl import update
 
 CFG = config_lib.make_config("qwen3", vocab_size=16, hidden_size=32, num_layers=1, num_heads=2,

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from si_jax import shapes
-from si_jax import workdir as workdir_lib
+from si_jax.train import workdir as workdir_lib
 from si_jax.rl import batching
 from si_jax.rl import credit as credit_lib
 from si_jax.rl import rollout
-from si_jax.rl import trainer
+from si_jax.train import trainer
 from si_jax.rl import update as update_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -207,7 +207,7 @@ def test_gsm8k_config_runs_with_task_options_overridden_field_by_field(tmp_path)
   for split in ("train", "test"):
     (manual / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _GSM8K))
   env = dict(os.environ, XLA_FLAGS="")
-  cmd = [sys.executable, "-m", "si_jax.main",
+  cmd = [sys.executable, "-m", "si_jax.cli.train",
          f"--config={os.path.join(REPO, 'experiments', 'configs', 'gsm8k_grpo.py')}:smoke",
          f"--workdir={tmp_path / 'run'}", f"--config.task.kwargs.manual_dir={manual}",
          f"--config.task.kwargs.data_dir={tmp_path / 'tfds'}"]
@@ -250,7 +250,7 @@ def test_a_mistyped_manual_dir_after_the_build_stops_si_train_and_si_eval_in_one
     tmp_path, capsys):
   """Issue #19: once GSM8K was built, a mistyped task.kwargs.manual_dir trained on the earlier
   build (rc 0), and si-eval's option mistakes ended in a 17-line traceback."""
-  from si_jax import evaluate
+  from si_jax.train import evaluate
   from si_jax.data import sources
   manual, tfds_dir, typo = tmp_path / "gsm8k", tmp_path / "tfds", tmp_path / "gsm8kk"
   manual.mkdir()
@@ -259,7 +259,7 @@ def test_a_mistyped_manual_dir_after_the_build_stops_si_train_and_si_eval_in_one
   assert len(sources.load_split("gsm8k", "train", tfds_dir, manual)) == len(_GSM8K)  # built
   env = dict(os.environ, XLA_FLAGS="")
   p = subprocess.run(
-      [sys.executable, "-m", "si_jax.main",
+      [sys.executable, "-m", "si_jax.cli.train",
        f"--config={os.path.join(REPO, 'experiments', 'configs', 'gsm8k_grpo.py')}:smoke",
        f"--workdir={tmp_path / 'run'}", f"--config.task.kwargs.manual_dir={typo}",
        f"--config.task.kwargs.data_dir={tfds_dir}"],

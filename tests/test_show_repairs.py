@@ -12,7 +12,7 @@ import pytest
 
 import test_si_credit  # registers arith_parity (a random model is right half the time)
 from experiments import show_repairs
-from si_jax.rl import trainer
+from si_jax.train import trainer
 from si_jax.si import report
 
 BAD = test_si_credit.BAD      # 3+4=7 / 7*3=2 / Answer: 2  (first wrong: line 2)

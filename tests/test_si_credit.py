@@ -15,7 +15,7 @@ import pytest
 
 from si_jax.data import arith
 from si_jax.data import tasks
-from si_jax.rl import trainer
+from si_jax.train import trainer
 from si_jax.si import select as select_lib
 from si_jax.verify.types import Verdict
 

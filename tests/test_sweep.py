@@ -13,8 +13,8 @@ import sys
 
 import pytest
 
-from si_jax import launch
-from si_jax import sweep as sweep_lib
+from si_jax.tools import launch
+from si_jax.tools import sweep as sweep_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = "experiments/configs/arith_grpo.py:smoke"
@@ -98,7 +98,7 @@ def test_the_example_sweep_file_loads():
 def test_an_unknown_grid_field_is_one_error_line_with_exit_code_2(tmp_path):
   root = tmp_path / "sweep"
   res = subprocess.run(
-      [sys.executable, "-m", "si_jax.sweep", "--config", SMOKE, "--root", str(root),
+      [sys.executable, "-m", "si_jax.tools.sweep", "--config", SMOKE, "--root", str(root),
        "--grid", "rl.lso=grpo,gspo", "--grid", "seed=0,1"],
       cwd=REPO, capture_output=True, text=True, env=dict(os.environ, XLA_FLAGS=""))
   assert res.returncode == 2, res.stderr
@@ -277,7 +277,7 @@ def test_tpu_pod_passes_the_si_train_arguments_through_to_every_host(capsys, tmp
   assert any("sys.version_info" in w for w in remote[:remote.index("cd")])  # Python checked first
   remote = remote[remote.index("cd"):]
   assert remote[:8] == ["cd", "~/si_jax", "&&", "SI_MULTIHOST=1", "SI_PLATFORM=tpu", "python3",
-                        "-m", "si_jax.main"]
+                        "-m", "si_jax.cli.train"]
   assert remote[8:] == ["--config", SMOKE, "--workdir", str(workdir),
                         "--config.task.kwargs.num_steps=(1, 2)"]
 
@@ -391,7 +391,7 @@ def test_a_sweep_runs_every_setting_then_resumes_without_redoing_finished_runs(t
   env = dict(os.environ, XLA_FLAGS="", JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-  cmd = [sys.executable, "-m", "si_jax.sweep", "--config", SMOKE, "--root", str(root),
+  cmd = [sys.executable, "-m", "si_jax.tools.sweep", "--config", SMOKE, "--root", str(root),
          "--grid", "sft.error_rate=0.3,0.5", "--grid", "seed=0,1", *FAST]
   res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
   assert res.returncode == 0, res.stdout + res.stderr

@@ -8,9 +8,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from si_jax import plan as plan_lib
+from si_jax.tools import plan as plan_lib
 from si_jax import sharding as shd
-from si_jax.rl import train_state as ts
+from si_jax import train_state as ts
 from si_jax.rl import update as update_lib
 
 N = 4096

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from si_jax import configs
-from si_jax import workdir as workdir_lib
-from si_jax.rl import trainer
+from si_jax.train import workdir as workdir_lib
+from si_jax.train import trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "experiments", "configs", "arith_grpo.py")
@@ -28,7 +28,7 @@ def _load_config(variant="smoke"):
 
 
 def _si_train(workdir, *overrides, cache_dir=None, wait=True, config=CONFIG,
-              entry=("-m", "si_jax.main")):
+              entry=("-m", "si_jax.cli.train")):
   env = dict(os.environ)
   env["XLA_FLAGS"] = ""  # one CPU device, as on a laptop
   if cache_dir:
@@ -46,7 +46,7 @@ def _si_train(workdir, *overrides, cache_dir=None, wait=True, config=CONFIG,
 
 
 # si-train's entry, run with `-c`.
-_MAIN = "import sys; from si_jax.main import run; sys.argv = ['si-train'] + sys.argv[1:]; run()"
+_MAIN = "import sys; from si_jax.cli.train import run; sys.argv = ['si-train'] + sys.argv[1:]; run()"
 # Put before the entry of a run that `_kill_once_saved(p, .../checkpoints/8)` kills: the run
 # stops at its step-9 save (after step 9's metrics row) until it is killed. Without it the run
 # could finish (and write summary.json) before a parent slowed by a loaded machine sees
@@ -140,7 +140,7 @@ def test_smoke_run_then_sigkill_resume_is_the_same_run(tmp_path):
     np.testing.assert_array_equal(x, y)
   assert _metrics(a) == _metrics(b)
   # si-eval on the finished run writes markdown and JSON tables.
-  from si_jax import evaluate
+  from si_jax.train import evaluate
   assert evaluate.main(["--workdir", str(a), "--k", "2", "--temperature", "1.0",
                         "--task_kwargs", '{"test_size": 5}', "--out", str(tmp_path / "ev")]) == 0
   table = json.load(open(tmp_path / "ev" / "eval.json"))
@@ -165,7 +165,7 @@ def test_smoke_run_then_sigkill_resume_is_the_same_run(tmp_path):
 
 
 def test_pass_at_k_and_majority():
-  from si_jax import evaluate
+  from si_jax.train import evaluate
   assert evaluate.pass_at_k(4, 0, 1) == 0.0
   assert evaluate.pass_at_k(4, 1, 1) == 0.25
   assert evaluate.pass_at_k(4, 1, 4) == 1.0
@@ -214,7 +214,7 @@ SI_CONFIG = os.path.join(REPO, "experiments", "configs", "arith_si.py")
 # Runs si-train with the test-only 'arith_parity' task registered (tests/test_si_credit.py):
 # a random tiny model is right half the time there, so repairs are sampled, kept and trained.
 _BOOT = ("import sys; sys.path.insert(0, 'tests'); import test_si_credit; "
-         "from si_jax.main import run; sys.argv = ['si-train'] + sys.argv[1:]; run()")
+         "from si_jax.cli.train import run; sys.argv = ['si-train'] + sys.argv[1:]; run()")
 
 
 def _si_parity_train(workdir, cache_dir, wait=True, boot=_BOOT):
@@ -343,7 +343,7 @@ def test_a_corrupt_checkpoint_is_refused_by_eval_and_convert_and_resume_falls_ba
   named = (rf"checkpoint {re.escape(str(w))}/checkpoints/10 does not verify: array "
            rf"'[a-z_/0-9]+' has checksum [0-9a-f]{{8}} but the checkpoint recorded [0-9a-f]{{8}} "
            rf"\(its data is in {re.escape(os.path.relpath(data, w / 'checkpoints' / '10'))}\)")
-  from si_jax import evaluate
+  from si_jax.train import evaluate
   from si_jax.cli import convert as convert_cli
   capsys.readouterr()
   assert evaluate.main(["--workdir", str(w), "--out", str(tmp_path / "ev")]) == 2

@@ -8,7 +8,7 @@ import pytest
 from si_jax import sharding as shd
 from si_jax.models import config as config_lib
 from si_jax.models import transformer
-from si_jax.rl import train_state as ts
+from si_jax import train_state as ts
 from si_jax.rl import update
 
 CFG = config_lib.make_config(

@@ -11,7 +11,7 @@ import pytest
 
 from si_jax import configs
 from si_jax import sharding as shd
-from si_jax import workdir as workdir_lib
+from si_jax.train import workdir as workdir_lib
 from si_jax.tokenizer import Tokenizer, build_char_tokenizer
 
 import hf_fixtures
@@ -126,7 +126,7 @@ def test_init_from_another_runs_workdir(tmp_path):
   """Methods share one cold start: a run can start from another run's latest checkpoint."""
   import importlib.util
   import numpy as np
-  from si_jax.rl import trainer
+  from si_jax.train import trainer
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   spec = importlib.util.spec_from_file_location(
       "g", os.path.join(repo, "experiments", "configs", "arith_grpo.py"))

@@ -55,7 +55,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
   elif args.from_workdir:
     if args.from_params or args.hf_dir:
       p.error("--from_workdir excludes --from_params and --hf_dir")
-    from si_jax import workdir  # pylint: disable=g-import-not-at-top
+    from si_jax.train import workdir  # pylint: disable=g-import-not-at-top
     from si_jax.models import hf  # pylint: disable=g-import-not-at-top
     run = workdir.load_run(args.from_workdir, step=args.step)
     cfg = run["model_cfg"]

@@ -50,8 +50,8 @@ from si_jax.models import lora as lora_lib
 from si_jax.models import transformer
 from si_jax.models.config import ModelConfig
 from si_jax.rl import losses
-from si_jax.rl import train_state as ts
-from si_jax.rl.train_state import TrainState
+from si_jax import train_state as ts
+from si_jax.train_state import TrainState
 
 Batch = Mapping[str, Mapping[str, Any]]
 

@@ -22,7 +22,7 @@ Definitions (everything downstream counts in these units):
 - **Graft**: the failed sequence with only its first k edits applied,
   `b[:b_end[k-1]] + a[a_end[k-1]:]` (k = 0 gives `a`; k >= num_edits gives `b` exactly).
 
-Speed (PERF_NOTES, `si_jax/si/align_bench.py`; 1,000 pairs of 2,000 tokens, distance ~100,
+Speed (PERF_NOTES, `si_jax/tools/bench/align.py`; 1,000 pairs of 2,000 tokens, distance ~100,
 shared 2-core CPU): `score_hint` makes rapidfuzz look for the distance in a band that it
 doubles until the distance fits, so any hint gives the same alignment (tested); hints of 32..128 ran
 ~2x faster than none, 512 only ~1.3x. Lists of ints go to rapidfuzz as they are; numpy integer

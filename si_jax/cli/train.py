@@ -97,7 +97,7 @@ def _main(argv):
   from si_jax import compilation
   cache = compilation.enable_cache(_COMPILE_CACHE.value or compilation.default_cache_dir())
   logging.info("persistent compilation cache: %s", cache or "off")
-  from si_jax.rl import trainer
+  from si_jax.train import trainer
   from si_jax import checkpoint as ckpt_lib
   from si_jax import preemption
   traceback = os.environ.get("SI_TRACEBACK") == "1"
@@ -128,7 +128,7 @@ def _main(argv):
 
 def run():
   from si_jax import allocator
-  from si_jax import launch
+  from si_jax.tools import launch
   allocator.reexec_if_needed()  # SI_ALLOCATOR: a retaining malloc, chosen before anything runs
   # GPU memory JAX preallocates: si-plan's verdict assumes this fraction (JAX's default 0.75)
   os.environ.setdefault(launch.MEM_FRACTION_ENV, str(launch.GPU_MEM_FRACTION))

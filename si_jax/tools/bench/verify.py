@@ -1,6 +1,6 @@
 """Throughput of the verifiers: answers/s of MathVerifier, programs/s of the code sandbox.
 
-  python -m si_jax.verify.bench [--n 200] [--workers 2] [--timeout_s 2] [--programs 20]
+  python -m si_jax.tools.bench.verify [--n 200] [--workers 2] [--timeout_s 2] [--programs 20]
 
 Start-up (fork server, math_verify import) is excluded: the pools are warmed up first, as in
 training, where they live for the whole run.

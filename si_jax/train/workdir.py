@@ -1,6 +1,6 @@
 """What a run is built from: its tokenizer, its model, its workdir's config, its checkpoints.
 
-Shared by si-train (`si_jax.rl.trainer`), si-eval and si-convert, which import this module and
+Shared by si-train (`si_jax.train.trainer`), si-eval and si-convert, which import this module and
 not each other, so the layers stay one-way.
 
 `model.init_from` may be an HF model directory, an si-convert params directory, or another
@@ -52,7 +52,7 @@ from si_jax import multihost
 from si_jax import sharding as shd
 from si_jax.models import config as model_config
 from si_jax.models import lora as lora_lib
-from si_jax.rl import train_state as ts
+from si_jax import train_state as ts
 from si_jax.tokenizer import Tokenizer
 
 INIT_PURPOSE = 3  # PRNG purpose of parameter init (shared with the trainer's purposes)

@@ -24,14 +24,14 @@ is refused, naming what differs), one workdir per run named from its grid values
 (`rl.loss=gspo,seed=1`), and `summary.json` / `summary.md` with one row per setting of the
 non-seed axes, each metric as `mean ± std (n)` over seeds (std with ddof=1).
 
-Runs (`--launcher local`, the default) go one after another as `python -m si_jax.main` (=
+Runs (`--launcher local`, the default) go one after another as `python -m si_jax.cli.train` (=
 si-train) subprocesses, output appended to `<workdir>/train.log`. A run with `summary.json` is
 finished and skipped; one with checkpoints but no summary is resumed (si-train resumes a
 workdir by itself); a failed run is reported and the sweep goes on (exit code 1 at the end).
 `--launcher slurm` submits one job per unfinished run whose earlier job
 (`<workdir>/slurm_job`) is no longer in `squeue` (collect with `--summarize` once they are
 done); `--launcher tpu_pod` runs each on a TPU pod slice, one after another. Both go through
-`si-launch` (si_jax/launch.py, the one home of how a run is started; `--launch_args` passes it
+`si-launch` (si_jax/tools/launch/, the one home of how a run is started; `--launch_args` passes it
 more options, `--dry_run` prints its command line per run). Roots other than local paths
 (`gs://...`) are for `--dry_run` only: this tool reads run state with plain file access. Runs
 with the same shapes recompile the same programs; `export JAX_COMPILATION_CACHE_DIR=...` lets
@@ -59,7 +59,7 @@ import time
 import warnings
 from typing import Any, Sequence
 
-from si_jax import launch
+from si_jax.tools import launch
 from si_jax import tables
 
 SWEEP_FILE = "sweep.json"
@@ -341,7 +341,7 @@ def train_args(sweep: Sweep, run: RunSpec, root: str) -> list[str]:
 
 @dataclasses.dataclass
 class Launcher:
-  """How a run is started (si_jax/launch.py builds every command). local: si-train here;
+  """How a run is started (si_jax/tools/launch/ builds every command). local: si-train here;
   slurm: `si-launch slurm --nodes=hosts ... -- ARGS` (one sbatch); tpu_pod: `si-launch tpu_pod
   --tpu=TPU --zone=ZONE ... -- ARGS`. `launch_args`: more si-launch options, one string."""
   kind: str = "local"
@@ -393,7 +393,7 @@ class Launcher:
     if self.kind == "local":
       argv = launch.local_commands(args)[0].argv
       return ["si-train"] + args if display else argv
-    head = ["si-launch"] if display else [sys.executable, "-m", "si_jax.launch"]
+    head = ["si-launch"] if display else [sys.executable, "-m", "si_jax.tools.launch"]
     return head + self.launch_argv(args, job_name)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from si_jax import bench_common as common
+from si_jax.tools.bench import common
 from si_jax import tables
 
 COLUMNS = ("size", "shape", "grow every", "cache columns from step", "off tok/s", "on tok/s",

@@ -40,22 +40,22 @@ from etils import epath
 from si_jax import checkpoint as ckpt_lib
 from si_jax import compilation
 from si_jax import configs
-from si_jax import evaluate as eval_lib
+from si_jax.train import evaluate as eval_lib
 from si_jax import metrics as metrics_lib
 from si_jax import multihost
 from si_jax import preemption as preemption_lib
 from si_jax import sampling
-from si_jax import sft as sft_lib
+from si_jax.train import sft as sft_lib
 from si_jax import shapes
 from si_jax import sharding as shd
-from si_jax import workdir as workdir_lib
+from si_jax.train import workdir as workdir_lib
 from si_jax.data import tasks as tasks_lib
 from si_jax.models import lora as lora_lib
 from si_jax.rl import advantages as adv_lib
 from si_jax.rl import batching
 from si_jax.rl import credit as credit_lib
 from si_jax.rl import rollout
-from si_jax.rl import train_state as ts
+from si_jax import train_state as ts
 from si_jax.rl import update as update_lib
 
 # PRNG purposes: fold_in(fold_in(key(seed), step), purpose). Credit functions use >= 10.

@@ -80,7 +80,7 @@ from si_jax.models import config as mc
 from si_jax.models import transformer
 from si_jax.rl import batching
 from si_jax.rl import credit as credit_lib
-from si_jax.rl import train_state as ts
+from si_jax import train_state as ts
 from si_jax.rl import update as update_lib
 
 GiB = 2 ** 30
@@ -118,7 +118,7 @@ def gpu_mem_fraction(environ: Mapping[str, str] | None = None,
                      mem_fraction: float | None = None) -> float:
   """The fraction of GPU memory a run gets: `mem_fraction`, else XLA_PYTHON_CLIENT_MEM_FRACTION
   of `environ`, else what si-launch and si-train set (`launch.GPU_MEM_FRACTION`)."""
-  from si_jax import launch  # local: launch imports no JAX, but is a command module
+  from si_jax.tools import launch  # local: launch imports no JAX, but is a command module
   env = os.environ if environ is None else environ
   value = mem_fraction if mem_fraction else env.get(MEM_FRACTION_ENV) or launch.GPU_MEM_FRACTION
   try:
@@ -260,7 +260,7 @@ def model_for(config, model: str | None = None) -> tuple[mc.ModelConfig, str]:
   config), else model.preset + model.overrides (vocab_size 0: the tokenizer's). Then the
   run settings of config.model: attention, attention_block_size, param_dtype, dtype (as
   si-train applies them)."""
-  from si_jax import workdir as workdir_lib  # local: it imports the checkpoint stack
+  from si_jax.train import workdir as workdir_lib  # local: it imports the checkpoint stack
   m = config.model
   if model:
     if model not in mc.PRESETS:
@@ -287,7 +287,7 @@ def model_for(config, model: str | None = None) -> tuple[mc.ModelConfig, str]:
 
 
 def _init_from_config(path: str) -> mc.ModelConfig:
-  from si_jax import workdir as workdir_lib
+  from si_jax.train import workdir as workdir_lib
   from si_jax.models import convert
   if workdir_lib.is_workdir(path):
     return model_for(workdir_lib.read_config(path))[0]

@@ -1,4 +1,4 @@
-"""What si-bench's workloads share (`si_jax/bench.py` and its siblings `bench_floor.py`,
+"""What si-bench's workloads share (`si_jax/tools/bench/` and its siblings `bench_floor.py`,
 `bench_grow.py`): the goals, the FLOP model, the timer, random prompts and the jitted train
 step. A module of its own so the siblings need not import bench.py, which imports them."""
 

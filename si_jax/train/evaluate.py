@@ -146,7 +146,7 @@ def main(argv=None) -> int:
 
 
 def _main(argv=None) -> int:
-  from si_jax import workdir as workdir_lib
+  from si_jax.train import workdir as workdir_lib
   from si_jax.data import tasks as tasks_lib
   from si_jax.tokenizer import Tokenizer
 

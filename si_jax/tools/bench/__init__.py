@@ -27,16 +27,16 @@ memory: peak memory of the jitted train step (batch `--memory_batch`) at each of
 
 decode_grow (si_jax only): greedy decoding of `--grow_new_tokens` tokens with the KV cache full
   from the start versus grown by `--grow_every` columns between segments
-  (`Sampler(grow_every=...)`), and whether the tokens are equal (`si_jax/bench_grow.py`).
+  (`Sampler(grow_every=...)`), and whether the tokens are equal (`si_jax/tools/bench/grow.py`).
 
 floor: where the decode call and the train step spend their time (prefill, the decode step's
   matmuls, attention, the rest; the train step's matmul share of the profiled op time) and
-  the ratio against HF that would remain at that floor (`si_jax/bench_floor.py`). Its own
+  the ratio against HF that would remain at that floor (`si_jax/tools/bench/floor.py`). Its own
   table; with decode / train in the same run it takes HF's times from their rows.
 
 align (no model size): pairs/s of SI's alignment stage (align + edit arrays + token credit)
   against bare rapidfuzz `editops` on `--align_pairs` pairs of `--align_len` tokens, its own
-  table (`si_jax/si/align_bench.py`).
+  table (`si_jax/tools/bench/align.py`).
 
 Each decode / train row also reports, per timed call, minor page faults and system CPU
 seconds of each side (`resource.getrusage` deltas over the timed calls): what the allocator
@@ -83,9 +83,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from si_jax import tables
-from si_jax.bench_common import TARGETS, generate_flops, time_calls, train_flops
-from si_jax.bench_common import jax_train_step as _jax_train_step
-from si_jax.bench_common import prompts as _prompts
+from si_jax.tools.bench.common import TARGETS, generate_flops, time_calls, train_flops
+from si_jax.tools.bench.common import jax_train_step as _jax_train_step
+from si_jax.tools.bench.common import prompts as _prompts
 
 WORKLOADS = ("decode", "train", "align", "memory", "decode_mixed", "floor", "decode_grow")
 DEFAULT_WORKLOADS = ("decode", "train", "align")
@@ -572,9 +572,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   mixed, floor = "decode_mixed" in workloads, "floor" in workloads
   grow = "decode_grow" in workloads
   if floor:
-    from si_jax import bench_floor
+    from si_jax.tools.bench import floor as bench_floor
   if grow:
-    from si_jax import bench_grow
+    from si_jax.tools.bench import grow as bench_grow
   per_model = model_workloads or mixed or floor or grow
   for size in sizes if per_model or "memory" in workloads else []:
     cfg = preset(size, attention=args.attention, attention_block_size=args.attention_block)
@@ -614,7 +614,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
   align_rows = []
   if "align" in workloads:
-    from si_jax.si import align_bench
+    from si_jax.tools.bench import align as align_bench
     align_rows = align_bench.run(args.align_pairs, args.align_len, repeats=args.repeats,
                                  warmup=args.warmup, seed=args.seed)
 

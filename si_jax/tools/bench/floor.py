@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from si_jax import bench_common as common
+from si_jax.tools.bench import common
 from si_jax import tables
 
 COLUMNS = ("size", "workload", "shape", "si_jax s", "where the time goes", "floor s", "HF s",

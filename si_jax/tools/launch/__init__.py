@@ -125,7 +125,7 @@ class Command:
 
 def train_program() -> list[str]:
   """si-train as this interpreter runs it (the console script may not be on PATH)."""
-  return [sys.executable, "-m", "si_jax.main"]
+  return [sys.executable, "-m", "si_jax.cli.train"]
 
 
 def _flag_value(args: Sequence[str], flag: str) -> str | None:
@@ -625,7 +625,7 @@ def tpu_plan(args: Sequence[str], tpu: str, zone: str, accelerator_type: str,
   run_env = {ENV_ENABLE: "1", ENV_PLATFORM: "tpu", **(env or {})}
   run_cmd = ((f"{python_check(python)} && " if install is None else "") + f"cd {rdir} && "
              + " ".join(f"{k}={shlex.quote(v)}" for k, v in run_env.items())
-             + f" {_remote(python)} -m si_jax.main " + shlex.join(args))
+             + f" {_remote(python)} -m si_jax.cli.train " + shlex.join(args))
   logs = [f"--output-directory={log_dir}"] if log_dir else []
   where_logs = f"logs in {log_dir}/<worker>.log" if log_dir else "output streamed"
   follow = []
@@ -754,7 +754,7 @@ def _parser() -> argparse.ArgumentParser:
   p = _Parser(prog="si-launch", description=__doc__.split("\n\n")[0], allow_abbrev=False,
               formatter_class=argparse.RawDescriptionHelpFormatter,
               epilog="si-train's arguments follow `--`. See the module docstring of "
-                     "si_jax/launch.py and launch/README.md.")
+                     "si_jax/tools/launch/ and launch/README.md.")
   sub = p.add_subparsers(dest="kind", required=True, metavar="{local,slurm,tpu_pod}")
   parsers = {}
   for kind, text in (("local", "N si-train processes on this machine"),

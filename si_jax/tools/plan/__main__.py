@@ -1,0 +1,5 @@
+"""`python -m si_jax.tools.plan`: the si-plan command."""
+
+from si_jax.tools.plan import run
+
+run()

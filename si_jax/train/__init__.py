@@ -1,0 +1,1 @@
+"""Training programs: the RL trainer, the SFT cold start, evaluation, and the run directory."""
