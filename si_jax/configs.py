@@ -203,14 +203,21 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-def load_sibling(config_file: str, name: str):
-  """The module `name`.py next to `config_file` (a config file's `__file__`), loaded by path:
-  config files are not a package, and one builds on another (arith_gspo on arith_si)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(config_file)), name + ".py")
+def load_file(path: str, name: str | None = None):
+  """The Python file at `path` loaded as a module (config and sweep files are not a package).
+  The one loader by path: si-train's --config, si-sweep's --sweep and `load_sibling`."""
+  name = name or "_si_" + os.path.splitext(os.path.basename(path))[0]
   spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
+
+
+def load_sibling(config_file: str, name: str):
+  """The module `name`.py next to `config_file` (a config file's `__file__`), loaded by path:
+  one config builds on another (arith_gspo on arith_si)."""
+  return load_file(os.path.join(os.path.dirname(os.path.abspath(config_file)), name + ".py"),
+                   name)
 
 
 def finalize(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

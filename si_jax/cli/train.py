@@ -24,7 +24,6 @@ command again to continue.
 from __future__ import annotations
 
 import errno
-import importlib.util
 import os
 import re
 import sys
@@ -59,10 +58,8 @@ def _load_config_file(spec: str):
   path, _, arg = spec.partition(":")
   if not os.path.exists(path):
     _fail(f"--config: no such file {path!r}")
-  module_spec = importlib.util.spec_from_file_location("_si_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg or None)
+  from si_jax import configs  # local: si-train sets up the platform before JAX is imported
+  return configs.load_file(path, "_si_config").get_config(arg or None)
 
 
 def check_overrides(argv: list[str]) -> None:

@@ -45,7 +45,6 @@ import ast
 import dataclasses
 import difflib
 import hashlib
-import importlib.util
 import itertools
 import json
 import math
@@ -187,9 +186,8 @@ def load_sweep_file(path: str) -> dict[str, Any]:
   """`get_sweep()` of a sweep file, its keys checked."""
   if not os.path.exists(path):
     raise SweepError(f"--sweep: no such file {path!r}")
-  spec = importlib.util.spec_from_file_location("_si_sweep", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  from si_jax import configs  # local: as in load_config
+  module = configs.load_file(path, "_si_sweep")
   if not hasattr(module, "get_sweep"):
     raise SweepError(f"--sweep {path}: defines no get_sweep()")
   d = module.get_sweep()
