@@ -47,7 +47,7 @@ CHATML_TEMPLATE = (
 # Printable ASCII, newline and tab.
 DEFAULT_ALPHABET = "".join(chr(c) for c in range(32, 127)) + "\n\t"
 
-# Whole-word tokens: chat roles, the arithmetic task's language (si_jax/data/arith.py) and the
+# Whole-word tokens: chat roles, the arithmetic task's language (si_jax/data/arith/) and the
 # words of the SI prompts (si_jax/si/prompts.py). tests/test_arith.py checks that every word
 # those modules write is here.
 DEFAULT_WORDS = (

@@ -10,7 +10,7 @@ Rows hold the Example of `ArithDataset(config, split)[i]` (id, prompt, answer) a
 rebuilds the Example exactly. A multi-part config (`parts` = m >= 2) stores answer and start
 per part ([m]), ops, operands and values of all parts one after another, num_steps as their
 total and part_steps [m] (each part's operations) to cut them apart again. Bump VERSION when
-the generator in arith.py changes what it draws.
+the generator in si_jax/data/arith/ changes what it draws.
 """
 
 from __future__ import annotations
