@@ -17,8 +17,10 @@ import numpy as np
 import pytest
 import torch
 
+from si_jax import configs
 from si_jax import sharding as shd
 from si_jax.si import audit
+from si_jax.si import judge as judge_lib
 from si_jax.si.audit import RepairCase, RuleGate
 from si_jax.tokenizer import DEFAULT_ALPHABET, Tokenizer, build_char_tokenizer
 
@@ -170,12 +172,14 @@ def test_make_gate():
   gate = audit.make_gate("rule", copy_margin=0.3, step_mode="lines")
   assert isinstance(gate, RuleGate) and gate.copy_margin == 0.3 and gate.step_mode == "lines"
   assert isinstance(audit.make_gate("none"), audit.NoGate)
-  with pytest.raises(ValueError, match=r"'rule', 'judge', 'none'"):
+  with pytest.raises(ValueError, match=r"config.si.audit must be one of \['judge', 'none', "
+                                       r"'rule'\], got 'llm'"):
     audit.make_gate("llm")
   with pytest.raises(ValueError, match="model_dir"):
     audit.make_gate("judge", threshold=0.0)
-  with pytest.raises(ValueError, match="no options"):
+  with pytest.raises(ValueError, match=r"make_gate\('none'\):.*takes no arguments"):
     audit.make_gate("none", copy_margin=0.1)
+  assert audit.GATES.names() == sorted(configs.AUDIT_GATES)  # the config's choices, all built
 
 
 def test_block_counts():
@@ -201,7 +205,7 @@ def judge(tmp_path_factory):
   for word in ("yes", "Yes", "no", "No"):
     assert tok.decode(tok.encode(word)) == word  # spelled without <|unk|>
   _, model = hf_fixtures.make_checkpoint("qwen3", d, seed=5, vocab_size=tok.vocab_size)
-  return d, tok, model, audit.JudgeGate(d, bucket=32)
+  return d, tok, model, judge_lib.JudgeGate(d, bucket=32)
 
 
 def judge_cases() -> list[RepairCase]:
@@ -224,21 +228,21 @@ def test_yes_no_ids_of_the_char_tokenizer(judge):
   _, tok, _, gate = judge
   (y,), (Y,), (n,), (N,) = (tok.encode(c) for c in "yYnN")
   # ' yes' starts with a bare space (also the start of ' no'), so only the letters count.
-  assert audit.yes_no_ids(tok) == ((y, Y), (n, N)) == (gate.yes_ids, gate.no_ids)
+  assert judge_lib.yes_no_ids(tok) == ((y, Y), (n, N)) == (gate.yes_ids, gate.no_ids)
 
 
 def test_yes_no_ids_needs_both_words(tmp_path):
   tok = Tokenizer.from_dir(build_char_tokenizer(
       str(tmp_path), alphabet=DEFAULT_ALPHABET.replace("y", "").replace("Y", ""), words=()))
   with pytest.raises(ValueError, match="cannot write yes"):
-    audit.yes_no_ids(tok)
+    judge_lib.yes_no_ids(tok)
 
 
 def test_judge_prompt_is_the_chat_template_of_the_question(judge):
   _, tok, _, gate = judge
   c = judge_cases()[0]
   text = tok.decode(gate.prompt_ids(c), skip_special=False)
-  assert text == tok.prompt_text(audit.judge_prompt(PROBLEM, FAILED_LATE, CORRECT, ANCHOR_SPACED))
+  assert text == tok.prompt_text(judge_lib.judge_prompt(PROBLEM, FAILED_LATE, CORRECT, ANCHOR_SPACED))
   assert text.index("Failed:\n" + FAILED_LATE) < text.index("Reference:\n" + ANCHOR_SPACED) < (
       text.index("Candidate:\n" + CORRECT))
   no_ref = tok.decode(gate.prompt_ids(judge_cases()[1]))
@@ -312,14 +316,14 @@ def test_rules_run_before_the_judge(judge, monkeypatch):
 
 def test_long_prompts_lose_the_middle_of_the_texts(judge):
   d, tok, model, _ = judge
-  gate = audit.JudgeGate(d, max_len=256, bucket=32)
+  gate = judge_lib.JudgeGate(d, max_len=256, bucket=32)
   lines = [f"{i % 10}+1={(i + 1) % 10}" for i in range(40)]
   failed = "\n".join(lines + ["Answer: 0"])
   long_case = case(failed, "Answer: 0\n" + CORRECT, anchor=None)
   prompt = gate.prompt_ids(long_case)
   assert len(prompt) <= 256
   text = tok.decode(prompt)
-  assert text.count(audit.TRUNCATION_MARK) == 1
+  assert text.count(judge_lib.TRUNCATION_MARK) == 1
   # The failed text keeps its beginning and its end; the short candidate stays whole; the
   # problem is never cut.
   assert "Failed:\n" + lines[0] in text and "Answer: 0\nCandidate:" in text
@@ -329,7 +333,7 @@ def test_long_prompts_lose_the_middle_of_the_texts(judge):
       [torch_margin(model, prompt, list(gate.yes_ids), list(gate.no_ids))], atol=2e-4)
   # A short prompt is left alone.
   short = gate.prompt_ids(case(FAILED_LATE, CORRECT, anchor=None))
-  assert len(short) < 256 and audit.TRUNCATION_MARK not in tok.decode(short)
+  assert len(short) < 256 and judge_lib.TRUNCATION_MARK not in tok.decode(short)
   with pytest.raises(ValueError, match="case 1: .* too long"):
     gate.scores([judge_cases()[0], case(FAILED_LATE, CORRECT, problem="Add 1. " * 40)])
 
@@ -337,7 +341,7 @@ def test_long_prompts_lose_the_middle_of_the_texts(judge):
 def test_judge_on_a_mesh_gives_the_same_scores(judge):
   d, _, _, gate = judge
   mesh = shd.make_mesh(fsdp=2, tensor=4, devices=jax.devices()[:8])
-  sharded = audit.JudgeGate(d, bucket=32, mesh=mesh)
+  sharded = judge_lib.JudgeGate(d, bucket=32, mesh=mesh)
   cases = judge_cases()[:2]
   np.testing.assert_allclose(sharded.scores(cases), gate.scores(cases), atol=1e-5)
 
@@ -347,13 +351,13 @@ def test_judge_gate_checks_its_inputs(judge, tmp_path):
   small = str(tmp_path / "small")
   hf_fixtures.make_checkpoint("qwen3", small, vocab_size=tok.vocab_size - 1)
   with pytest.raises(ValueError, match=f"{tok.vocab_size} tokens, more than the vocab_size"):
-    audit.JudgeGate(small, tokenizer_dir=d)
+    judge_lib.JudgeGate(small, tokenizer_dir=d)
   with pytest.raises(ValueError, match="max_len"):
-    audit.JudgeGate(d, max_len=10_000)
+    judge_lib.JudgeGate(d, max_len=10_000)
   with pytest.raises(ValueError, match="batch_size"):
-    audit.JudgeGate(d, batch_size=0)
+    judge_lib.JudgeGate(d, batch_size=0)
   with pytest.raises(ValueError, match="NaN"):
-    audit.JudgeGate(d, threshold=math.nan)
+    judge_lib.JudgeGate(d, threshold=math.nan)
   gate = audit.make_gate("judge", model_dir=d, threshold=1.5, rules=None)
-  assert isinstance(gate, audit.JudgeGate) and gate.threshold == 1.5 and gate.rules is None
-  assert isinstance(audit.JudgeGate(d).rules, RuleGate)
+  assert isinstance(gate, judge_lib.JudgeGate) and gate.threshold == 1.5 and gate.rules is None
+  assert isinstance(judge_lib.JudgeGate(d).rules, RuleGate)

@@ -48,13 +48,9 @@ def select(ctx, scored: credit_lib.Scored, require_anchor: bool):
 
 @functools.lru_cache(maxsize=4)
 def _gate(kind: str, copy_margin: float, step_mode: str, judge_dir: str, threshold: float):
-  if kind == "rule":
-    return audit_lib.RuleGate(copy_margin=copy_margin, step_mode=step_mode)
-  if kind == "judge":
-    return audit_lib.JudgeGate(judge_dir, threshold=threshold,
-                               rules=audit_lib.RuleGate(copy_margin=copy_margin,
-                                                        step_mode=step_mode))
-  return audit_lib.NoGate()
+  """One gate per setting (a judge loads its model once)."""
+  return audit_lib.gate_from_config(kind, copy_margin=copy_margin, step_mode=step_mode,
+                                    judge_dir=judge_dir, judge_threshold=threshold)
 
 
 def make_gate(config, task):
