@@ -20,6 +20,7 @@ import time
 import pytest
 
 from si_jax.tools import launch
+from si_jax.tools.launch import slurm as launch_slurm
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Arguments that break naive quoting: spaces, both quotes, $ and a glob.
@@ -450,7 +451,7 @@ def test_slurm_submits_and_follows_the_log_until_the_job_ends(capsys, tmp_path, 
               "exit 0\n")
   _executable(bin_dir / "sacct", "#!/bin/sh\necho FAILED\n")
   monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-  monkeypatch.setattr(launch, "FOLLOW_POLL_S", 0.0)
+  monkeypatch.setattr(launch_slurm, "FOLLOW_POLL_S", 0.0)  # where follow_job reads it
   rc, out, err = _main(capsys, "slurm", "--nodes", "2", "--follow", "--", "--config", "c",
                        "--workdir", str(workdir))
   assert rc == 1  # sacct: FAILED

@@ -1,5 +1,5 @@
 """`python -m si_jax.tools.launch`: the si-launch command."""
 
-from si_jax.tools.launch import run
+from si_jax.tools.launch.cli import run
 
 run()
