@@ -9,12 +9,13 @@ A credit function may carry attributes: `evaluate(ctx, key) -> dict`, metrics it
 evaluation (SI's held-out repair probe); `capacity(config) -> {term name: rows}`, the most rows
 each of its terms can get per step, by which the trainer sizes the term's update calls
 (`batching.call_rows`; a term not named gets the policy term's calls); `summary`, the names
-of its metrics the trainer prints first -> last RL step at the end of a run.
+of its metrics the trainer prints first -> last RL step at the end of a run; `eval_summary`,
+the names of its `evaluate` metrics the trainer prints before -> after RL.
 
 `outcome` (the GRPO family: one group-relative advantage per rollout, broadcast onto its tokens)
-is registered here; supervision internalization registers `si` (`si_jax.si.credit`). A new
-algorithm is one module with `@register("name")` plus `config.rl.credit = "name"`; the module is
-found through `_CREDIT_MODULES` (or imported by the caller before the run starts).
+is registered here; supervision internalization registers `si` (`si_jax.si.credit`, imported by
+the trainer). A new algorithm is one module with `@register("name")` plus `config.rl.credit =
+"name"`, imported before the run starts (e.g. by the config file that names it).
 
 Rows are packed token ids ([R, W] arrays, see `rollout.pack_rows`): tokens, input_mask,
 loss_mask (1 on the tokens that get loss: all response tokens, or SI's gate), and for policy
@@ -27,18 +28,18 @@ that are in the batch only to keep its shape (DAPO's filtered groups).
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from typing import Any, Callable
 
 import jax
 import numpy as np
 
 from si_jax import configs
+from si_jax import registry
 from si_jax.rl import advantages as adv_lib
 from si_jax.rl import rollout
 from si_jax.rl import update as update_lib
 
-__all__ = ["Scored", "TermRows", "Credit", "CreditContext", "register", "get_credit",
+__all__ = ["Scored", "TermRows", "Credit", "CreditContext", "CREDITS", "register", "get_credit",
            "credit_names", "policy_term", "rollout_rows", "outcome_credit"]
 
 
@@ -113,38 +114,12 @@ class CreditContext:
 
 
 CreditFn = Callable[[CreditContext, Scored], Credit]
-_REGISTRY: dict[str, CreditFn] = {}
-_CREDIT_MODULES = ("si_jax.si.credit",)
-
-
-def register(name: str):
-  def deco(fn: CreditFn) -> CreditFn:
-    if name in _REGISTRY and _REGISTRY[name] is not fn:
-      raise ValueError(f"credit function {name!r} is registered twice")
-    _REGISTRY[name] = fn
-    return fn
-  return deco
-
-
-def _import_modules() -> None:
-  for mod in _CREDIT_MODULES:
-    try:
-      importlib.import_module(mod)
-    except ModuleNotFoundError as e:
-      if e.name != mod:
-        raise
-
-
-def credit_names() -> list[str]:
-  _import_modules()
-  return sorted(_REGISTRY)
-
-
-def get_credit(name: str) -> CreditFn:
-  _import_modules()
-  if name not in _REGISTRY:
-    raise ValueError(f"config.rl.credit must be one of {sorted(_REGISTRY)}, got {name!r}")
-  return _REGISTRY[name]
+# The credit functions by name. This layer knows only its own (`outcome`); a method's module
+# registers itself when it is imported (the trainer imports `si_jax.si.credit`).
+CREDITS = registry.Registry("credit function", field="config.rl.credit")
+register = CREDITS.register
+get_credit = CREDITS.get
+credit_names = CREDITS.names
 
 
 def policy_term(config, name: str = "policy", weight: float = 1.0,

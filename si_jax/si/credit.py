@@ -89,6 +89,7 @@ def si_credit(ctx: credit_lib.CreditContext, scored: credit_lib.Scored) -> credi
 si_credit.evaluate = probe_lib.probe
 si_credit.capacity = capacity
 si_credit.summary = SUMMARY
+si_credit.eval_summary = probe_lib.METRICS
 # Each process corrects its own failures; sampling calls are collective (every process calls,
 # with or without rows), gates run on the process's own devices, the probe splits its cases.
 si_credit.multi_process = True

@@ -24,6 +24,12 @@ from si_jax.si import rows as rows_lib
 __all__ = ["probe"]
 
 
+# Every metric `probe` may return (the trainer prints those present after RL).
+METRICS = ("si/probe_repair_with_anchor", "si/probe_repair_no_anchor",
+           "si/probe_repair_wrong_anchor", "si/probe_follows_wrong_anchor",
+           "si/probe_localization", "si/probe_reflection_precision")
+
+
 def probe(ctx: credit_lib.CreditContext, key: jax.Array) -> dict[str, Any]:
   """Counterfactual probe of the repair (or reflection) mode on held-out failures, greedy.
 

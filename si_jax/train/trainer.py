@@ -31,7 +31,7 @@ import json
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import numpy as np
@@ -57,6 +57,7 @@ from si_jax.rl import credit as credit_lib
 from si_jax.rl import rollout
 from si_jax import train_state as ts
 from si_jax.rl import update as update_lib
+from si_jax.si import credit as si_credit  # pylint: disable=unused-import (registers "si")
 
 # PRNG purposes: fold_in(fold_in(key(seed), step), purpose). Credit functions use >= 10.
 ROLLOUT, EVAL, INIT, SHUFFLE = 1, 2, workdir_lib.INIT_PURPOSE, 4
@@ -592,7 +593,7 @@ def train(config, workdir: str, run: Run | None = None) -> dict:
       summary["eval_after"] = ({k: v for k, v in last.items() if k != "step"} if last
                                else run.evaluate(run.meta["step"]))
       if multihost.is_primary():
-        _print_summary(summary, config.eval.k)
+        _print_summary(summary, config.eval.k, getattr(run.credit_fn, "eval_summary", ()))
     if multihost.is_primary():
       print(compile_line(summary["compile"]), flush=True)
       (epath.Path(workdir) / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -614,11 +615,13 @@ def compile_line(comp: dict) -> str:
           f"RL steps after step {WARMUP_STEPS} that compiled: {', '.join(late) or 'none'}")
 
 
-def _print_summary(summary: dict, k: int):
+def _print_summary(summary: dict, k: int, credit_eval: Sequence[str] = ()):
+  """The end-of-run lines: held-out accuracy (and the credit function's own evaluation metrics,
+  `credit_eval`) before -> after RL, its training metrics first -> last RL step."""
   before, after = summary.get("eval_before"), summary["eval_after"]
   n, t = after["num_examples"], after["temperature"]
   print(f"\nheld-out accuracy, {n} problems, {k} samples each at temperature {t}:", flush=True)
-  names = [f"avg@{k}", f"pass@{k}", f"maj@{k}"] + sorted(x for x in after if x.startswith("si/"))
+  names = [f"avg@{k}", f"pass@{k}", f"maj@{k}"] + sorted(x for x in credit_eval if x in after)
   for name in names:
     if not isinstance(after.get(name), (int, float)):
       continue
