@@ -114,12 +114,12 @@ def test_bad_growth_is_named_and_the_config_default_is_off():
 
 
 def test_decode_grow_workload_minuscule(params):
-  from si_jax.tools import bench
+  from si_jax.tools.bench import cli as bench_cli
   from si_jax.tools.bench import grow as bench_grow
 
-  args = bench._parser().parse_args(["--repeats", "1", "--warmup", "0", "--batch", "4",
-                                     "--prompt_len", "8", "--grow_new_tokens", "20",
-                                     "--grow_every", "8"])
+  args = bench_cli._parser().parse_args(["--repeats", "1", "--warmup", "0", "--batch", "4",
+                                         "--prompt_len", "8", "--grow_new_tokens", "20",
+                                         "--grow_every", "8"])
   r = bench_grow.row("tiny", CFG, params, args)
   assert r["tokens_equal"] and r["parity"] == "tokens equal"
   assert r["cache_lengths"] == [(0, 16), (8, 24), (16, 28)]

@@ -203,10 +203,11 @@ def test_mixed_stop_ids_end_short_rows_early_and_never_long_rows():
 
 def test_decode_mixed_workload_minuscule(params):
   from si_jax.tools import bench
+  from si_jax.tools.bench import cli as bench_cli
 
-  args = bench._parser().parse_args(["--repeats", "1", "--warmup", "0", "--batch", "8",
-                                     "--prompt_len", "8", "--new_tokens", "16",
-                                     "--compact_every", "2"])
+  args = bench_cli._parser().parse_args(["--repeats", "1", "--warmup", "0", "--batch", "8",
+                                         "--prompt_len", "8", "--new_tokens", "16",
+                                         "--compact_every", "2"])
   row = bench.bench_decode_mixed("tiny", CFG, params, args)
   assert row["tokens_equal"] and row["parity"] == "tokens equal"
   assert row["buckets"][0] == (0, 8) and len(row["buckets"]) >= 2  # it compacted

@@ -1,5 +1,5 @@
 """`python -m si_jax.tools.bench`: the si-bench command."""
 
-from si_jax.tools.bench import run
+from si_jax.tools.bench.cli import run
 
 run()

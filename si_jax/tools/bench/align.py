@@ -20,7 +20,6 @@ Ratios are pairs/s over the bare (no hint) row's; the stage's target is >= 0.8x 
 from __future__ import annotations
 
 import statistics
-import time
 from typing import Any
 
 import jax
@@ -31,6 +30,7 @@ from si_jax import sharding
 from si_jax import tables
 from si_jax.si import align as align_lib
 from si_jax.si import token_credit
+from si_jax.tools.bench import common
 
 __all__ = ["TARGET", "make_pairs", "run", "markdown_table"]
 
@@ -97,13 +97,7 @@ def run(num_pairs: int = 1000, length: int = 2000, *, repeats: int = 3, warmup: 
           lambda: [Levenshtein.editops(a, b, score_hint=score_hint) for a, b in pairs],
       "stage: align + edit arrays + token_credit": lambda: _stage(pairs, credit_fn, score_hint),
   }
-  times: dict[str, list[float]] = {name: [] for name in calls}
-  for i in range(warmup + repeats):
-    for name, fn in calls.items():
-      t0 = time.perf_counter()
-      fn()
-      if i >= warmup:
-        times[name].append(time.perf_counter() - t0)
+  times = common.time_rounds(calls, repeats, warmup)
   distance = float(np.mean([Levenshtein.distance(a, b) for a, b in pairs]))
   shape = f"{num_pairs} pairs x {length} tokens, mean distance {distance:.0f}"
   rate = {name: num_pairs / statistics.median(t) for name, t in times.items()}

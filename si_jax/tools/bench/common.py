@@ -1,10 +1,26 @@
-"""What si-bench's workloads share (`si_jax/tools/bench/` and its siblings `bench_floor.py`,
-`bench_grow.py`): the goals, the FLOP model, the timer, random prompts and the jitted train
-step. A module of its own so the siblings need not import bench.py, which imports them."""
+"""What si-bench's workloads share: the goals, the FLOP model, the timers, random prompts and the
+jitted train step. The workload modules import it, never the package or the command line.
+
+Achieved GFLOP/s counts model FLOPs analytically (the work the model needs, not what an
+implementation happens to do: masked attention columns, rematerialization and optimizer
+arithmetic are not counted). Per token, with d hidden, L layers, H / KV heads of size hd,
+F MLP width, V vocab:
+
+  body  = 2 * L * (d * hd * (2 H + 2 KV) + 3 d F)    q, k, v, o projections and the MLP
+  head  = 2 * d * V                                   lm head
+  attn(c) = 4 * L * H * hd * c                        QK^T and PV against c keys
+
+  train step (B x T):  3 * B * (T * (body + head) + sum_{t=1..T} attn(t))   fwd + 2x fwd in bwd
+  generate (B, P + N): B * (P * body + head + sum_{t=1..P} attn(t))          prefill, last logits
+                     + B * sum_{i=1..N-1} (body + head + attn(P + i))       N-1 decode steps
+
+(the first new token comes from the prefill's logits).
+"""
 
 from __future__ import annotations
 
 import resource
+import statistics
 import time
 from typing import Any, Callable
 
@@ -66,6 +82,26 @@ def time_calls(fn: Callable[[], Any], repeats: int, warmup: int,
   if usage is not None:
     usage["faults"] = (r1.ru_minflt - r0.ru_minflt) / repeats
     usage["sys_s"] = (r1.ru_stime - r0.ru_stime) / repeats
+  return times
+
+
+def median_time(fn: Callable[[], Any], args) -> float:
+  """Median wall seconds of `fn` over `args.repeats` calls after `args.warmup` (`time_calls`)."""
+  return statistics.median(time_calls(fn, args.repeats, args.warmup))
+
+
+def time_rounds(calls: dict[str, Callable[[], Any]], repeats: int,
+                warmup: int) -> dict[str, list[float]]:
+  """Wall seconds of each of `calls` (name -> fn, each blocking until its result is ready),
+  interleaved: every round calls each once in order, so a neighbour's load hits all alike.
+  `warmup` untimed rounds, then `repeats` timed ones."""
+  times: dict[str, list[float]] = {name: [] for name in calls}
+  for i in range(warmup + repeats):
+    for name, fn in calls.items():
+      t0 = time.perf_counter()
+      fn()
+      if i >= warmup:
+        times[name].append(time.perf_counter() - t0)
   return times
 
 

@@ -25,21 +25,16 @@ from __future__ import annotations
 import collections
 import glob
 import re
-import statistics
 import tempfile
 from typing import Any
 
 import numpy as np
 
-from si_jax.tools.bench import common
 from si_jax import tables
+from si_jax.tools.bench import common
 
 COLUMNS = ("size", "workload", "shape", "si_jax s", "where the time goes", "floor s", "HF s",
            "ratio now", "ratio at floor", "goal")
-
-
-def _median(fn, args) -> float:
-  return statistics.median(common.time_calls(fn, args.repeats, args.warmup))
 
 
 def _chained(n: int, body, init):
@@ -69,7 +64,7 @@ def decode_floor(cfg, params, args) -> dict[str, Any]:
     sp = SamplingParams(max_new_tokens=n, temperature=0.0)
     return lambda: sampler.generate(params, rows, key, sp)  # numpy out: blocks
 
-  full, one = _median(call(N), args), _median(call(1), args)
+  full, one = common.median_time(call(N), args), common.median_time(call(1), args)
   step = (full - one) / (N - 1)
 
   lp = transformer.decode_layer_params(params, cfg)
@@ -86,7 +81,7 @@ def decode_floor(cfg, params, args) -> dict[str, Any]:
     return x + 1e-6 * jnp.resize(logits, x.shape)
 
   x0 = jnp.ones((B, d), cfg.jnp_dtype)
-  gemm = _median(_chained(N - 1, gemms, x0), args) / (N - 1)
+  gemm = common.median_time(_chained(N - 1, gemms, x0), args) / (N - 1)
 
   KV, G, hd, S = cfg.num_kv_heads, cfg.q_per_kv, cfg.head_dim, P + N
   rng = np.random.default_rng(args.seed)
@@ -100,7 +95,7 @@ def decode_floor(cfg, params, args) -> dict[str, Any]:
     return q
 
   q0 = jnp.ones((B, KV, G, hd), jnp.float32)
-  attn = _median(_chained(N - 1, attend, q0), args) / (N - 1)
+  attn = common.median_time(_chained(N - 1, attend, q0), args) / (N - 1)
   return dict(shape=f"B={B} P={P} N={N}", call_s=full, prefill_s=one - step, step_s=step,
               matmul_step_s=gemm,
               matmul_gflops=B * (common.body_flops(cfg) + common.head_flops(cfg)) / gemm / 1e9,
@@ -155,7 +150,7 @@ def train_floor(cfg, params, args, steps: int = 3) -> dict[str, Any]:
     state["s"], loss = step(state["s"], tokens, mask)
     float(loss)
 
-  wall = _median(run, args)
+  wall = common.median_time(run, args)
   with tempfile.TemporaryDirectory() as d:
     with jax.profiler.trace(d):
       for _ in range(steps):
@@ -212,6 +207,7 @@ def _where(r: dict[str, Any]) -> str:
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
+  """The floor rows as a markdown table with `COLUMNS`."""
   cells = []
   for r in rows:
     ratio = lambda k: f"{r[k]:.2f}x" if k in r else "-"

@@ -8,13 +8,12 @@ sides generated the same tokens. Its own table.
 
 from __future__ import annotations
 
-import statistics
 from typing import Any
 
 import numpy as np
 
-from si_jax.tools.bench import common
 from si_jax import tables
+from si_jax.tools.bench import common
 
 COLUMNS = ("size", "shape", "grow every", "cache columns from step", "off tok/s", "on tok/s",
            "ratio", "parity")
@@ -39,8 +38,8 @@ def row(size: str, cfg, params, args) -> dict[str, Any]:
       outs[name] = sampler.generate(params, rows, key, sp)  # numpy: blocks
     return fn
 
-  t_off = statistics.median(common.time_calls(run("off", off), args.repeats, args.warmup))
-  t_on = statistics.median(common.time_calls(run("on", on), args.repeats, args.warmup))
+  t_off = common.median_time(run("off", off), args)
+  t_on = common.median_time(run("on", on), args)
   same = bool(np.array_equal(outs["off"].tokens, outs["on"].tokens))
   return dict(size=size, shape=f"B={B} P={P} N={N} greedy", grow_every=G,
               cache_lengths=on.last_cache_lengths, off_s=t_off, on_s=t_on,
@@ -55,6 +54,7 @@ def _lengths(lengths) -> str:
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
+  """The decode_grow rows as a markdown table with `COLUMNS`."""
   return tables.markdown_table(COLUMNS, [
       [r["size"], r["shape"], str(r["grow_every"]), _lengths(r["cache_lengths"]),
        f"{r['off_tok_s']:,.0f}", f"{r['on_tok_s']:,.0f}", f"{r['ratio']:.2f}x", r["parity"]]
