@@ -377,8 +377,11 @@ class Sampler:
                        cache=self._cache_shardings(B, S), tokens=bs(B, N), logprobs=bs(B, N),
                        done=bs(B), lengths=bs(B), rows=bs(B))
 
-  def _get_fns(self, B, P, sp, S=None):
-    """(prefill, decode loop) jits; S: the cache length prefill makes (default P + N)."""
+  def programs(self, B: int, P: int, sp: SamplingParams, S: int | None = None):
+    """(prefill, decode loop) jits for B rows (of the whole run) of P prompt columns, made once
+    per shape: prefill (params, tokens, mask) -> (logits, cache), the decode loop (params,
+    logits, cache, key) -> (SampleOutput, cache) with the cache donated. S: the cache length
+    prefill makes (default P + N). `generate` runs them; si-plan lowers them from shapes."""
     S = S or P + sp.max_new_tokens
     bs2 = shd.batch_sharding(self.mesh, (B, P), self.rules)
     rep = shd.replicated(self.mesh)
@@ -494,7 +497,7 @@ class Sampler:
     segmented = (self.compact or self.grow_every) and not multi
     N = sp.max_new_tokens
     S = P + min(self.grow_every, N) if segmented and self.grow_every else P + N
-    prefill, decode = self._get_fns(G, P, sp, S)
+    prefill, decode = self.programs(G, P, sp, S)
     bs = shd.batch_sharding(self.mesh, (G, P), self.rules)
     logits, cache = prefill(params, multihost.to_global(tokens, bs),
                             multihost.to_global(mask, bs))

@@ -326,6 +326,18 @@ def test_next_lever_order():
   assert c.model.lora.rank == 64 and c.rl.optim.state_dtype == "float32"
 
 
+def test_plan_builds_its_programs_with_the_library_builders():
+  """Issue 17: no jit lines copied from the trainer or the sampler, and no private calls into
+  other modules (`Sampler.programs`, `batching.logprob_program`, `update.Updater`)."""
+  import ast
+  import glob
+  folder = os.path.join(ROOT, "si_jax", "tools", "plan")
+  for path in sorted(glob.glob(os.path.join(folder, "*.py"))):
+    for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+      if isinstance(node, ast.Attribute):
+        assert not (node.attr == "jit" or node.attr.startswith("_")), (path, node.lineno)
+
+
 # ----------------------------------------------------------------------------- the CLI
 
 

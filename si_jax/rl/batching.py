@@ -62,14 +62,23 @@ def call_rows(base: int, capacity: int | None, minibatches: int, divisor: int) -
   return shapes.round_up(rows, divisor)
 
 
+def logprob_program(cfg, mesh, param_shardings, shape: tuple[int, int], *, temperature: float,
+                    chunk_size: int) -> Callable:
+  """The jit of one log-prob call: (params, tokens, input_mask) -> log-probs, all of global
+  `shape` [R, W] with rows sharded over the batch shards (`make_logprob_fn`'s program; si-plan
+  lowers it from shapes)."""
+  fn = functools.partial(transformer.token_logprobs, cfg=cfg, temperature=temperature,
+                         chunk_size=chunk_size)
+  b = shd.batch_sharding(mesh, shape)
+  return jax.jit(shd.on_mesh(fn, mesh), in_shardings=(param_shardings, b, b), out_shardings=b)
+
+
 def make_logprob_fn(cfg, mesh, param_shardings, *, temperature: float, chunk_size: int,
                     rows_per_call: int) -> Callable:
   """(params, tokens [R, W], input_mask [R, W]) -> log-probs [R, W], jitted, rows sharded,
   in calls of `rows_per_call` rows (rows of the whole run; a process brings its share): any
-  R compiles one program per width. The last call is filled with masked rows whose outputs
-  are dropped."""
-  fn = functools.partial(transformer.token_logprobs, cfg=cfg, temperature=temperature,
-                         chunk_size=chunk_size)
+  R compiles one program per width (`logprob_program`). The last call is filled with masked
+  rows whose outputs are dropped."""
   per = rows_per_call // jax.process_count()  # this process's rows of a call
   if per < 1 or rows_per_call % jax.process_count():
     raise ValueError(f"log-probs: {rows_per_call} rows per call do not split over "
@@ -93,8 +102,8 @@ def make_logprob_fn(cfg, mesh, param_shardings, *, temperature: float, chunk_siz
     shape = (tokens.shape[0] * jax.process_count(),) + tokens.shape[1:]
     b = shd.batch_sharding(mesh, shape)
     if shape not in cache:
-      cache[shape] = jax.jit(shd.on_mesh(fn, mesh), in_shardings=(param_shardings, b, b),
-                             out_shardings=b)
+      cache[shape] = logprob_program(cfg, mesh, param_shardings, shape, temperature=temperature,
+                                     chunk_size=chunk_size)
     out = cache[shape](params, multihost.to_global(tokens, b),
                        multihost.to_global(input_mask, b))
     return multihost.local_rows(out)

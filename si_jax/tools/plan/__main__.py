@@ -1,5 +1,5 @@
 """`python -m si_jax.tools.plan`: the si-plan command."""
 
-from si_jax.tools.plan import run
+from si_jax.tools.plan.cli import run
 
 run()
