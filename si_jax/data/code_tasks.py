@@ -25,8 +25,8 @@ from typing import Any, Mapping, Sequence
 
 from etils import epath
 
-from si_jax.data import sources
 from si_jax.data import tasks
+from si_jax.data import verified
 from si_jax.verify.types import Verdict
 
 __all__ = ["CodeTask", "STDIN_TEMPLATE", "FUNCTIONAL_TEMPLATE", "functional_program",
@@ -80,7 +80,7 @@ def _normalize_json(text: str) -> str:
     return text
 
 
-class CodeTask(tasks.Task):
+class CodeTask(verified.VerifiedTask):
   """LiveCodeBench-style problems scored by the fraction of tests passed."""
 
   def __init__(self, name: str = "livecodebench", *, dataset: str = "livecodebench",
@@ -96,10 +96,8 @@ class CodeTask(tasks.Task):
       raise ValueError(f"{name}: tests must be one of {TEST_SETS}, got {tests!r}")
     for key, template in (("stdin_template", stdin_template),
                           ("functional_template", functional_template)):
-      if "{question}" not in template:
-        raise ValueError(f"{name}: {key} must contain '{{question}}', got {template!r}")
-    self.name = name
-    self.system_prompt = system_prompt
+      self._check_template(name, key, template)
+    super().__init__(name, system_prompt=system_prompt, verifier=verifier)
     self._dataset = dataset
     self._data_dir = data_dir
     self._manual_dir = manual_dir
@@ -107,16 +105,9 @@ class CodeTask(tasks.Task):
     self._stdin_template = stdin_template
     self._functional_template = functional_template
     self._verifier_options = dict(verifier_options or {})
-    self._verifier = verifier
-    self._owns_verifier = verifier is None
-    self._splits: dict[str, Sequence[tasks.Example]] = {}
 
   def examples(self, split: str) -> Sequence[tasks.Example]:
-    if split not in self._splits:
-      rows = sources.load_split(self._dataset, split, self._data_dir, self._manual_dir)
-      self._splits[split] = sources.MappedSequence(
-          rows, lambda i, row, split=split: self._example(split, i, row))
-    return self._splits[split]
+    return self._dataset_examples(self._dataset, split, self._data_dir, self._manual_dir)
 
   def _example(self, split: str, index: int, row: Mapping[str, Any]) -> tasks.Example:
     from si_jax.verify.sandbox import TestCase  # pylint: disable=g-import-not-at-top
@@ -135,42 +126,24 @@ class CodeTask(tasks.Task):
                          prompt=prompt.replace("{question}", row["question_content"]),
                          answer=cases, meta=meta)
 
-  def score(self, examples: Sequence[tasks.Example],
-            completions: Sequence[str]) -> list[Verdict]:
+  def _prepare(self, example: tasks.Example, completion: str) -> Verdict | tuple[str, list]:
+    """(program, tests) to run; "no_code" / "no_tests" Verdicts when there is nothing to run."""
     from si_jax.verify.sandbox import extract_code  # pylint: disable=g-import-not-at-top
-    if len(examples) != len(completions):
-      raise ValueError(f"{self.name}.score: {len(examples)} examples but {len(completions)} "
-                       "completions")
-    verdicts: list[Verdict | None] = [None] * len(completions)
-    programs, tests_list, where = [], [], []
-    for i, (ex, completion) in enumerate(zip(examples, completions)):
-      code = extract_code(completion)
-      if code is None:
-        verdicts[i] = Verdict(0.0, "no_code")
-        continue
-      if not ex.answer:
-        verdicts[i] = Verdict(0.0, "no_tests")
-        continue
-      if ex.meta.get("functional"):
-        code = functional_program(code, ex.meta["func_name"])
-      programs.append(code)
-      tests_list.append(list(ex.answer))
-      where.append(i)
-    if programs:
-      for i, v in zip(where, self._get_verifier().score(programs, tests_list)):
-        verdicts[i] = v
-    return verdicts
+    code = extract_code(completion)
+    if code is None:
+      return Verdict(0.0, "no_code")
+    if not example.answer:
+      return Verdict(0.0, "no_tests")
+    if example.meta.get("functional"):
+      code = functional_program(code, example.meta["func_name"])
+    return code, list(example.answer)
 
-  def _get_verifier(self):
-    if self._verifier is None:
-      from si_jax.verify.sandbox import CodeVerifier  # pylint: disable=g-import-not-at-top
-      self._verifier = CodeVerifier(**self._verifier_options)
-    return self._verifier
+  def _verify(self, verifier, jobs: list[tuple[str, list]]) -> list[Verdict]:
+    return verifier.score([program for program, _ in jobs], [tests for _, tests in jobs])
 
-  def close(self) -> None:
-    if self._verifier is not None and self._owns_verifier:
-      self._verifier.close()
-      self._verifier = None
+  def _make_verifier(self):
+    from si_jax.verify.sandbox import CodeVerifier  # pylint: disable=g-import-not-at-top
+    return CodeVerifier(**self._verifier_options)
 
 
 def _options() -> dict[str, Any]:

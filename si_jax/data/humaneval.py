@@ -55,6 +55,7 @@ import textwrap
 from typing import Any, Sequence
 
 from si_jax.data import tasks
+from si_jax.data import verified
 from si_jax.verify import sandbox
 from si_jax.verify.types import Verdict
 
@@ -205,7 +206,7 @@ def verdict_of(result: sandbox.RunResult, marker: str) -> Verdict:
 # The task.
 
 
-class HumanEvalTask(tasks.Task):
+class HumanEvalTask(verified.VerifiedTask):
   """HumanEval function completion, scored by running each problem's check in the sandbox.
 
   Args:
@@ -225,13 +226,10 @@ class HumanEvalTask(tasks.Task):
                max_concurrency: int = 2, run_options: dict[str, Any] | None = None):
     if not 0.0 <= train_fraction < 1.0:
       raise ValueError(f"{name}: train_fraction must be in [0, 1), got {train_fraction}")
-    if "{prompt}" not in prompt_template:
-      raise ValueError(f"{name}: prompt_template must contain '{{prompt}}', got "
-                       f"{prompt_template!r}")
+    self._check_template(name, "prompt_template", prompt_template, "{prompt}")
     if max_concurrency < 1:
       raise ValueError(f"{name}: max_concurrency must be >= 1, got {max_concurrency}")
-    self.name = name
-    self.system_prompt = system_prompt
+    super().__init__(name, system_prompt=system_prompt)  # the verifier: a thread pool
     self.limits = limits or sandbox.Limits(cpu_s=3.0, wall_s=6.0, memory_mb=512)
     self._path = path
     self._train_fraction = float(train_fraction)
@@ -239,7 +237,6 @@ class HumanEvalTask(tasks.Task):
     self._max_concurrency = max_concurrency
     self._run_options = dict(run_options or {})
     self._splits: dict[str, list[tasks.Example]] | None = None
-    self._executor: concurrent.futures.ThreadPoolExecutor | None = None
 
   def _example(self, problem: Problem) -> tasks.Example:
     return tasks.Example(
@@ -265,40 +262,30 @@ class HumanEvalTask(tasks.Task):
     del completion
     return None
 
-  def score(self, examples: Sequence[tasks.Example],
-            completions: Sequence[str]) -> list[Verdict]:
-    if len(examples) != len(completions):
-      raise ValueError(f"{self.name}.score: {len(examples)} examples but {len(completions)} "
-                       "completions")
-    verdicts: list[Verdict | None] = [None] * len(completions)
-    futures = {}
-    for i, (ex, completion) in enumerate(zip(examples, completions)):
-      problem: Problem = ex.answer
-      source = complete_function(problem.prompt, problem.entry_point, completion)
-      if source is None:
-        verdicts[i] = Verdict(0.0, "no_code")
-        continue
-      futures[i] = self._get_executor().submit(
-          self._run, check_program(source, problem.test, problem.entry_point))
-    for i, future in futures.items():
-      verdicts[i] = future.result()
-    return verdicts  # type: ignore[return-value]
+  def _prepare(self, example: tasks.Example, completion: str) -> Verdict | str:
+    """The program to run; "no_code" when there is no code."""
+    problem: Problem = example.answer
+    source = complete_function(problem.prompt, problem.entry_point, completion)
+    if source is None:
+      return Verdict(0.0, "no_code")
+    return check_program(source, problem.test, problem.entry_point)
+
+  def _verify(self, verifier: concurrent.futures.ThreadPoolExecutor,
+              jobs: list[str]) -> list[Verdict]:
+    futures = [verifier.submit(self._run, program) for program in jobs]
+    return [future.result() for future in futures]
 
   def _run(self, program: str) -> Verdict:
     marker = secrets.token_hex(16)
     result = sandbox.run_program(program, marker + "\n", self.limits, **self._run_options)
     return verdict_of(result, marker)
 
-  def _get_executor(self) -> concurrent.futures.ThreadPoolExecutor:
-    if self._executor is None:
-      self._executor = concurrent.futures.ThreadPoolExecutor(self._max_concurrency,
-                                                             thread_name_prefix="humaneval")
-    return self._executor
+  def _make_verifier(self) -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(self._max_concurrency,
+                                                 thread_name_prefix="humaneval")
 
-  def close(self) -> None:
-    if self._executor is not None:
-      self._executor.shutdown(wait=True)
-      self._executor = None
+  def _release_verifier(self, verifier: concurrent.futures.ThreadPoolExecutor) -> None:
+    verifier.shutdown(wait=True)
 
 
 @tasks.register("humaneval")

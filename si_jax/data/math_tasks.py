@@ -18,8 +18,9 @@ from typing import Any, Mapping, Sequence
 
 from etils import epath
 
-from si_jax.data import sources
 from si_jax.data import tasks
+from si_jax.data import verified
+from si_jax.verify.types import Verdict
 
 __all__ = ["MathSpec", "MathTask", "SPECS", "DEFAULT_TEMPLATE"]
 
@@ -46,7 +47,7 @@ SPECS: Mapping[str, MathSpec] = {
 }
 
 
-class MathTask(tasks.Task):
+class MathTask(verified.VerifiedTask):
   """A math dataset scored by final-answer equivalence (reward 1 or 0)."""
 
   def __init__(self, name: str, spec: MathSpec, *, data_dir: epath.PathLike | None = None,
@@ -55,31 +56,21 @@ class MathTask(tasks.Task):
                system_prompt: str | None = None, verifier: Any = None):
     """verifier: anything with `.score(completions, answers) -> list[Verdict]` and `.close()`;
     None builds a MathVerifier(num_workers, timeout_s) on first use (and closes it)."""
-    if "{question}" not in prompt_template:
-      raise ValueError(f"{name}: prompt_template must contain '{{question}}', got "
-                       f"{prompt_template!r}")
-    self.name = name
+    self._check_template(name, "prompt_template", prompt_template)
+    super().__init__(name, system_prompt=system_prompt, verifier=verifier)
     self.spec = spec
-    self.system_prompt = system_prompt
     self._data_dir = data_dir
     self._manual_dir = manual_dir
     self._template = prompt_template
     self._verifier_kwargs = {"num_workers": num_workers}
     if timeout_s is not None:
       self._verifier_kwargs["timeout_s"] = timeout_s
-    self._verifier = verifier
-    self._owns_verifier = verifier is None
-    self._splits: dict[str, Sequence[tasks.Example]] = {}
 
   def prompt(self, question: str) -> str:
     return self._template.replace("{question}", question)
 
   def examples(self, split: str) -> Sequence[tasks.Example]:
-    if split not in self._splits:
-      rows = sources.load_split(self.spec.dataset, split, self._data_dir, self._manual_dir)
-      self._splits[split] = sources.MappedSequence(
-          rows, lambda i, row, split=split: self._example(split, i, row))
-    return self._splits[split]
+    return self._dataset_examples(self.spec.dataset, split, self._data_dir, self._manual_dir)
 
   def _example(self, split: str, index: int, row: Mapping[str, Any]) -> tasks.Example:
     q, a = self.spec.question_key, self.spec.answer_key
@@ -90,25 +81,16 @@ class MathTask(tasks.Task):
         meta={k: v for k, v in row.items() if k not in (q, a)} | {"question": row[q]},
     )
 
-  def score(self, examples: Sequence[tasks.Example],
-            completions: Sequence[str]) -> list[tasks.Verdict]:
-    if len(examples) != len(completions):
-      raise ValueError(f"{self.name}.score: {len(examples)} examples but {len(completions)} "
-                       "completions")
-    if not completions:
-      return []
-    return list(self._get_verifier().score(list(completions), [e.answer for e in examples]))
+  def _prepare(self, example: tasks.Example, completion: str) -> tuple[str, Any]:
+    """(completion, reference answer): every completion goes to the verifier."""
+    return completion, example.answer
 
-  def _get_verifier(self):
-    if self._verifier is None:
-      from si_jax.verify.math import MathVerifier  # pylint: disable=g-import-not-at-top
-      self._verifier = MathVerifier(**self._verifier_kwargs)
-    return self._verifier
+  def _verify(self, verifier, jobs: list[tuple[str, Any]]) -> list[Verdict]:
+    return list(verifier.score([c for c, _ in jobs], [a for _, a in jobs]))
 
-  def close(self) -> None:
-    if self._verifier is not None and self._owns_verifier:
-      self._verifier.close()
-      self._verifier = None
+  def _make_verifier(self):
+    from si_jax.verify.math import MathVerifier  # pylint: disable=g-import-not-at-top
+    return MathVerifier(**self._verifier_kwargs)
 
 
 def _factory(name: str):

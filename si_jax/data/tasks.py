@@ -4,9 +4,9 @@ A task module registers a factory with `@register("name", options=...)`; `get_ta
 **kwargs)` builds it. `options` is the task's keyword options with their defaults (a dict, or a
 callable returning one): the config layer copies them into `config.task.kwargs`, so each option
 is overridable field by field (`--config.task.kwargs.manual_dir=...`). Without `options`, the
-keyword parameters of the factory's signature that have defaults are the options. Modules that
-register tasks are imported by `_import_task_modules` so that the registry is complete whenever
-it is read.
+keyword parameters of the factory's signature that have defaults are the options. The
+registry, `TASKS` (a `si_jax.registry.Registry`), imports the modules that register tasks
+(`_TASK_MODULES`) on its first lookup, so that it is complete whenever it is read.
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ from __future__ import annotations
 import abc
 import dataclasses
 import difflib
-import importlib
 import inspect
 from typing import Any, Callable, Mapping, Sequence
 
+from si_jax.registry import Registry
 from si_jax.verify.types import Verdict
 
-__all__ = ["Example", "Task", "Verdict", "register", "get_task", "task_names", "task_options",
-           "check_options"]
+__all__ = ["Example", "Task", "Verdict", "TASKS", "register", "get_task", "task_names",
+           "task_options", "check_options", "signature_options"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,26 +98,22 @@ class Task(abc.ABC):
     """Releases worker pools and temp dirs (idempotent)."""
 
 
-_REGISTRY: dict[str, Callable[..., Task]] = {}
-_OPTIONS: dict[str, Any] = {}
 # Modules whose import registers tasks. Append when you add a task module.
 _TASK_MODULES = ("si_jax.data.arith", "si_jax.data.math_tasks", "si_jax.data.code_tasks",
                  "si_jax.data.humaneval")
+# name -> task factory; info: {"options": the `options` given to `register`}.
+TASKS = Registry("task", modules=_TASK_MODULES)
 
 
 def register(name: str, options: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None
              = None):
   """Registers a task factory under `name`, with its options (see the module docstring)."""
-  def deco(factory: Callable[..., Task]):
-    if name in _REGISTRY and _REGISTRY[name] is not factory:
-      raise ValueError(f"task {name!r} is registered twice")
-    _REGISTRY[name] = factory
-    _OPTIONS[name] = options
-    return factory
-  return deco
+  return TASKS.register(name, options=options)
 
 
 def signature_options(factory) -> dict[str, Any]:
+  """The keyword parameters of `factory` (a class: its `__init__`) that have defaults, with
+  them."""
   target = factory.__init__ if inspect.isclass(factory) else factory
   out = {}
   for p in inspect.signature(target).parameters.values():
@@ -129,12 +125,9 @@ def signature_options(factory) -> dict[str, Any]:
 
 def task_options(name: str) -> dict[str, Any]:
   """The options of task `name` with their defaults (see the module docstring)."""
-  _import_task_modules()
-  if name not in _REGISTRY:
-    raise ValueError(f"unknown task {name!r}; registered tasks: {sorted(_REGISTRY)}")
-  opts = _OPTIONS.get(name)
+  opts = TASKS.info(name).get("options")
   if opts is None:
-    return signature_options(_REGISTRY[name])
+    return signature_options(TASKS.get(name))
   return dict(opts() if callable(opts) else opts)
 
 
@@ -150,22 +143,9 @@ def check_options(name: str, kwargs: Mapping[str, Any], where: str = "task optio
                        f"{', '.join(sorted(known))})")
 
 
-def _import_task_modules() -> None:
-  for mod in _TASK_MODULES:
-    try:
-      importlib.import_module(mod)
-    except ModuleNotFoundError as e:
-      if e.name != mod:  # a real missing dependency inside the module: surface it
-        raise
-
-
 def task_names() -> list[str]:
-  _import_task_modules()
-  return sorted(_REGISTRY)
+  return TASKS.names()
 
 
 def get_task(name: str, **kwargs) -> Task:
-  _import_task_modules()
-  if name not in _REGISTRY:
-    raise ValueError(f"unknown task {name!r}; registered tasks: {sorted(_REGISTRY)}")
-  return _REGISTRY[name](**kwargs)
+  return TASKS.get(name)(**kwargs)
