@@ -29,6 +29,8 @@ from typing import Any, Callable, Iterator, Mapping, TextIO
 import numpy as np
 from etils import epath
 
+from si_jax import jsonl
+
 __all__ = ["MetricsWriter", "read_metrics", "Progress", "Timer", "METRICS_FILE", "TB_DIR"]
 
 METRICS_FILE = "metrics.jsonl"
@@ -117,20 +119,7 @@ def read_metrics(workdir: str | os.PathLike) -> list[dict]:
   path = epath.Path(workdir) / METRICS_FILE
   if not path.exists():
     return []
-  lines = path.read_text().split("\n")
-  records = []
-  # lines[-1] is the text after the last newline: "" in a complete file, else a partial line.
-  for lineno, line in enumerate(lines[:-1], start=1):
-    if not line.strip():
-      continue
-    try:
-      record = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise ValueError(f"{path}:{lineno}: not a JSON line ({e.msg}): {line[:120]!r}") from None
-    if not isinstance(record, dict) or "step" not in record:
-      raise ValueError(f"{path}:{lineno}: expected an object with a 'step' key, got {line[:120]!r}")
-    records.append(record)
-  return records
+  return jsonl.read(path, {"step": object}, drop_partial_tail=True)
 
 
 class MetricsWriter:

@@ -1,4 +1,5 @@
-"""Tests for si_jax.metrics: JSONL + TensorBoard writers, truncation on resume, progress, timer."""
+"""Tests for si_jax.metrics: JSONL + TensorBoard writers, truncation on resume, progress, timer;
+and the one JSONL reader (si_jax.jsonl) with its readers (metrics, SFT data files)."""
 
 import glob
 import io
@@ -12,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from si_jax import jsonl
 from si_jax.metrics import METRICS_FILE, MetricsWriter, Progress, Timer, read_metrics
 
 
@@ -164,6 +166,43 @@ def test_read_metrics_names_file_and_line_of_a_bad_line(tmp_path):
   assert read_metrics(tmp_path / "missing") == []
 
 
+def test_jsonl_read_skips_blank_lines_and_names_file_line_and_key(tmp_path):
+  path = tmp_path / "rows.jsonl"
+  path.write_text('{"a": "x", "b": null}\n\n  \n{"a": "y"}')  # no newline after the last row
+  fields = {"a": str, "b": (int, type(None))}  # b: may be null or absent
+  assert jsonl.read(path, fields) == [{"a": "x", "b": None}, {"a": "y"}]
+  assert jsonl.read(str(path), fields, drop_partial_tail=True) == [{"a": "x", "b": None}]
+  for text, error in [
+      ('{"a": "x"}\n{"a": ', r"rows.jsonl:2: not a JSON line \(Expecting value\): '{\"a\": '"),
+      ('{"a": "x"}\n\n[1]\n', r"rows.jsonl:3: expected a JSON object, got list: '\[1\]'"),
+      ('{"b": 1}\n', r"""rows.jsonl:1: expected an object with a 'a' key, got '{"b": 1}'"""),
+      ('{"a": 1}\n', r"rows.jsonl:1: field 'a' must be str, got int"),
+      ('{"a": "x", "b": "1"}\n', r"rows.jsonl:1: field 'b' must be int or NoneType, got str")]:
+    path.write_text(text)
+    with pytest.raises(ValueError, match=error):
+      jsonl.read(path, fields)
+  with pytest.raises(FileNotFoundError):
+    jsonl.read(tmp_path / "missing.jsonl")
+
+
+def test_sft_data_files_are_read_by_the_jsonl_reader(tmp_path):
+  from si_jax.train import sft
+  path = tmp_path / "sft.jsonl"
+  path.write_text('{"prompt": "1+1?", "response": "2"}\n\n{"prompt": "2+2?", "response": "4"}')
+  assert sft.file_pairs(str(path)) == [("1+1?", "2"), ("2+2?", "4")]
+  path.write_text('{"problem": "p", "failed": "f", "repaired": "r"}\n')
+  assert sft.file_repair_pairs(str(path)) == [{"problem": "p", "failed": "f", "repaired": "r"}]
+  path.write_text('{"problem": "p", "failed": "f", "anchor": null, "repaired": 3}\n')
+  with pytest.raises(ValueError, match=r"sft.jsonl:1: field 'repaired' must be str, got int"):
+    sft.file_repair_pairs(str(path))
+  path.write_text('{"prompt": "1+1?"}\n')
+  with pytest.raises(ValueError, match=r"sft.jsonl:1: expected an object with a 'response' key"):
+    sft.file_pairs(str(path))
+  path.write_text("\n")
+  with pytest.raises(ValueError, match=r"sft.jsonl: no rows"):
+    sft.file_pairs(str(path))
+
+
 # --- progress -----------------------------------------------------------------------------------
 
 
@@ -282,3 +321,27 @@ def test_timer_default_clock_is_perf_counter(monkeypatch):
   with timer("work"):
     clock.t += 0.125
   assert timer.summary() == {"work": 0.875} and timer.counts() == {"work": 2}
+
+
+def test_rollout_times_sampling_and_accumulates_verify_seconds(monkeypatch):
+  """rl.rollout.score adds its seconds to the 'verify' already in Rollouts.timing (the trainer
+  logs them as time/rollout and time/verify)."""
+  from si_jax.rl import rollout
+  from si_jax.verify.types import Verdict
+  clock = FakeClock()
+  monkeypatch.setattr(time, "perf_counter", clock)
+
+  class Task:
+
+    def score(self, examples, texts):
+      clock.t += 0.25
+      return [Verdict(reward=1.0, reason="correct") for _ in texts]
+
+  ro = rollout.Rollouts(examples=["e"], group_size=2, prompt_ids=[[1]], response_ids=[[2], [3]],
+                        logprobs=[], texts=["a", "b"], verdicts=[],
+                        rewards=np.zeros((1, 2), np.float32), finished=np.ones(2, bool),
+                        timing={"sample": 2.0})
+  rollout.score(ro, Task())
+  rollout.score(ro, Task())
+  assert ro.timing == {"sample": 2.0, "verify": 0.5}
+  assert ro.rewards.tolist() == [[1.0, 1.0]]

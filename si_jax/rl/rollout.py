@@ -10,12 +10,12 @@ log-prob of every response token is the one the sampler reported (no re-tokeniza
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Sequence
 
 import jax
 import numpy as np
 
+from si_jax import metrics as metrics_lib
 from si_jax import sampling
 from si_jax.data.tasks import Example, Task
 from si_jax.verify.types import Verdict
@@ -99,24 +99,26 @@ def sample(sampler: sampling.Sampler, params, tokenizer, task: Task,
            group_size: int, *, width: int = 0) -> Rollouts:
   """Samples `group_size` responses per example (not yet scored: see `score`). width: the
   prompt width floor (the run's policy prompt width)."""
-  t0 = time.perf_counter()
-  prompt_ids = encode_prompts(tokenizer, task, examples)
-  rows = [p for p in prompt_ids for _ in range(group_size)]
-  response_ids, logprobs, finished = generate(sampler, params, rows, key, sp, width=width)
-  texts = [tokenizer.decode(r) for r in response_ids]
+  timer = metrics_lib.Timer()
+  with timer("sample"):
+    prompt_ids = encode_prompts(tokenizer, task, examples)
+    rows = [p for p in prompt_ids for _ in range(group_size)]
+    response_ids, logprobs, finished = generate(sampler, params, rows, key, sp, width=width)
+    texts = [tokenizer.decode(r) for r in response_ids]
   return Rollouts(examples=list(examples), group_size=group_size, prompt_ids=prompt_ids,
                   response_ids=response_ids, logprobs=logprobs, texts=texts, verdicts=[],
                   rewards=np.zeros((len(examples), group_size), np.float32), finished=finished,
-                  timing={"sample": time.perf_counter() - t0})
+                  timing=timer.summary())
 
 
 def score(ro: Rollouts, task: Task) -> Rollouts:
   """Scores every response with the task's verifier: fills verdicts and rewards [P, G]."""
-  t0 = time.perf_counter()
-  ro.verdicts = task.score(ro.row_examples(), ro.texts)
-  ro.rewards = np.asarray([v.reward for v in ro.verdicts], np.float32).reshape(
-      -1, ro.group_size)
-  ro.timing["verify"] = ro.timing.get("verify", 0.0) + time.perf_counter() - t0
+  timer = metrics_lib.Timer()
+  with timer("verify"):
+    ro.verdicts = task.score(ro.row_examples(), ro.texts)
+    ro.rewards = np.asarray([v.reward for v in ro.verdicts], np.float32).reshape(
+        -1, ro.group_size)
+  ro.timing["verify"] = ro.timing.get("verify", 0.0) + timer.summary()["verify"]
   return ro
 
 

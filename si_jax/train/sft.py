@@ -22,39 +22,21 @@ pair of the set.
 
 from __future__ import annotations
 
-import json
 from typing import Sequence
 
 import numpy as np
 
+from si_jax import jsonl
 from si_jax import shapes
 from si_jax.rl import batching
 from si_jax.rl import rollout
 from si_jax.si import prompts as si_prompts
 
 
-def _read_jsonl(path: str, fields: dict[str, tuple]) -> list[dict]:
-  """Rows of a jsonl file; `fields` maps each required key to its allowed types. A bad line is
-  an error naming file:line and the key."""
-  rows = []
-  with open(path, encoding="utf-8") as f:
-    for i, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{i}: not valid JSON ({e.msg})") from None
-      if not isinstance(row, dict):
-        raise ValueError(f"{path}:{i}: expected a JSON object, got {type(row).__name__}")
-      for key, types in fields.items():
-        if key not in row and type(None) not in types:
-          raise ValueError(f"{path}:{i}: missing field {key!r}")
-        if not isinstance(row.get(key), types):
-          raise ValueError(f"{path}:{i}: field {key!r} must be "
-                           f"{' or '.join(t.__name__ for t in types)}, got "
-                           f"{type(row.get(key)).__name__}")
-      rows.append(row)
+def _read_rows(path: str, fields: dict[str, tuple]) -> list[dict]:
+  """Rows of a jsonl file (`jsonl.read`: a bad line is an error naming file:line and the key);
+  a file without rows is an error."""
+  rows = jsonl.read(path, fields)
   if not rows:
     raise ValueError(f"{path}: no rows")
   return rows
@@ -62,14 +44,14 @@ def _read_jsonl(path: str, fields: dict[str, tuple]) -> list[dict]:
 
 def file_pairs(path: str) -> list[tuple[str, str]]:
   """(prompt, response) pairs from a jsonl file; a bad line is an error naming file:line."""
-  rows = _read_jsonl(path, {"prompt": (str,), "response": (str,)})
+  rows = _read_rows(path, {"prompt": (str,), "response": (str,)})
   return [(r["prompt"], r["response"]) for r in rows]
 
 
 def file_repair_pairs(path: str) -> list[dict]:
   """Repair pairs {"problem", "failed", "anchor" (str or None), "repaired"} from a jsonl file."""
-  return _read_jsonl(path, {"problem": (str,), "failed": (str,), "anchor": (str, type(None)),
-                            "repaired": (str,)})
+  return _read_rows(path, {"problem": (str,), "failed": (str,), "anchor": (str, type(None)),
+                           "repaired": (str,)})
 
 
 def repair_sft_pairs(pairs: Sequence[dict], no_anchor_frac: float, seed: int,

@@ -331,14 +331,16 @@ class Run:
                          start_step=self.meta["step"])
     while self.meta["step"] < self.sft_steps:
       step = self.meta["step"]
-      t0 = time.perf_counter()
-      batch = {"sft": next(it)}
-      compiled: dict[str, compilation.CompileStats] = {}
-      with self.compiling("update", compiled):
-        m = self._apply_update(batch, terms, {"sft": per_call}, self.sft_opt, local=False)
-      self.meta["step"] = step + 1
-      out = {"phase": 0, "sft/nll": float(m["sft/nll"]), "grad_norm": float(m["grad_norm"]),
-             "update_skipped": int(m["update_skipped"]), "time/update": time.perf_counter() - t0,
+      timer = metrics_lib.Timer()
+      with timer("update"):  # up to the float()s, which wait for the update
+        batch = {"sft": next(it)}
+        compiled: dict[str, compilation.CompileStats] = {}
+        with self.compiling("update", compiled):
+          m = self._apply_update(batch, terms, {"sft": per_call}, self.sft_opt, local=False)
+        self.meta["step"] = step + 1
+        out = {"phase": 0, "sft/nll": float(m["sft/nll"]), "grad_norm": float(m["grad_norm"]),
+               "update_skipped": int(m["update_skipped"])}
+      out = {**out, **timer.summary(prefix="time/"),
              "sft/real_token_fraction": float(np.mean(np.concatenate(
                  [g["input_mask"].reshape(-1) for g in batch["sft"]]))),
              **compilation.stage_metrics(compiled)}
