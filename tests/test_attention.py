@@ -20,6 +20,8 @@ from si_jax.models import attention
 from si_jax.models import config as config_lib
 from si_jax.models import transformer
 
+import tiny
+
 
 def _qkv(B, T, H, KV, hd, seed=0):
   ks = jax.random.split(jax.random.key(seed), 3)
@@ -168,15 +170,13 @@ def test_attention_choice_is_not_written_to_hf_config():
 # ----------------------------------------------------------------------------- in the model
 
 
-CFG = config_lib.make_config(
-    "qwen3", vocab_size=128, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
-    head_dim=16, intermediate_size=128)
+CFG = tiny.WIDE
 BLOCKWISE = CFG.replace(attention="blockwise", attention_block_size=8)
 
 
 @pytest.fixture(scope="module")
 def model():
-  params = transformer.init_params(CFG, jax.random.key(0))
+  params = tiny.params(CFG)
   rng = np.random.default_rng(0)
   tokens = jnp.asarray(rng.integers(1, CFG.vocab_size, (8, 21)), jnp.int32)
   mask = jnp.asarray(np.arange(21)[None] >= np.array([0, 3, 7, 0, 1, 12, 5, 2])[:, None])
@@ -220,7 +220,7 @@ def test_prefill_with_blockwise_attention_equals_dense(model):
 def _residual_sizes(cfg, B, T, remat):
   """Element counts of what the backward pass keeps (print_saved_residuals lines such as
   'f32[2,64,64] output of ...'), the params themselves left out."""
-  params = transformer.init_params(cfg, jax.random.key(0))
+  params = tiny.params(cfg)
   tokens = jnp.ones((B, T), jnp.int32)
   out = io.StringIO()
   with contextlib.redirect_stdout(out):

@@ -25,6 +25,7 @@ from si_jax.si.audit import RepairCase, RuleGate
 from si_jax.tokenizer import DEFAULT_ALPHABET, Tokenizer, build_char_tokenizer
 
 import hf_fixtures
+import tiny
 
 PROBLEM = "Mod 10. Start at 7. Add 5. Multiply by 3. Subtract 4."
 CORRECT = "7+5=2\n2*3=6\n6-4=2\nAnswer: 2"               # compact style, 27 chars
@@ -200,8 +201,7 @@ def judge(tmp_path_factory):
   """(model_dir, tokenizer, torch model, gate): one HF dir with a random Qwen3 and the char
   tokenizer, the fixture's vocab = the tokenizer's."""
   d = str(tmp_path_factory.mktemp("judge"))
-  build_char_tokenizer(d)
-  tok = Tokenizer.from_dir(d)
+  tok = tiny.char_tokenizer(d)
   for word in ("yes", "Yes", "no", "No"):
     assert tok.decode(tok.encode(word)) == word  # spelled without <|unk|>
   _, model = hf_fixtures.make_checkpoint("qwen3", d, seed=5, vocab_size=tok.vocab_size)

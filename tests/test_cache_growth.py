@@ -16,6 +16,8 @@ from si_jax import sharding as shd
 from si_jax.models import transformer
 from si_jax.models.config import preset
 
+import tiny
+
 CFG = preset("tiny", num_layers=1, max_position_embeddings=96)
 N_NEW = 24
 LENS = (3, 17, 8, 1, 12, 5, 9, 2)  # longest 17: prompt width 32 with the default bucket 16
@@ -24,7 +26,7 @@ P = 32
 
 @pytest.fixture(scope="module")
 def params():
-  return transformer.init_params(CFG, jax.random.key(0))
+  return tiny.params(CFG)
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,8 @@ from si_jax import sharding as shd
 from si_jax.models import transformer
 from si_jax.models.config import preset
 
+import tiny
+
 CFG = preset("tiny", num_layers=1, max_position_embeddings=96)  # vocab 512, near-uniform
 STOP = tuple(range(1, 40))  # ~8% of the vocab: lengths spread over the whole budget
 N_NEW = 24
@@ -27,7 +29,7 @@ LENS = (3, 17, 8, 1, 12, 5, 9, 2)  # mixed prompt lengths, 8 rows
 
 @pytest.fixture(scope="module")
 def params():
-  return transformer.init_params(CFG, jax.random.key(0))
+  return tiny.params(CFG)
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import torch
 import transformers
 
 import hf_fixtures
+import tiny
 from si_jax import sharding as sharding_lib
 from si_jax.cli import convert as convert_cli
 from si_jax.models import convert
@@ -476,19 +477,17 @@ def test_generation_config_lists_stop_ids_as_eos_and_pad_separately():
 
 def test_generation_config_of_the_arith_tokenizer_keeps_pad_out_of_eos(tmp_path):
   from si_jax import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
-  tok = tokenizer_lib.Tokenizer.from_dir(tokenizer_lib.build_char_tokenizer(str(tmp_path)))
+  tok = tiny.char_tokenizer(tmp_path)
   gen = hf.generation_config(tok.stop_ids, tok.pad_id)
   im_end, endoftext, pad = tok.hf.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>",
                                                          "<|pad|>"])
   assert gen == {"eos_token_id": [im_end, endoftext], "pad_token_id": pad}
   assert pad not in gen["eos_token_id"]
   # Written by save_hf and read back by the tokenizer: the same stop ids, nothing added.
-  cfg = make_config("qwen3", vocab_size=-(-tok.vocab_size // 8) * 8, hidden_size=32,
-                    num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
-                    intermediate_size=64)
+  cfg = tiny.config(vocab_size=tiny.padded_vocab(tok), num_layers=1, num_heads=2,
+                    num_kv_heads=1, head_dim=16)
   out = str(tmp_path / "hf")
-  hf.save_hf(transformer.init_params(cfg, jax.random.key(0)), cfg, out,
-             tokenizer_dir=str(tmp_path), generation_config=gen)
+  hf.save_hf(tiny.params(cfg), cfg, out, tokenizer_dir=str(tmp_path), generation_config=gen)
   with open(os.path.join(out, hf.GENERATION_CONFIG_FILE)) as f:
     assert json.load(f) == gen
   assert tokenizer_lib.Tokenizer.from_dir(out).stop_ids == tok.stop_ids

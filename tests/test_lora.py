@@ -13,16 +13,15 @@ import pytest
 from si_jax import configs
 from si_jax import sharding as shd
 from si_jax.train import workdir as workdir_lib
-from si_jax.models import config as config_lib
 from si_jax.models import lora
 from si_jax.models import transformer
 from si_jax import train_state as ts
 from si_jax.train import trainer
 from si_jax.rl import update
 
-CFG = config_lib.make_config(
-    "qwen3", vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
-    head_dim=8, intermediate_size=48)
+import tiny
+
+CFG = tiny.config(intermediate_size=48)
 LC = lora.LoraConfig(rank=4, alpha=8.0, targets=lora.TARGETS)
 B, T = 8, 12
 _init = jax.jit(lora.init, static_argnums=(0, 1))  # one compile instead of one per op

@@ -8,14 +8,14 @@ import pytest
 from si_jax.models import config as config_lib
 from si_jax.models import transformer
 
-CFG = config_lib.make_config(
-    "qwen2", vocab_size=96, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=1,
-    head_dim=8, intermediate_size=48)
+import tiny
+
+CFG = tiny.config("qwen2", vocab_size=96, num_kv_heads=1, intermediate_size=48)
 
 
 @pytest.fixture(scope="module")
 def params():
-  return transformer.init_params(CFG, jax.random.key(0))
+  return tiny.params(CFG)
 
 
 def _data(B=3, T=17, seed=0):

@@ -11,15 +11,14 @@ import pytest
 
 from si_jax import sampling
 from si_jax import sharding as shd
-from si_jax.models import config as config_lib
-from si_jax.models import transformer
 from si_jax.rl import advantages
 from si_jax.rl import rollout
 from si_jax import train_state as ts
 from si_jax.rl import update
 
-CFG = config_lib.make_config("qwen3", vocab_size=16, hidden_size=32, num_layers=1, num_heads=2,
-                             num_kv_heads=1, head_dim=16, intermediate_size=64)
+import tiny
+
+CFG = tiny.config(vocab_size=16, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16)
 
 
 _COMMON = dict(aggregation="seq_mean_token_mean", max_len=None, kl_beta=0.0, kl_estimator="k3",
@@ -33,7 +32,7 @@ _COMMON = dict(aggregation="seq_mean_token_mean", max_len=None, kl_beta=0.0, kl_
 def test_policy_gradient_learns_a_token_bandit(term):
   mesh = shd.make_mesh(devices=jax.devices()[:1])
   opt = ts.make_optimizer(1e-2, 100, schedule="constant")
-  state = ts.create(transformer.init_params(CFG, jax.random.key(0)), opt, mesh)
+  state = ts.create(tiny.params(CFG), opt, mesh)
   sampler = sampling.Sampler(CFG, mesh, max_len=16)
   sp = sampling.SamplingParams(max_new_tokens=4, temperature=1.0)
   P, G = 8, 8

@@ -8,15 +8,14 @@ import pytest
 
 from si_jax import sampling
 from si_jax import sharding as shd
-from si_jax.models import config as config_lib
 from si_jax.models import transformer
+
+import tiny
 
 MESHES = [dict(data=8), dict(fsdp=4, tensor=2), dict(data=2, fsdp=2, tensor=2)]
 
 # Head/hidden sizes divisible by the mesh axes so that every param really is split.
-CFG = config_lib.make_config(
-    "qwen3", vocab_size=128, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
-    head_dim=16, intermediate_size=128)
+CFG = tiny.WIDE
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +23,7 @@ def setup():
   if jax.device_count() < 8:
     pytest.fail("tests need 8 devices: XLA_FLAGS=--xla_force_host_platform_device_count=8 "
                 "(set by tests/conftest.py before jax is imported)")
-  params = transformer.init_params(CFG, jax.random.key(0))
+  params = tiny.params(CFG)
   # Perturb norms so they matter.
   params = jax.tree.map(lambda x: x, params)
   params["layers"]["attn_norm"] = params["layers"]["attn_norm"] + 0.1

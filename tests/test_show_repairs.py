@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import test_si_credit  # registers arith_parity (a random model is right half the time)
+import tiny
 from experiments import show_repairs
 from si_jax.train import trainer
 from si_jax.si import report
@@ -31,8 +32,7 @@ class StrTok:
 
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory):
-  from si_jax.tokenizer import Tokenizer, build_char_tokenizer
-  return Tokenizer.from_dir(build_char_tokenizer(str(tmp_path_factory.mktemp("tok"))))
+  return tiny.char_tokenizer(tmp_path_factory.mktemp("tok"))
 
 
 def _detail(tok):

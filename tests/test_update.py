@@ -6,14 +6,12 @@ import optax
 import pytest
 
 from si_jax import sharding as shd
-from si_jax.models import config as config_lib
-from si_jax.models import transformer
 from si_jax import train_state as ts
 from si_jax.rl import update
 
-CFG = config_lib.make_config(
-    "qwen3", vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
-    head_dim=8, intermediate_size=64)
+import tiny
+
+CFG = tiny.config()  # vocab 64, d=32, 2 layers, 4 heads / 2 KV heads of 8, mlp 64
 B, T = 8, 12
 
 
@@ -42,7 +40,7 @@ def _term(**kw):
 
 @pytest.fixture(scope="module")
 def params():
-  return transformer.init_params(CFG, jax.random.key(0))
+  return tiny.params(CFG)
 
 
 @pytest.mark.parametrize("ratio,aggregation", [
