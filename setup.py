@@ -53,7 +53,7 @@ setuptools.setup(
     entry_points={
         "console_scripts": [
             "si-train=si_jax.cli.train:run",
-            "si-eval=si_jax.train.evaluate:run",
+            "si-eval=si_jax.cli.eval:run",
             "si-convert=si_jax.cli.convert:run",
             "si-bench=si_jax.tools.bench:run",
             "si-sweep=si_jax.tools.sweep:run",

@@ -29,7 +29,7 @@ Defaults are Qwen3's thinking-mode evaluation: k = 32, temperature 0.6, top-p 0.
 Each evaluation is one si-eval command (`--dry_run` prints them), writing
 `<workdir>/paper_eval/<split>/eval.json`; one whose settings and checkpoint step match is
 reused, so the script resumes. By default the commands run in this process (the same code as
-the si-eval command line, `si_jax.train.evaluate.main`); `--subprocess` runs each as its own si-eval
+the si-eval command line, `si_jax.cli.eval.main`); `--subprocess` runs each as its own si-eval
 process. The table goes to `<out>/table.md` and `table.json`.
 
 si-eval samples at least k rows per sampler call (max(1, batch_size // k) problems x k
@@ -197,9 +197,9 @@ def run_eval(cmd: list[str], subprocess_mode: bool) -> str | None:
   if subprocess_mode:
     rc = subprocess.run(cmd, stdin=subprocess.DEVNULL).returncode
     return None if rc == 0 else f"exit code {rc}"
-  from si_jax.train import evaluate  # in-process: the same main() as the si-eval command line
+  from si_jax.cli import eval as eval_cli  # in-process: the si-eval command line's own main()
   try:
-    rc = evaluate.main(cmd[1:])
+    rc = eval_cli.main(cmd[1:])
   except SystemExit as e:  # argparse errors
     rc = e.code
   except Exception as e:  # pylint: disable=broad-except

@@ -450,7 +450,7 @@ def test_metrics_on_an_object_store_are_rewritten_whole(tmp_path, monkeypatch):
 def test_si_eval_on_a_mesh_samples_what_one_device_samples(tmp_path):
   """si-eval --mesh shards the model over the devices (a big model does not fit one) and
   samples the same completions as on one device."""
-  from si_jax.train import evaluate
+  from si_jax.cli import eval as eval_cli
   from si_jax.models import config as model_config
   from si_jax.models import hf, transformer
   from si_jax.tokenizer import Tokenizer, build_char_tokenizer
@@ -467,7 +467,7 @@ def test_si_eval_on_a_mesh_samples_what_one_device_samples(tmp_path):
   tables = {}
   for mesh in ("1,1,1", "2,2,2", "-1,1,1"):
     out = tmp_path / mesh.replace(",", "_")
-    assert evaluate.main(["--hf_dir", model_dir, "--task", "arith", "--task_kwargs",
+    assert eval_cli.main(["--hf_dir", model_dir, "--task", "arith", "--task_kwargs",
                           '{"test_size": 6}', "--k", "2", "--temperature", "1.0",
                           "--max_new_tokens", "16", f"--mesh={mesh}", "--out", str(out)]) == 0
     tables[mesh] = json.load(open(out / "eval.json"))["model"]
@@ -476,4 +476,4 @@ def test_si_eval_on_a_mesh_samples_what_one_device_samples(tmp_path):
     assert [r["sample"] for r in res["rows"]] == [r["sample"] for r in one["rows"]]
     assert res["avg@2"] == one["avg@2"] and res["mean_response_tokens"] == one[
         "mean_response_tokens"]
-  assert evaluate.main(["--hf_dir", model_dir, "--task", "arith", "--mesh", "2,2"]) == 2
+  assert eval_cli.main(["--hf_dir", model_dir, "--task", "arith", "--mesh", "2,2"]) == 2

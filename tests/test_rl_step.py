@@ -19,6 +19,8 @@ from si_jax.rl import rollout
 from si_jax.train import trainer
 from si_jax.rl import update as update_lib
 
+import tiny
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -227,30 +229,11 @@ def test_gsm8k_config_runs_with_task_options_overridden_field_by_field(tmp_path)
   assert last.startswith("si-train: error: ") and "train.jsonl" in last and "answer" in last, last
 
 
-def _tiny_hf_model(root) -> str:
-  """A random tiny Qwen3 HF directory with the synthetic task's tokenizer (its own)."""
-  import jax
-  from si_jax.models import config as model_config
-  from si_jax.models import hf, transformer
-  from si_jax.tokenizer import Tokenizer, build_char_tokenizer
-  tok_dir = build_char_tokenizer(str(root / "tok"))
-  tok = Tokenizer.from_dir(tok_dir)
-  cfg = model_config.make_config(
-      "qwen3", vocab_size=-(-tok.vocab_size // 8) * 8, hidden_size=32, num_layers=1,
-      num_heads=2, num_kv_heads=1, head_dim=16, intermediate_size=64,
-      max_position_embeddings=256)
-  model_dir = str(root / "model")
-  hf.save_hf(transformer.init_params(cfg, jax.random.key(0)), cfg, model_dir,
-             tokenizer_dir=tok_dir, extra_config=dict(eos_token_id=tok.eos_id,
-                                                      pad_token_id=tok.pad_id))
-  return model_dir
-
-
 def test_a_mistyped_manual_dir_after_the_build_stops_si_train_and_si_eval_in_one_line(
     tmp_path, capsys):
   """Issue #19: once GSM8K was built, a mistyped task.kwargs.manual_dir trained on the earlier
   build (rc 0), and si-eval's option mistakes ended in a 17-line traceback."""
-  from si_jax.train import evaluate
+  from si_jax.cli import eval as eval_cli
   from si_jax.data import sources
   manual, tfds_dir, typo = tmp_path / "gsm8k", tmp_path / "tfds", tmp_path / "gsm8kk"
   manual.mkdir()
@@ -271,18 +254,19 @@ def test_a_mistyped_manual_dir_after_the_build_stops_si_train_and_si_eval_in_one
   assert p.stderr.startswith("si-train: error: " + wanted), p.stderr
   assert not os.path.exists(tmp_path / "run" / "checkpoints")
 
-  model_dir = _tiny_hf_model(tmp_path)
+  model_dir = tiny.char_hf_model(tmp_path, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
+                                 max_position_embeddings=256)
   capsys.readouterr()
   for kwargs, message in [
       ({"num_worker": 2}, "--task_kwargs: task 'gsm8k' has no option 'num_worker'; did you "
                           "mean 'num_workers'? (its options: data_dir, manual_dir, num_workers, "
                           "prompt_template, system_prompt, timeout_s)"),
       ({"manual_dir": str(typo), "data_dir": str(tfds_dir)}, wanted)]:
-    rc = evaluate.main(["--hf_dir", model_dir, "--task", "gsm8k", "--task_kwargs",
+    rc = eval_cli.main(["--hf_dir", model_dir, "--task", "gsm8k", "--task_kwargs",
                         json.dumps(kwargs), "--out", str(tmp_path / "ev")])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1, err
     assert err.startswith("si-eval: error: " + message), err
-  rc = evaluate.main(["--hf_dir", model_dir, "--task", "gsm8k", "--task_kwargs", "{num"])
+  rc = eval_cli.main(["--hf_dir", model_dir, "--task", "gsm8k", "--task_kwargs", "{num"])
   assert rc == 2 and capsys.readouterr().err.startswith(
       "si-eval: error: --task_kwargs is not valid JSON")

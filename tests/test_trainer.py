@@ -140,8 +140,8 @@ def test_smoke_run_then_sigkill_resume_is_the_same_run(tmp_path):
     np.testing.assert_array_equal(x, y)
   assert _metrics(a) == _metrics(b)
   # si-eval on the finished run writes markdown and JSON tables.
-  from si_jax.train import evaluate
-  assert evaluate.main(["--workdir", str(a), "--k", "2", "--temperature", "1.0",
+  from si_jax.cli import eval as eval_cli
+  assert eval_cli.main(["--workdir", str(a), "--k", "2", "--temperature", "1.0",
                         "--task_kwargs", '{"test_size": 5}', "--out", str(tmp_path / "ev")]) == 0
   table = json.load(open(tmp_path / "ev" / "eval.json"))
   (res,) = table.values()  # the whole test split, resized by a task option
@@ -343,10 +343,10 @@ def test_a_corrupt_checkpoint_is_refused_by_eval_and_convert_and_resume_falls_ba
   named = (rf"checkpoint {re.escape(str(w))}/checkpoints/10 does not verify: array "
            rf"'[a-z_/0-9]+' has checksum [0-9a-f]{{8}} but the checkpoint recorded [0-9a-f]{{8}} "
            rf"\(its data is in {re.escape(os.path.relpath(data, w / 'checkpoints' / '10'))}\)")
-  from si_jax.train import evaluate
+  from si_jax.cli import eval as eval_cli
   from si_jax.cli import convert as convert_cli
   capsys.readouterr()
-  assert evaluate.main(["--workdir", str(w), "--out", str(tmp_path / "ev")]) == 2
+  assert eval_cli.main(["--workdir", str(w), "--out", str(tmp_path / "ev")]) == 2
   err = capsys.readouterr().err.splitlines()
   assert len(err) == 1 and re.fullmatch(r"si-eval: error: " + named + ".*", err[0]), err
   assert convert_cli.main(["--to=hf", f"--from_workdir={w}", f"--out={tmp_path / 'hf'}"]) == 2

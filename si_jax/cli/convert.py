@@ -7,8 +7,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Sequence
+from typing import NoReturn, Sequence
 
+from si_jax.cli.console import console
 from si_jax.models.config import DTYPES
 from si_jax.models.convert import hf_to_si, si_to_hf
 
@@ -76,9 +77,9 @@ def _main(argv: Sequence[str] | None = None) -> int:
   return 0
 
 
-def run() -> None:
+def run() -> NoReturn:
   """Console-script entry point (`si-convert`)."""
-  sys.exit(main())
+  console(main, "si-convert")
 
 
 if __name__ == "__main__":

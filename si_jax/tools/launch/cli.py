@@ -20,8 +20,9 @@ import os
 import re
 import shlex
 import sys
-from typing import Sequence
+from typing import NoReturn, Sequence
 
+from si_jax.cli.console import console
 from si_jax.tools.launch.common import PREEMPTED
 from si_jax.tools.launch.common import Command
 from si_jax.tools.launch.common import LaunchError
@@ -214,11 +215,6 @@ def _run_local_restarting(argv: Sequence[str], args: argparse.Namespace,
   return rc
 
 
-def run() -> None:
+def run() -> NoReturn:
   """Console-script entry point (`si-launch`)."""
-  try:
-    code = main()
-  except KeyboardInterrupt:
-    print("\nsi-launch: interrupted", file=sys.stderr)
-    code = 130
-  sys.exit(code)
+  console(main, "si-launch")

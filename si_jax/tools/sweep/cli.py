@@ -18,9 +18,10 @@ import argparse
 import os
 import shlex
 import sys
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 from si_jax import tables
+from si_jax.cli.console import console
 from si_jax.tools.sweep.check import validate
 from si_jax.tools.sweep.execute import execute
 from si_jax.tools.sweep.launcher import LAUNCHERS, Launcher, run_job_name, train_args
@@ -106,14 +107,6 @@ def _main(args: argparse.Namespace) -> int:
   return 1 if failed else 0
 
 
-def run() -> None:
-  """Console-script entry point (`si-sweep`)."""
-  try:
-    code = main()
-  except BrokenPipeError:  # `si-sweep ... --dry_run | head`
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    code = 1
-  except KeyboardInterrupt:
-    print("\nsi-sweep: interrupted; the same command resumes the sweep", file=sys.stderr)
-    code = 130
-  sys.exit(code)
+def run() -> NoReturn:
+  """Console-script entry point (`si-sweep`); quiet under `si-sweep ... --dry_run | head`."""
+  console(main, "si-sweep", interrupted="interrupted; the same command resumes the sweep")
