@@ -38,3 +38,11 @@ def test_modules_register_on_first_lookup_and_real_missing_dependencies_surface(
   with pytest.raises(ModuleNotFoundError, match="_si_missing_dependency"):
     Registry("task", modules=("_si_broken",)).names()
   monkeypatch.delitem(sys.modules, "_si_plugin")
+
+
+def test_the_config_schema_lists_what_the_method_implements():
+  """configs (core) lists the choices so a config validates without importing the method."""
+  from si_jax import configs
+  from si_jax.si import audit, locate
+  assert sorted(configs.AUDIT_GATES) == audit.GATES.names()
+  assert set(configs.CORRECTIONS) == {"repair", *locate.CORRECTIONS}
