@@ -494,11 +494,18 @@ def test_credit_fn_many_edits_span_several_chunks():
   b = [t + 1000 if t % 2 and t < 80 else t for t in a]
   als = [align(a, b), align(a, a)]
   assert als[0].num_edits == 40
+  from si_jax import compilation
   credit = make_credit_fn(sharding.make_mesh(devices=jax.devices()[:1]))
-  for kstar in ([40, 0], [33, 0], [17, 0]):
-    start, end = edit_arrays(als, "failed")
-    gate, _ = credit(start, end, np.array(kstar), np.array([3, 3]), np.ones(2), width=103)
-    np.testing.assert_array_equal(np.asarray(gate), placed(als, kstar, [3, 3], 103, "failed"))
+  start, end = edit_arrays(als, "failed")
+  credit(start[:, :4], end[:, :4], np.array([4, 0]), np.array([3, 3]), np.ones(2), width=103)
+  for kstar in ([40, 0], [33, 0], [17, 0], [16, 3]):
+    with compilation.counter().since() as c:  # the program of K* <= 16 serves every K*
+      gate, adv = credit(start, end, np.array(kstar), np.array([3, 3]), np.full(2, -0.5),
+                         width=103)
+    assert c[0].compiles == 0, (kstar, c[0])
+    want = placed(als, kstar, [3, 3], 103, "failed")
+    np.testing.assert_array_equal(np.asarray(gate), want)
+    np.testing.assert_array_equal(np.asarray(adv), -0.5 * want)
 
 
 @pytest.mark.parametrize("change, message", [

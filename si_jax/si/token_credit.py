@@ -19,7 +19,8 @@ edit column active (best of 7, load ~4): ~3 ms at E_max = 16, ~15 ms at 64, ~55 
 Rejected: a scatter of +-1 at the bounds plus `jnp.cumsum` along W, O(R * (W + E_max)), but
 XLA:CPU's cumsum alone took ~30-40 ms here; one unchunked compare, which fell off a cliff above
 E_max = 32 (~250 ms at 64). `make_credit_fn` also cuts the edit columns no row activates
-(index >= max kstar) before the jit, so truncated batches stay narrow.
+(index >= max kstar) and sends rows with more than EDIT_CHUNK active edits through the same
+program once per further chunk: one compiled program per (rows, W), whatever K* a step brings.
 Columns at or past W are never gated; `make_credit_fn` refuses rows whose edits reach past W.
 """
 
@@ -172,10 +173,13 @@ def make_credit_fn(mesh: Mesh) -> Callable[..., tuple[jax.Array, jax.Array]]:
 
   Returns credit_fn(start, end, kstar, offset, value, *, width) -> (gate, advantages), taking
   host arrays (checked: shapes, non-negative, edits within the width) and returning [R, W]
-  numpy arrays. Edit columns at or past the largest kstar (bucketed to a power of two, at
-  least EDIT_CHUNK) are dropped before the jit: they gate nothing. Rows are padded to the
-  `shapes.rung` of the batch shards (empty rows), so the pairs of a step, whose number varies,
-  compile one program per rung, E_max bucket and W, not one per count.
+  numpy arrays. The program takes EDIT_CHUNK edit columns: the edits of rows with more active
+  edits (K* > EDIT_CHUNK, a repair that rewrote much of a long trace) go through the same
+  program once per further chunk, the gates OR-ed, so a rare long repair never compiles a
+  wider program mid-run (one did, at RL step 20 of a parts2 study run). Edit columns at or past
+  the largest kstar gate nothing and are not sent. Rows are padded to the `shapes.rung` of the
+  batch shards (empty rows), so the pairs of a step, whose number varies, compile one program
+  per rung and W, not one per count or edit count.
   """
   divisor = sharding.batch_divisor(mesh)
 
@@ -193,21 +197,27 @@ def make_credit_fn(mesh: Mesh) -> Callable[..., tuple[jax.Array, jax.Array]]:
     if width < 1:
       raise ValueError(f"credit: width must be >= 1, got {width}")
     start, end, kstar, offset, value = _host_inputs(start, end, kstar, offset, value, width)
-    used = min(start.shape[1], max(EDIT_CHUNK, _bucket(int(kstar.max(initial=0)))))
-    start, end = start[:, :used], end[:, :used]  # later edits are inactive
-    if used < EDIT_CHUNK:  # one shape for every K* up to EDIT_CHUNK
-      pad = ((0, 0), (0, EDIT_CHUNK - used))
-      start, end, used = np.pad(start, pad), np.pad(end, pad), EDIT_CHUNK
+    chunks = max(1, -(-int(kstar.max(initial=0)) // EDIT_CHUNK))
+    used = chunks * EDIT_CHUNK  # later edits are inactive; fewer are padded with empty ones
+    pad = ((0, 0), (0, max(used - start.shape[1], 0)))
+    start, end = np.pad(start, pad)[:, :used], np.pad(end, pad)[:, :used]
     R = start.shape[0]
     rows = shapes.fit(R, rows, divisor)
     if rows != R:  # empty rows: no active edit, zero advantage
       grow = lambda x: np.concatenate([x, np.zeros((rows - R,) + x.shape[1:], x.dtype)])
       start, end, kstar, offset, value = map(grow, (start, end, kstar, offset, value))
-    fn, ins = compiled(rows, used, int(width))
-    # Placed before the call: jit takes numpy inputs with a sharded layout only in a single
-    # process (with several, `mesh` is this process's own devices, see si/rows.py).
-    args = jax.device_put((start, end, kstar, offset, value), ins)
-    gate, adv = fn(*args)
-    return np.asarray(gate)[:R], np.asarray(adv)[:R]
+    fn, ins = compiled(rows, EDIT_CHUNK, int(width))
+    gate = None
+    for c in range(chunks):
+      cols = slice(c * EDIT_CHUNK, (c + 1) * EDIT_CHUNK)
+      active = np.clip(kstar - c * EDIT_CHUNK, 0, EDIT_CHUNK).astype(np.int32)
+      # Placed before the call: jit takes numpy inputs with a sharded layout only in a single
+      # process (with several, `mesh` is this process's own devices, see si/rows.py).
+      args = jax.device_put((start[:, cols], end[:, cols], active, offset, value), ins)
+      g, adv = fn(*args)
+      if chunks == 1:
+        return np.asarray(g)[:R], np.asarray(adv)[:R]
+      gate = np.asarray(g) if gate is None else np.maximum(gate, np.asarray(g))
+    return gate[:R], (value[:, None] * gate)[:R]
 
   return credit_fn
