@@ -25,9 +25,13 @@ CONFIG = os.path.join(REPO, "experiments", "configs", "arith_grpo.py")
 # The smoke policy never answers right; KL plus a length penalty over the whole budget give
 # every group a signal, so the policy moves. One mini-batch: a run's rows then sit on the same
 # devices whatever the number of processes (with several, each process splits its own rows).
+# 2 SFT steps (a checkpoint at step 2, the hand-over), then the smoke's 4 RL steps: the RL
+# warm-up moves the policy from its reference from the third on (steps 5 and 6), and evaluations
+# run before RL and at steps 4 and 6.
 ARGS = (f"--config={CONFIG}:smoke", "--config.mesh.data=8", "--config.rl.kl_beta=0.5",
         "--config.rl.overlong=True", "--config.rl.overlong_buffer_frac=1.0",
-        "--config.rl.minibatches=1")
+        "--config.rl.minibatches=1", "--config.sft.steps=2")
+STEPS = 6
 
 
 def _free_port() -> int:
@@ -59,23 +63,41 @@ def _samples(workdir):
           for r in map(json.loads, open(os.path.join(workdir, "samples.jsonl")))}
 
 
-def test_two_processes_train_like_one_process_with_the_same_devices(tmp_path):
-  one, two = tmp_path / "one", tmp_path / "two"
+def _launch_two(workdir, *extra, env=None, program=None):
+  """si-launch local: 2 processes x 4 CPU devices of si-train (or `program`) on ARGS."""
+  return subprocess.Popen(
+      [sys.executable, "-m", "si_jax.tools.launch", "local", "--processes", "2",
+       "--devices_per_process", "4", *extra, *(["--program", program] if program else []),
+       "--", *ARGS, f"--workdir={workdir}"],
+      cwd=REPO, env=dict(os.environ, **(env or {})), text=True, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE)
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+  """One uninterrupted two-process run on ARGS, started as a user would: si-launch local
+  (si_jax/tools/launch/), two simulated hosts. The one-process run and the preempted run below
+  are compared against it. Returns its workdir, stdout and stderr."""
+  workdir = tmp_path_factory.mktemp("two_processes") / "run"
+  p = _launch_two(workdir)
+  out, err = p.communicate(timeout=900)
+  assert p.returncode == 0, out + err
+  return workdir, out, err
+
+
+def test_two_processes_train_like_one_process_with_the_same_devices(tmp_path, two_processes):
+  one = tmp_path / "one"
   p = _start(one, _env(8))
   out, _ = p.communicate(timeout=600)
   assert p.returncode == 0, out
 
-  # Two simulated hosts, started as a user would: si-launch local (si_jax/tools/launch/).
-  q = subprocess.run([sys.executable, "-m", "si_jax.tools.launch", "local", "--processes", "2",
-                      "--devices_per_process", "4", "--", *ARGS, f"--workdir={two}"],
-                     cwd=REPO, text=True, capture_output=True, timeout=600)
-  out = q.stdout + q.stderr
-  assert q.returncode == 0, out
+  two, out, err = two_processes  # two simulated hosts (si-launch local)
+  out += err
   assert "[p0] held-out avg@4" in out and "[p1] held-out" not in out  # process 0 reports
 
   # Process 0 alone wrote the run's files: one metrics row per step.
   a, b = _metrics(one), _metrics(two)
-  assert [r["step"] for r in b] == [r["step"] for r in a] == list(range(1, 11))
+  assert [r["step"] for r in b] == [r["step"] for r in a] == list(range(1, STEPS + 1))
   for ra, rb in zip(a, b):
     assert ra.keys() == rb.keys(), (ra["step"], ra.keys() ^ rb.keys())
     for k in ra:
@@ -91,41 +113,24 @@ def test_two_processes_train_like_one_process_with_the_same_devices(tmp_path):
 
   # The checkpoints (written through Orbax's multi-process path) hold the same params.
   ra, rb = workdir_lib.load_run(str(one)), workdir_lib.load_run(str(two))
-  assert ra["step"] == rb["step"] == 10
+  assert ra["step"] == rb["step"] == STEPS
   for x, y in zip(jax.tree.leaves(jax.device_get(ra["params"])),
                   jax.tree.leaves(jax.device_get(rb["params"]))):
     np.testing.assert_allclose(y, x, rtol=0, atol=1e-6)
 
 
-def _launch_two(workdir, *extra, env=None, cache=None, program=None):
-  """si-launch local: 2 processes x 4 CPU devices of si-train (or `program`) on ARGS."""
-  e = dict(os.environ, **(env or {}))
-  if cache:
-    e.update(JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-  return subprocess.Popen(
-      [sys.executable, "-m", "si_jax.tools.launch", "local", "--processes", "2",
-       "--devices_per_process", "4", *extra, *(["--program", program] if program else []),
-       "--", *ARGS, f"--workdir={workdir}"],
-      cwd=REPO, env=e, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
 def test_sigterm_to_one_process_saves_the_same_step_on_both_and_the_restart_is_the_same_run(
-    tmp_path):
-  """Preemption (issue #19): SIGTERM reaches process 1 only, during RL step 8. Both processes
-  finish the step, save checkpoint 9, exit 75; si-launch restarts them (--max_restarts), they
-  resume at step 9, and the run ends bitwise equal to a two-process run that was not
-  interrupted."""
-  cache, a, b, ready = tmp_path / "cache", tmp_path / "a", tmp_path / "b", tmp_path / "ready"
-  p = _launch_two(a, cache=cache)
-  out, err = p.communicate(timeout=900)
-  assert p.returncode == 0, out + err
-
+    tmp_path, two_processes):
+  """Preemption (issue #19): SIGTERM reaches process 1 only, during step 5 (the third of 4 RL
+  steps; not a step checkpoint.every saves). Both processes finish the step, save checkpoint 5,
+  exit 75; si-launch restarts them (--max_restarts), they resume at step 5 and run step 6, and
+  the run ends bitwise equal to the two-process run that was not interrupted (the fixture)."""
+  a, b, ready = two_processes[0], tmp_path / "b", tmp_path / "ready"
   boot = shlex.join([sys.executable, "-c", fault_boot.BOOT])
-  p = _launch_two(b, "--max_restarts", "1", cache=cache, program=boot,
-                  env={"SI_FAULT_PAUSE_STEP": "8", "SI_FAULT_PAUSE_PROCESS": "1",
+  p = _launch_two(b, "--max_restarts", "1", program=boot,
+                  env={"SI_FAULT_PAUSE_STEP": "4", "SI_FAULT_PAUSE_PROCESS": "1",
                        "SI_FAULT_READY": str(ready)})
-  while not ready.exists():  # process 1 paused at the start of step 8
+  while not ready.exists():  # process 1 paused at the start of step 5 (rl_step(4))
     assert p.poll() is None, p.communicate()
     time.sleep(0.05)
   os.kill(int(ready.read_text()), signal.SIGTERM)
@@ -134,16 +139,16 @@ def test_sigterm_to_one_process_saves_the_same_step_on_both_and_the_restart_is_t
   said = [l for l in err.splitlines() if "preempted" in l]
   assert sorted(said[:2]) == [
       f"[p0] si-train: preempted (a SIGTERM or preemption notice on another process): saved "
-      f"checkpoint 9 to {b}/checkpoints; exit code 75 means 'resume me': run the same command "
+      f"checkpoint 5 to {b}/checkpoints; exit code 75 means 'resume me': run the same command "
       f"again",
-      f"[p1] si-train: preempted (SIGTERM): saved checkpoint 9 to {b}/checkpoints; exit code 75 "
+      f"[p1] si-train: preempted (SIGTERM): saved checkpoint 5 to {b}/checkpoints; exit code 75 "
       f"means 'resume me': run the same command again"], err
   assert said[2:] == ["si-launch: si-train was preempted and saved a checkpoint; restart 1 of 1"]
-  assert f"[p0] resumed {b} at step 9/10" in out
+  assert f"[p0] resumed {b} at step 5/{STEPS}" in out
   ra, rb = _metrics(a), _metrics(b)
   assert ra == rb
   pa, pb = workdir_lib.load_run(str(a)), workdir_lib.load_run(str(b))
-  assert pa["step"] == pb["step"] == 10
+  assert pa["step"] == pb["step"] == STEPS
   for x, y in zip(jax.tree.leaves(jax.device_get(pa["params"])),
                   jax.tree.leaves(jax.device_get(pb["params"]))):
     np.testing.assert_array_equal(x, y)

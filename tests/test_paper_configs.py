@@ -13,6 +13,7 @@ import sys
 import jax
 import pytest
 
+import jax_cache
 from si_jax import configs
 from si_jax import sharding as shd
 from si_jax.tools import sweep as sweep_lib
@@ -251,6 +252,14 @@ def _math_rows(n, offset=0):
 
 
 def test_smoke_trains_gspo_and_si_then_the_table_evaluates_both(hf_dir, tmp_path, capsys):
+  # One compilation cache for both runs and the four evaluations, as si-train's default cache
+  # is on one machine: the SI run and the second run's evaluations read the programs they
+  # share with the first instead of compiling them again.
+  with jax_cache.scoped(tmp_path / "xla"):
+    _smoke_then_table(hf_dir, tmp_path, capsys)
+
+
+def _smoke_then_table(hf_dir, tmp_path, capsys):
   data = tmp_path / "data"
   _jsonl(str(data / "deepmath" / "train.jsonl"), _math_rows(6))
   _jsonl(str(data / "deepmath" / "dev.jsonl"), _math_rows(2, offset=10))

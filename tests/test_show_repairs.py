@@ -10,9 +10,11 @@ import time
 import numpy as np
 import pytest
 
+import jax_cache
 import test_si_credit  # registers arith_parity (a random model is right half the time)
 import tiny
 from experiments import show_repairs
+from si_jax import compilation
 from si_jax.train import trainer
 from si_jax.si import report
 
@@ -137,7 +139,9 @@ def test_steps_are_chosen_among_the_rl_checkpoints():
 def test_show_repairs_html_of_a_trained_run(tmp_path):
   """Trains the smoke config on arith_parity (a cold start long enough for arithmetic-shaped
   traces, so the task knows the first wrong step of some failures), re-runs its first RL step
-  and checks the page against the run's logged metrics for that step."""
+  and checks the page against the run's logged metrics for that step. The run writes its
+  programs to a compilation cache that the re-run reads (as show_repairs.py after si-train,
+  both with the default cache), so the re-run compiles nothing of its own."""
   t0 = time.perf_counter()
   c = test_si_credit._config()  # pylint: disable=protected-access
   c.rl.steps = 1
@@ -145,10 +149,13 @@ def test_show_repairs_html_of_a_trained_run(tmp_path):
   c.sft.steps, c.sft.num_traces = 60, 64
   c.sft.optim.lr = 1e-2
   workdir, out = str(tmp_path / "run"), str(tmp_path / "report.html")
-  trainer.train(c, workdir)
   step = c.sft.steps
-  assert show_repairs.main(["--workdir", workdir, "--step", str(step), "--n", "100",
-                            "--html", out, "--compile_cache_dir", "off"]) == 0
+  with jax_cache.scoped(tmp_path / "xla") as cache:
+    trainer.train(c, workdir)
+    with compilation.counter().since() as rerun:
+      assert show_repairs.main(["--workdir", workdir, "--step", str(step), "--n", "100",
+                                "--html", out, "--compile_cache_dir", cache]) == 0
+  assert rerun[0].compiles == 0 and rerun[0].cache_hits > 0, rerun[0]  # the run's programs
   (logged,) = [r for r in map(json.loads, open(os.path.join(workdir, "metrics.jsonl")))
                if r["step"] == step + 1]
   page = open(out, encoding="utf-8").read()

@@ -11,6 +11,7 @@ import statistics
 import subprocess
 import sys
 
+import jax
 import pytest
 
 from si_jax.tools import launch
@@ -18,9 +19,10 @@ from si_jax.tools import sweep as sweep_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = "experiments/configs/arith_grpo.py:smoke"
-# Each smoke run a few seconds of work: 2 SFT steps, 1 RL step, 4 held-out problems x 2 samples.
+# Each smoke run a few seconds of work: 2 SFT steps, 1 RL step, 4 held-out problems x 4 samples
+# (the RL step's 4 prompts x 4 rollouts: evaluation and RL share their sampling programs).
 FAST = ["--set", "rl.steps=1", "--set", "sft.steps=2", "--set", "eval.num_examples=4",
-        "--set", "eval.k=2", "--set", "log.tensorboard=false", "--set", "checkpoint.every=0"]
+        "--set", "eval.k=4", "--set", "log.tensorboard=false", "--set", "checkpoint.every=0"]
 
 
 @pytest.fixture(autouse=True)
@@ -385,19 +387,25 @@ def _files(workdir):
           for n in ("metrics.jsonl", "summary.json", "train.log", "config.json")}
 
 
-def test_a_sweep_runs_every_setting_then_resumes_without_redoing_finished_runs(tmp_path):
+def test_a_sweep_runs_every_setting_then_resumes_without_redoing_finished_runs(
+    capsys, tmp_path, monkeypatch):
   root = tmp_path / "sweep"
-  # XLA_FLAGS="": one CPU device per run; runs with the same shapes share compilations
-  env = dict(os.environ, XLA_FLAGS="", JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-  cmd = [sys.executable, "-m", "si_jax.tools.sweep", "--config", SMOKE, "--root", str(root),
-         "--grid", "sft.error_rate=0.3,0.5", "--grid", "seed=0,1", *FAST]
-  res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
-  assert res.returncode == 0, res.stdout + res.stderr
+  # The sweep runs in this process (its command line is tested above); its runs are si-train
+  # processes with its environment: XLA_FLAGS="", one CPU device per run, and a compilation
+  # cache, so that runs with the same shapes share compilations. This process's own backend
+  # starts first, with the test session's XLA_FLAGS (tests/conftest.py).
+  jax.devices()
+  for name, value in (("XLA_FLAGS", ""), ("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "jax")),
+                      ("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0"),
+                      ("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")):
+    monkeypatch.setenv(name, value)
+  argv = ["--config", SMOKE, "--root", str(root), "--grid", "sft.error_rate=0.3,0.5",
+          "--grid", "seed=0,1", *FAST]
+  rc, out, err = _main(capsys, *argv)
+  assert rc == 0, out + err
   settings = [(rate, seed) for rate in (0.3, 0.5) for seed in (0, 1)]
   names = [f"sft.error_rate={rate},seed={seed}" for rate, seed in settings]
-  progress = [l for l in res.stdout.splitlines() if l.startswith("[")]
+  progress = [l for l in out.splitlines() if l.startswith("[")]
   assert [l.split(":")[0] for l in progress] == [f"[{i}/4] {n}" for i, n in enumerate(names, 1)]
   assert all(" done in " in l for l in progress)
   record = json.loads((root / "sweep.json").read_text())
@@ -415,13 +423,13 @@ def test_a_sweep_runs_every_setting_then_resumes_without_redoing_finished_runs(t
   for row, rate in zip(table["rows"], (0.3, 0.5)):
     members = [summaries[f"sft.error_rate={rate},seed={s}"] for s in (0, 1)]
     assert row["setting"] == {"sft.error_rate": rate} and row["finished"] == 2
-    for key in ("wall_s", "eval_after.avg@2"):
+    for key in ("wall_s", "eval_after.avg@4"):
       vals = [sweep_lib.lookup(dict(summary=m), key) for m in members]
       cell = row["cells"][key]
       assert cell["n"] == 2 and cell["mean"] == pytest.approx(statistics.fmean(vals))
       assert cell["std"] == pytest.approx(statistics.stdev(vals))
   md = (root / "summary.md").read_text()
-  assert md in res.stdout
+  assert md in out
   rows = [l for l in md.splitlines() if l.startswith("| 0.")]
   assert len(rows) == 2 and all("| 2/2 | " in r and " ± " in r and "(2) |" in r for r in rows)
 
@@ -434,9 +442,9 @@ def test_a_sweep_runs_every_setting_then_resumes_without_redoing_finished_runs(t
   before = {n: _files(root / n) for n in names[:3]}
   log_before = (victim / "train.log").read_text()
 
-  res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
-  assert res.returncode == 0, res.stdout + res.stderr
-  progress = [l for l in res.stdout.splitlines() if l.startswith("[")]
+  rc, out, err = _main(capsys, *argv)
+  assert rc == 0, out + err
+  progress = [l for l in out.splitlines() if l.startswith("[")]
   assert progress[:3] == [f"[{i}/4] {n}: finished, skipped" for i, n in enumerate(names[:3], 1)]
   assert progress[3].startswith(f"[4/4] {names[3]}: resuming from step 2 ... done in ")
   assert {n: _files(root / n) for n in names[:3]} == before  # finished runs untouched

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,6 +28,11 @@ def _load_config(variant="smoke"):
   return mod.get_config(variant)
 
 
+# si-train's entry, run with `-c`.
+_MAIN = ("import sys; from si_jax.cli.train import run; "
+         "sys.argv = ['si-train'] + sys.argv[1:]; run()")
+
+
 def _si_train(workdir, *overrides, cache_dir=None, wait=True, config=CONFIG,
               entry=("-m", "si_jax.cli.train")):
   env = dict(os.environ)
@@ -45,8 +51,6 @@ def _si_train(workdir, *overrides, cache_dir=None, wait=True, config=CONFIG,
   return p.returncode, out
 
 
-# si-train's entry, run with `-c`.
-_MAIN = "import sys; from si_jax.cli.train import run; sys.argv = ['si-train'] + sys.argv[1:]; run()"
 # Put before the entry of a run that `_kill_once_saved(p, .../checkpoints/8)` kills: the run
 # stops at its step-9 save (after step 9's metrics row) until it is killed. Without it the run
 # could finish (and write summary.json) before a parent slowed by a loaded machine sees
@@ -67,11 +71,26 @@ def _kill_once_saved(p, checkpoint, timeout_s=600):
   `timeout_s` only guards against a hang."""
   deadline = time.time() + timeout_s
   while not os.path.exists(checkpoint):
-    assert p.poll() is None, p.stdout.read()
+    assert p.poll() is None, p.communicate()[0]
     assert time.time() < deadline
     time.sleep(0.05)
   p.send_signal(signal.SIGKILL)
   p.wait()
+
+
+# Every si-train run below that trains evaluates 4 held-out problems: x eval.k=4 samples, the
+# 16 rows of an RL step's rollouts (4 prompts x 4), so evaluation runs the rollouts' compiled
+# programs instead of compiling its own.
+SMALL_EVAL = "--config.eval.num_examples=4"
+
+
+@pytest.fixture(scope="module")
+def xla_cache(tmp_path_factory):
+  """The persistent compilation cache of this module's si-train runs: a program any run
+  compiled (of the GRPO or the SI smoke config) is read back by every later one instead of
+  compiled again, as on a machine that runs si-train more than once. Nothing here checks
+  compilation (tests/test_compilation.py does, with its own cache)."""
+  return tmp_path_factory.mktemp("jax_cache")
 
 
 def test_config_errors_are_one_line_naming_the_field(tmp_path):
@@ -107,16 +126,15 @@ def _metrics(workdir):
           for r in rows]
 
 
-def test_smoke_run_then_sigkill_resume_is_the_same_run(tmp_path):
+def test_smoke_run_then_sigkill_resume_is_the_same_run(xla_cache, tmp_path):
   """With a KL term: the resumed run must regularize toward the policy RL started from (the
   reference saved at the hand-over), not toward the policy at the resume step."""
-  cache = tmp_path / "jax_cache"
   a = tmp_path / "uninterrupted"
   # The smoke policy never answers right; a length penalty over the whole budget gives every
   # group a learning signal, so the policy moves away from the reference and KL matters.
   kl = ("--config.rl.kl_beta=0.5", "--config.rl.overlong=True",
-        "--config.rl.overlong_buffer_frac=1.0")
-  rc, out = _si_train(a, *kl, cache_dir=cache)
+        "--config.rl.overlong_buffer_frac=1.0", SMALL_EVAL)
+  rc, out = _si_train(a, *kl, cache_dir=xla_cache)
   assert rc == 0, out
   summary = json.load(open(a / "summary.json"))
   assert summary["steps"] == 10 and summary["eval_before"] and summary["eval_after"]
@@ -125,10 +143,10 @@ def test_smoke_run_then_sigkill_resume_is_the_same_run(tmp_path):
 
   # Same run, killed (SIGKILL, no clean-up) once a checkpoint inside RL exists, then restarted.
   b = tmp_path / "killed"
-  p = _si_train(b, *kl, cache_dir=cache, wait=False, entry=("-c", _STOP_AFTER_8 + _MAIN))
+  p = _si_train(b, *kl, cache_dir=xla_cache, wait=False, entry=("-c", _STOP_AFTER_8 + _MAIN))
   _kill_once_saved(p, b / "checkpoints" / "8")
   assert not os.path.exists(b / "summary.json")
-  rc, out = _si_train(b, *kl, cache_dir=cache)
+  rc, out = _si_train(b, *kl, cache_dir=xla_cache)
   assert rc == 0, out
   assert "resumed" in out
   assert any(r.get("policy/kl_ref", 0) > 0 for r in _metrics(a))  # the KL term was active
@@ -160,7 +178,7 @@ def test_smoke_run_then_sigkill_resume_is_the_same_run(tmp_path):
     np.testing.assert_array_equal(x, y)
   assert transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf")).eos_token == "<|im_end|>"
   # A different config on the same workdir is refused, naming the field.
-  rc, out = _si_train(b, *kl, "--config.rl.group_size=8", cache_dir=cache)
+  rc, out = _si_train(b, *kl, "--config.rl.group_size=8", cache_dir=xla_cache)
   assert rc == 2 and "config.rl.group_size" in out
 
 
@@ -192,6 +210,7 @@ def test_dapo_with_kl_on_an_8_device_data_parallel_mesh(tmp_path):
   c.mesh.data = 8
   c.checkpoint.every = 0
   c.checkpoint.keep = 3
+  c.eval.num_examples = 4  # x eval.k=4: the rollouts' 16 rows, so the same compiled programs
   summary = trainer.train(c, str(tmp_path / "dapo"))
   assert summary["steps"] == 10
   rows = [json.loads(l) for l in open(tmp_path / "dapo" / "metrics.jsonl")]
@@ -219,12 +238,12 @@ _BOOT = ("import sys; sys.path.insert(0, 'tests'); import test_si_credit; "
 
 def _si_parity_train(workdir, cache_dir, wait=True, boot=_BOOT):
   return _si_train(workdir, "--config.task.name=arith_parity", "--config.si.audit=none",
-                   "--config.si.repair_rl=True", "--config.rl.kl_beta=0.1",
+                   "--config.si.repair_rl=True", "--config.rl.kl_beta=0.1", SMALL_EVAL,
                    cache_dir=cache_dir, wait=wait, config=SI_CONFIG, entry=("-c", boot))
 
 
-def test_si_run_killed_and_resumed_is_the_same_run(tmp_path):
-  cache = tmp_path / "jax_cache"
+def test_si_run_killed_and_resumed_is_the_same_run(xla_cache, tmp_path):
+  cache = xla_cache  # with the programs this config shares with the GRPO runs above
   a, b = tmp_path / "a", tmp_path / "b"
   rc, out = _si_parity_train(a, cache)
   assert rc == 0, out
@@ -248,7 +267,6 @@ def test_si_run_killed_and_resumed_is_the_same_run(tmp_path):
 
 import glob  # noqa: E402
 import re  # noqa: E402
-import shutil  # noqa: E402
 
 from fault_boot import BOOT  # noqa: E402  (tests/ is on sys.path under pytest)
 
@@ -262,8 +280,8 @@ def _run(workdir, *overrides, cache_dir, env=None, wait=True):
            JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
            JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", **(env or {}))
   p = subprocess.Popen([sys.executable, "-c", BOOT, f"--config={CONFIG}:smoke",
-                        f"--workdir={workdir}", *overrides], env=e, cwd=REPO, text=True,
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                        f"--workdir={workdir}", SMALL_EVAL, *overrides], env=e, cwd=REPO,
+                       text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
   if not wait:
     return p
   return _finish(p)
@@ -275,12 +293,12 @@ def _finish(p):
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-  """One smoke run that met no fault (and the compilation cache the others share)."""
-  root = tmp_path_factory.mktemp("smoke")
-  rc, out, err = _run(root / "run", cache_dir=root / "jax_cache")
+def smoke_run(tmp_path_factory, xla_cache):
+  """The workdir of one smoke run that met no fault."""
+  w = tmp_path_factory.mktemp("smoke") / "run"
+  rc, out, err = _run(w, cache_dir=xla_cache)
   assert rc == 0, out + "\n".join(err)
-  return root
+  return w
 
 
 def _same_run(a, b):
@@ -292,8 +310,9 @@ def _same_run(a, b):
   assert _metrics(a) == _metrics(b)
 
 
-def test_a_full_disk_is_one_line_exit_2_and_the_run_resumes_where_it_was(smoke_run, tmp_path):
-  w, cache = tmp_path / "run", smoke_run / "jax_cache"
+def test_a_full_disk_is_one_line_exit_2_and_the_run_resumes_where_it_was(smoke_run, xla_cache,
+                                                                          tmp_path):
+  w, cache = tmp_path / "run", xla_cache
   rc, _, err = _run(w, cache_dir=cache, env={"SI_FAULT_ENOSPC_STEP": "4"})
   assert rc == 2, err
   assert len(err) == 1 and re.fullmatch(
@@ -302,11 +321,12 @@ def test_a_full_disk_is_one_line_exit_2_and_the_run_resumes_where_it_was(smoke_r
   assert os.listdir(w / "checkpoints") == ["2"]  # no 4.orbax-checkpoint-tmp, 2 intact
   rc, out, err = _run(w, cache_dir=cache)  # room made
   assert rc == 0 and f"resumed {w} at step 2/10" in out, err
-  _same_run(smoke_run / "run", w)
+  _same_run(smoke_run, w)
 
 
-def test_sigterm_saves_the_step_exits_75_and_the_restart_is_the_same_run(smoke_run, tmp_path):
-  w, cache, ready = tmp_path / "run", smoke_run / "jax_cache", tmp_path / "ready"
+def test_sigterm_saves_the_step_exits_75_and_the_restart_is_the_same_run(smoke_run, xla_cache,
+                                                                          tmp_path):
+  w, cache, ready = tmp_path / "run", xla_cache, tmp_path / "ready"
   # Paused at the start of RL step 8 (tests/fault_boot.py), SIGTERM from outside.
   p = _run(w, cache_dir=cache, wait=False,
            env={"SI_FAULT_PAUSE_STEP": "8", "SI_FAULT_READY": str(ready)})
@@ -323,7 +343,7 @@ def test_sigterm_saves_the_step_exits_75_and_the_restart_is_the_same_run(smoke_r
   assert not os.path.exists(w / "summary.json")
   rc, out, err = _run(w, cache_dir=cache)
   assert rc == 0 and f"resumed {w} at step 9/10" in out, err
-  _same_run(smoke_run / "run", w)
+  _same_run(smoke_run, w)
 
 
 def _flip_bytes(path, n: int = 64) -> None:
@@ -334,9 +354,9 @@ def _flip_bytes(path, n: int = 64) -> None:
 
 
 def test_a_corrupt_checkpoint_is_refused_by_eval_and_convert_and_resume_falls_back(
-    smoke_run, tmp_path, capsys):
-  w, cache = tmp_path / "run", smoke_run / "jax_cache"
-  shutil.copytree(smoke_run / "run", w)
+    smoke_run, xla_cache, tmp_path, capsys):
+  w, cache = tmp_path / "run", xla_cache
+  shutil.copytree(smoke_run, w)
   data = max(glob.glob(str(w / "checkpoints" / "10" / "state" / "ocdbt.process_*" / "d" / "*")),
              key=os.path.getsize)
   _flip_bytes(data)  # 64 bytes, as a bad disk or a partial copy leaves them
@@ -366,4 +386,4 @@ def test_a_corrupt_checkpoint_is_refused_by_eval_and_convert_and_resume_falls_ba
       r"10\.corrupt and resuming from checkpoint 8 \(with config\.checkpoint\.on_corrupt="
       r"refuse the run would stop instead\)", err[0]), err
   assert sorted(os.listdir(w / "checkpoints")) == ["10", "10.corrupt", "8"]
-  _same_run(smoke_run / "run", w)
+  _same_run(smoke_run, w)
