@@ -150,6 +150,16 @@ def with_master_weights(tx: optax.GradientTransformation, dtype: str = "float32"
   return optax.GradientTransformation(init, update)
 
 
+def gradient_dtypes(state: "TrainState"):
+  """The dtype, per param, that gradients are summed in before the optimizer step: the master
+  weights' (float32) where the optimizer keeps them, else the params' own. Summing micro-batch
+  gradients of bfloat16 params in bfloat16 would drop the small ones, as adding small updates
+  to bfloat16 weights did; the master's 4 bytes per param in the accumulator are counted by
+  si-plan like the rest of the update."""
+  like = state.opt_state.master if isinstance(state.opt_state, MasterWeightsState) else state.params
+  return jax.tree.map(lambda x: jnp.dtype(x.dtype), like)
+
+
 def master_weights_for(config, dtype) -> bool:
   """Whether the optimizer keeps float32 master weights for trained params of `dtype`:
   `config.model.master_weights` (absent in configs written before the field: no) and params

@@ -8,6 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from si_jax import configs
 from si_jax.tools import plan as plan_lib
 from si_jax import sharding as shd
 from si_jax import train_state as ts
@@ -76,6 +77,10 @@ def _config(master: bool):
 
 
 def test_master_weights_follow_the_param_dtype_and_the_config():
+  base = configs.base_config()
+  assert base.model.master_weights is True  # the default: on whenever params are bfloat16
+  base.model.param_dtype = "bfloat16"
+  assert ts.master_weights_for(base, jnp.bfloat16)
   assert ts.master_weights_for(_config(True), jnp.bfloat16)
   assert not ts.master_weights_for(_config(True), jnp.float32)  # nothing to keep
   assert not ts.master_weights_for(_config(False), jnp.bfloat16)
@@ -111,3 +116,41 @@ def test_the_hand_over_keeps_the_master_weights():
   fresh = ts.reset_optimizer(state, ts.make_optimizer(1e-4, 10, master_weights=True))
   np.testing.assert_array_equal(fresh.opt_state.master["w"], np.full((4,), 1.0001, np.float32))
   assert int(fresh.step) == 0
+
+
+class _Dot:
+  """A loss term whose gradient with respect to `w` is the chunk's `x` (in w's dtype)."""
+  name, weight = "dot", 1.0
+
+  def loss(self, p, chunk, cfg, chunk_size, remat):
+    return jnp.sum(p["w"].astype(jnp.float32) * chunk["x"]), {}
+
+  def denominator(self, chunk):
+    return jnp.float32(1.0)
+
+
+@pytest.mark.parametrize("master", [True, False])
+def test_micro_batch_gradients_of_bf16_params_are_summed_in_float32_with_master_weights(master):
+  """64 calls of the update's gradient program (64 micro-batches) on bfloat16 params: with
+  master weights the accumulator is float32 and holds the sum to float32 rounding; without
+  them it is bfloat16 (a memory lever that says so) and loses most bits of the sum."""
+  calls = 64
+  xs = [np.asarray(jnp.asarray(np.random.default_rng([3, k]).normal(size=(N,)), jnp.bfloat16)
+                   .astype(jnp.float32)) for k in range(calls)]
+  mesh = shd.make_mesh(devices=jax.devices()[:1])
+  state = ts.create({"w": jnp.zeros((N,), jnp.bfloat16)},
+                    ts.make_optimizer(1e-3, 10, master_weights=master), mesh)
+  updater = update_lib.Updater(state, mesh, cfg=None)
+  acc = updater.zeros_program()(state.params)
+  step = updater.accumulate_program(_Dot(), {"x": xs[0]})
+  for x in xs:
+    acc, _ = step(state.params, acc, {"x": x}, np.float32(1.0))
+  got = np.asarray(acc.grads["w"].astype(jnp.float32))
+  want = np.sum(np.asarray(xs, np.float64), axis=0)
+  error = np.abs(got - want).max()
+  assert acc.grads["w"].dtype == (jnp.float32 if master else jnp.bfloat16)
+  assert updater.accumulator_shapes(state.params).grads["w"].dtype == acc.grads["w"].dtype
+  if master:
+    assert error < 1e-5, error
+  else:
+    assert error > 1e-2, error  # what a bfloat16 sum of 64 terms of size ~1 keeps

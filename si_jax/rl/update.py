@@ -167,7 +167,8 @@ def accumulate_step(params, acc: Accum, chunk, denominator, frozen=None, *, term
   (value, (s, m)), g = jax.value_and_grad(scaled, has_aux=True)(params)
   metrics = {f"{term.name}/loss": (s, term.denominator(chunk))}
   metrics.update({f"{term.name}/{k}": v for k, v in m.items()})
-  return Accum(grads=jax.tree.map(jnp.add, acc.grads, g), loss=acc.loss + value), metrics
+  grads = jax.tree.map(lambda a, b: a + b.astype(a.dtype), acc.grads, g)  # in acc's dtype
+  return Accum(grads=grads, loss=acc.loss + value), metrics
 
 
 def apply_step(state: TrainState, acc: Accum, empty, *, optimizer: optax.GradientTransformation):
@@ -227,6 +228,8 @@ class Updater:
     self.state_sh = ts.state_shardings(state, mesh)
     rep = shd.replicated(mesh)
     self.acc_sh = Accum(grads=self.state_sh.params, loss=rep)
+    # float32 with master weights (bfloat16 params), else the params' dtype
+    self.grad_dtypes = ts.gradient_dtypes(state)
     self._frozen_sh = (None if frozen is None else
                        jax.tree.map(lambda x: x.sharding, frozen))
     self._programs: dict = {}
@@ -234,12 +237,22 @@ class Updater:
   # -- the programs (public: si-plan lowers them from shapes)
 
   def zeros_program(self):
-    """params -> a zero accumulator."""
+    """params -> a zero accumulator (gradients in `grad_dtypes`)."""
     if "zeros" not in self._programs:
+      zeros = lambda p, dt: jnp.zeros(p.shape, dt)  # noqa: E731
       self._programs["zeros"] = jax.jit(
-          lambda p: Accum(grads=jax.tree.map(jnp.zeros_like, p), loss=jnp.zeros((), jnp.float32)),
+          lambda p: Accum(grads=jax.tree.map(zeros, p, self.grad_dtypes),
+                          loss=jnp.zeros((), jnp.float32)),
           in_shardings=(self.state_sh.params,), out_shardings=self.acc_sh)
     return self._programs["zeros"]
+
+  def accumulator_shapes(self, params) -> Accum:
+    """The accumulator as ShapeDtypeStructs (params: arrays or ShapeDtypeStructs), placed like
+    the programs take it: what si-plan lowers the gradient call with."""
+    grads = jax.tree.map(lambda p, dt, sh: jax.ShapeDtypeStruct(p.shape, dt, sharding=sh),
+                         params, self.grad_dtypes, self.acc_sh.grads)
+    return Accum(grads=grads, loss=jax.ShapeDtypeStruct((), jnp.float32,
+                                                        sharding=self.acc_sh.loss))
 
   def accumulate_program(self, term, chunk_example: Mapping[str, Any]):
     """(params, acc, chunk, denominator[, frozen]) -> (acc, metrics) for one term and the shape

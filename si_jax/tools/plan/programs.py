@@ -90,8 +90,7 @@ def plan_update(config, cfg, mesh, wl: Workload, ab: Abstracts, optimizer) -> li
                                remat=config.model.remat, lora=ab.lora, frozen=ab.frozen)
   chunk = policy_batch(config, mesh, wl.micro_rows, wl.width)
   st = ab.state
-  acc = update_lib.Accum(grads=st.params, loss=jax.ShapeDtypeStruct(
-      (), jnp.float32, sharding=shd.replicated(mesh)))
+  acc = updater.accumulator_shapes(st.params)  # float32 gradients with master weights
   den = jax.ShapeDtypeStruct((), jnp.float32, sharding=shd.replicated(mesh))
   args = (st.params, acc, chunk, den) + ((ab.frozen,) if ab.lora is not None else ())
   parts = {"params": tree_bytes(st.params), "accumulator": tree_bytes(acc),
