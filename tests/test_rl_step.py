@@ -68,6 +68,20 @@ def test_pad_rows_and_minibatches_split_each_term():
   assert sorted(seen.tolist()) == [0, 0, 0, 0, 1, 1]  # every row once
 
 
+def test_padding_note_says_when_the_batch_shards_multiply_the_rows():
+  """The paper configs' 256 rollouts in 4 mini-batches x 4 micro-batches: whole on 64 batch
+  shards, 16x on 1,024 (every device needs a row of every update call)."""
+  for shards, want in ((64, None), (1024, 4096)):
+    per_call = batching.call_rows(256 // 16, None, 4, shards)
+    note = batching.padding_note(256, 4, per_call, shards)
+    if want is None:
+      assert note is None
+    else:
+      assert note.startswith(f"the trainer pads 256 rollout rows a step to {want} (16.0x: 4 "
+                             f"mini-batches x 1024 rows per update call, a multiple of the "
+                             f"1024 batch shards)"), note
+
+
 def _term(**kw):
   base = dict(ratio="token", eps_low=0.2, eps_high=0.2, aggregation="token_mean", max_len=8,
               kl_beta=0.0, kl_estimator="k3", temperature=1.0)

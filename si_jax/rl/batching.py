@@ -62,6 +62,20 @@ def call_rows(base: int, capacity: int | None, minibatches: int, divisor: int) -
   return shapes.round_up(rows, divisor)
 
 
+def padding_note(rollouts: int, minibatches: int, call_rows: int, batch_shards: int
+                 ) -> str | None:
+  """One line saying how far a step's rollout rows are padded (every mini-batch is whole
+  update calls of `call_rows`, a multiple of the batch shards, so each device gets a row per
+  call), or None when they are not. Printed by si-train at start and by si-plan."""
+  rows = shapes.round_up(rollouts, minibatches * call_rows)
+  if rows <= rollouts:
+    return None
+  return (f"the trainer pads {rollouts} rollout rows a step to {rows} ({rows / rollouts:.1f}x: "
+          f"{minibatches} mini-batches x {call_rows} rows per update call, a multiple of the "
+          f"{batch_shards} batch shards); fewer rl.minibatches or more rl.prompts_per_step "
+          f"pad less")
+
+
 def logprob_program(cfg, mesh, param_shardings, shape: tuple[int, int], *, temperature: float,
                     chunk_size: int) -> Callable:
   """The jit of one log-prob call: (params, tokens, input_mask) -> log-probs, all of global

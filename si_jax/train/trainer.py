@@ -566,6 +566,10 @@ def train(config, workdir: str, run: Run | None = None) -> dict:
     resumed = run.restore()
     if resumed and multihost.is_primary():
       print(f"resumed {workdir} at step {run.meta['step']}/{run.total_steps}", flush=True)
+    padding = batching.padding_note(run.rollout_rows, config.rl.minibatches,
+                                    run.default_call_rows, shd.batch_divisor(run.mesh))
+    if padding and run.rl_steps and multihost.is_primary():
+      print(f"si-train: note: {padding}", flush=True)
     progress = metrics_lib.Progress(
         run.total_steps, start_step=run.meta["step"], every=config.log.progress_every,
         stream=None if multihost.is_primary() else io.StringIO())  # process 0 reports

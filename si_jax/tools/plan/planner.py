@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from si_jax import train_state as ts
+from si_jax.rl import batching
 from si_jax.tools.plan.devices import Accelerator
 from si_jax.tools.plan.inputs import (Workload, config_get, lora_config, make_mesh, model_for,
                                       planned_attention, workload)
@@ -123,11 +124,9 @@ def plan(config, *, devices: int, acc: Accelerator, model: str | None = None,
   if config.rl.credit != "outcome":
     notes.append(f"credit {config.rl.credit!r} adds loss terms whose rows vary per step "
                  f"(e.g. SI's repairs): planned is the policy term on the rollout rows")
-  if wl.rows > wl.rollouts:
-    notes.append(f"the trainer pads {wl.rollouts} rollout rows to {wl.rows} (a multiple of "
-                 f"{wl.minibatches} mini-batches x {wl.call_rows} rows per update call, a "
-                 f"multiple of the {wl.batch_shards} "
-                 f"batch shards)")
+  padding = batching.padding_note(wl.rollouts, wl.minibatches, wl.call_rows, wl.batch_shards)
+  if padding:
+    notes.append(padding)
   if config_get(config, "rl.decode_compaction"):
     notes.append("rl.decode_compaction: planned is the decode loop at the full batch (the "
                  "first segment's shapes; later segments have fewer rows)")
