@@ -296,6 +296,19 @@ def process_rows(sharding: NamedSharding, n: int) -> slice:
   return slice(start, stop)
 
 
+def local_row_ids(sharding: NamedSharding, n: int) -> np.ndarray:
+  """int32: the global row of each of this process's rows of an [n, ...] array with
+  `sharding`, in the order `to_global` takes and `local_rows` returns them (its shards in row
+  order, wherever they sit). With one process: arange(n)."""
+  if jax.process_count() == 1:
+    return np.arange(n, dtype=np.int32)
+  spans = {}
+  for index in sharding.addressable_devices_indices_map((n,)).values():
+    start = index[0].start or 0
+    spans[start] = n if index[0].stop is None else index[0].stop
+  return np.concatenate([np.arange(a, spans[a], dtype=np.int32) for a in sorted(spans)])
+
+
 def to_global(x: np.ndarray, sharding: NamedSharding):
   """This process's rows [n_local, ...] -> the global [n_local * process_count, ...] array.
   With one process: `x` itself (jit places it by its in_shardings)."""

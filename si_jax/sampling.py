@@ -324,12 +324,11 @@ class Sampler:
   compact: decode compaction (module docstring): segments of `compact_every` steps, and the
     unfinished rows moved into the smallest bucket of {batch-shard count x 2^j} that holds
     them whenever that is smaller than the current batch (so at the latest once half of the
-    rows are done). Turns `row_keys` on. In a multi-process run the rows are not moved (the
-    decode loop runs once, as without compaction; with row keys the tokens are the same).
+    rows are done). Turns `row_keys` on. With several processes each process moves its own
+    rows, into the bucket of the most unfinished rows of any process (`_decode_segmented`).
   last_buckets: after a compacted call, [(step, rows)]: the batch size from each step on.
   grow_every: cache growth (module docstring), in columns; 0 = off (one cache of prompt + new
-    tokens). Decodes in segments of at most this many steps. Like compaction, one process only
-    (a multi-process run decodes with the full cache).
+    tokens). Decodes in segments of at most this many steps (with several processes too).
   last_cache_lengths: after a segmented call, [(step, columns)]: the cache length from each
     step on.
   """
@@ -427,11 +426,12 @@ class Sampler:
     return self._segment[(B, S, sp)]
 
   def _gather_fn(self, B, B_new, S, N):
-    """jit of `compact_state`: a state of B rows -> B_new rows."""
+    """jit of `compact_state`: a state of B rows -> B_new rows; the indices [B_new] (global
+    rows of the state) are split like the rows they make."""
     if (B, B_new, S, N) not in self._gather:
       self._gather[(B, B_new, S, N)] = jax.jit(
           compact_state, in_shardings=(self._state_shardings(B, S, N),
-                                       shd.replicated(self.mesh)),
+                                       shd.batch_sharding(self.mesh, (B_new,), self.rules)),
           out_shardings=self._state_shardings(B_new, S, N))
     return self._gather[(B, B_new, S, N)]
 
@@ -494,7 +494,7 @@ class Sampler:
       tokens = np.concatenate([tokens, np.repeat(tokens[:1], B - len(tokens), 0)])
       mask = np.concatenate([mask, np.repeat(mask[:1], B - len(mask), 0)])
     G = B * jax.process_count()
-    segmented = (self.compact or self.grow_every) and not multi
+    segmented = bool(self.compact or self.grow_every)
     N = sp.max_new_tokens
     S = P + min(self.grow_every, N) if segmented and self.grow_every else P + N
     prefill, decode = self.programs(G, P, sp, S)
@@ -502,45 +502,63 @@ class Sampler:
     logits, cache = prefill(params, multihost.to_global(tokens, bs),
                             multihost.to_global(mask, bs))
     if segmented:
-      out = self._decode_segmented(params, logits, cache, key, sp, np.arange(G) >= B0, P)
+      out = self._decode_segmented(params, logits, cache, key, sp, np.arange(B) >= B0, P)
     else:
       out, _ = decode(params, logits, cache, key)
       out = multihost.tree_local_rows(out)
     return jax.tree.map(lambda a: a[:B0], out)
 
+  def _init_state(self, logits, cache, sp: SamplingParams, filler: np.ndarray) -> DecodeState:
+    """`init_state` for this process's rows (filler [B] done from the start), as the segment
+    programs take it: each row's key is its row of the whole batch (`multihost.local_row_ids`:
+    with several processes, where this process's shards sit), as in the unsegmented loop."""
+    B, N, P = len(filler), sp.max_new_tokens, jax.process_count()
+    sh = self._state_shardings(B * P, cache.valid.shape[1], N)
+    host = dict(tokens=np.full((B, N), sp.pad_id, np.int32),
+                logprobs=np.zeros((B, N), np.float32), done=np.asarray(filler, bool),
+                lengths=np.zeros(B, np.int32), rows=multihost.local_row_ids(sh.rows, B * P))
+    return DecodeState(step=multihost.global_from_host(np.asarray(0, np.int32), sh.step),
+                       logits=logits, cache=cache,
+                       **{k: multihost.to_global(v, getattr(sh, k)) for k, v in host.items()})
+
   def _decode_segmented(self, params, logits, cache, key, sp: SamplingParams,
                         filler: np.ndarray, P: int) -> SampleOutput:
-    """The decode loop in segments (one process), compacting and / or growing the cache
-    between them. filler [B] bool: rows whose outputs are dropped (done from the start); P:
-    the prompt width. Returns numpy [B, N] outputs in the original row order."""
+    """The decode loop in segments, compacting and / or growing the cache between them.
+    filler [B] bool: this process's rows whose outputs are dropped (done from the start); P:
+    the prompt width. Returns numpy [B, N] outputs of this process's rows in their order.
+
+    With several processes every process runs every segment (the programs are collective):
+    they agree on when to stop (all rows of all processes done) and on each compaction's rows
+    per process (the bucket of the most unfinished rows of any process), and each moves only
+    its own rows (the gather's indices are global rows of its own shards)."""
     N, S = sp.max_new_tokens, cache.valid.shape[1]
     G = self.grow_every
     every = min(self.compact_every if self.compact else N, G or N)
-    B = len(filler)
+    B, procs = len(filler), jax.process_count()  # B: this process's rows
     out = SampleOutput(tokens=np.full((B, N), sp.pad_id, np.int32),
                        logprobs=np.zeros((B, N), np.float32), lengths=np.zeros(B, np.int32),
                        finished=np.zeros(B, bool))
     slots = np.arange(B)  # the original row of each row of the state
     real = ~filler  # rows of the state whose outputs are still to be written
-    state = init_state(logits, cache, sp, done=filler, xp=np)
+    state = self._init_state(logits, cache, sp, filler)
     layer_params = self._layer_params(params)
-    self.last_buckets, self.last_cache_lengths = [(0, B)], [(0, S)]
+    self.last_buckets, self.last_cache_lengths = [(0, B * procs)], [(0, S)]
     step = 0
     while True:
+      rows = len(slots) * procs  # of the whole run
       start, step = step, min(step + every, N)
       if P + step > S:  # the segment writes columns up to P + step - 1
         S_new = min(P + -(-step // G) * G, P + N)
-        state = self._grow_fn(len(slots), S, S_new, N)(state)
+        state = self._grow_fn(rows, S, S_new, N)(state)
         S = S_new
         self.last_cache_lengths.append((start, S))
-      state = self._segment_fn(len(slots), S, sp)(params, layer_params, state, key,
-                                                  np.int32(step))
-      done = np.asarray(jax.device_get(state.done))  # the one host sync per segment
-      last = step >= N or done.all()
-      size = self.bucket(int((~done).sum()))
+      state = self._segment_fn(rows, S, sp)(params, layer_params, state, key, np.int32(step))
+      done = multihost.local_rows(state.done)  # the one host sync per segment
+      last = step >= N or multihost.all_true(bool(done.all()))
+      size = self.bucket(multihost.global_max(int((~done).sum())) * procs) // procs
       shrink = self.compact and size < len(slots)
       if last or shrink:  # write back the rows before any are dropped
-        got = jax.device_get(state.output())
+        got = multihost.tree_local_rows(state.output())
         for name in ("tokens", "logprobs", "lengths", "finished"):
           getattr(out, name)[slots[real]] = np.asarray(getattr(got, name))[real]
       if last:
@@ -548,6 +566,9 @@ class Sampler:
       if shrink:
         alive = np.flatnonzero(~done)
         idx = np.concatenate([alive, np.flatnonzero(done)[:size - len(alive)]]).astype(np.int32)
-        state = self._gather_fn(len(slots), size, S, N)(state, idx)
+        own = multihost.local_row_ids(shd.batch_sharding(self.mesh, (rows,), self.rules), rows)
+        idx_sh = shd.batch_sharding(self.mesh, (size * procs,), self.rules)
+        state = self._gather_fn(rows, size * procs, S, N)(
+            state, multihost.to_global(own[idx], idx_sh))
         slots, real = slots[idx], np.arange(size) < len(alive)
-        self.last_buckets.append((step, size))
+        self.last_buckets.append((step, size * procs))

@@ -413,6 +413,62 @@ print("rows of", p, "ok; global first column", whole[:, 0].astype(int).tolist(),
                    for i in range(2)]
 
 
+def test_compaction_and_cache_growth_on_two_processes_sample_the_rows_one_process_samples(
+    tmp_path):
+  """Decode compaction and cache growth with several processes: two processes x 2 CPU devices
+  on a mesh whose batch shards alternate between them (as on TPU slices). Each process's rows
+  (different prompts, different counts: 3 and 1 of 4) decode in segments that move and grow
+  only its own rows, and the tokens are those of the unsegmented decode of the same rows (row
+  keys: a row's stream is its row of the whole batch, wherever its process's shards sit)."""
+  (tmp_path / "compact.py").write_text("""
+import sys
+sys.path.insert(0, %r)
+from si_jax import multihost, sampling, sharding as shd
+assert multihost.initialize_from_env()
+import jax, numpy as np
+import tiny
+from si_jax.models.config import preset
+cfg = preset("tiny", num_layers=1, max_position_embeddings=96)
+params = tiny.params(cfg)
+d = jax.devices()
+mesh = shd.make_mesh(data=4, devices=[d[0], d[2], d[1], d[3]])
+p = jax.process_index()
+rng = np.random.default_rng(0)
+prompts = [list(rng.integers(40, cfg.vocab_size, n)) for n in (3, 17, 8, 1, 12, 5, 9, 2)]
+mine = [prompts[:3], prompts[3:4]][p]
+sp = sampling.SamplingParams(max_new_tokens=24, stop_ids=tuple(range(1, 40)), row_keys=True)
+key = jax.random.key(7)
+full = sampling.Sampler(cfg, mesh, max_len=64)
+ref = full.generate(params, mine, key, sp, rows=16)
+for kw in (dict(compact=True, compact_every=4), dict(grow_every=8),
+           dict(compact=True, compact_every=4, grow_every=8)):
+  s = sampling.Sampler(cfg, mesh, max_len=64, **kw)
+  out = s.generate(params, mine, key, sp, rows=16)
+  np.testing.assert_array_equal(out.tokens, ref.tokens)
+  np.testing.assert_array_equal(out.lengths, ref.lengths)
+  np.testing.assert_allclose(out.logprobs, ref.logprobs, atol=1e-5)
+  print("process", p, kw, "buckets", s.last_buckets, "cache", s.last_cache_lengths, flush=True)
+""" % os.path.join(REPO, "tests"))
+  program = shlex.join([sys.executable, str(tmp_path / "compact.py")])
+  res = subprocess.run([sys.executable, "-m", "si_jax.tools.launch", "local", "--processes", "2",
+                        "--devices_per_process", "2", "--program", program, "--"],
+                       cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), capture_output=True,
+                       text=True, timeout=600)
+  assert res.returncode == 0, res.stdout + res.stderr
+  said = {}
+  for line in res.stdout.splitlines():
+    if " buckets " in line:
+      said.setdefault(line.split()[0], []).append(line)
+  assert sorted(said) == ["[p0]", "[p1]"] and all(len(v) == 3 for v in said.values()), res.stdout
+  # the processes agreed on every segment's rows: the same buckets and cache lengths
+  assert [l.split(" buckets ")[1] for l in said["[p0]"]] == [
+      l.split(" buckets ")[1] for l in said["[p1]"]]
+  compacted = said["[p0]"][0].split(" buckets ")[1]
+  assert compacted.startswith("[(0, 16), (4, 8)"), compacted  # rows moved: 16 -> 8 -> ...
+  # the cache grew by 8 columns at a time (prompt width 32: 40, 48, 56 of 56 = 32 + 24)
+  assert said["[p0]"][1].endswith("cache [(0, 40), (8, 48), (16, 56)]"), said["[p0]"][1]
+
+
 def test_variable_length_gathers_pad_to_a_few_sizes():
   """allgather_bytes / allgather_rows pad to the next power of two: metrics and term lists
   of growing length compile log2 programs, not one per new longest message."""
