@@ -1,5 +1,6 @@
 """The synthetic arithmetic task: language, verifier, error injection, repairs, prompts."""
 
+import os
 import random
 import re
 
@@ -592,3 +593,32 @@ def test_multi_part_words_are_tokens_and_repair_prompts_round_trip(tok):
   for p in pairs[:5]:
     r = prompts.repair_prompt(p.example.prompt, p.failed, p.anchor)
     assert tok.decode(tok.encode(r)) == r
+
+
+@pytest.mark.parametrize("variant", ["long", "parts2", "parts4"])
+def test_dilution_budgets_cover_the_longest_prompt_solution_and_repair_prompt(variant, tmp_path):
+  """experiments/configs/arith_si.py's study variants: the longest solution fits
+  rl.max_new_tokens and a repair prompt of the longest problem (si/rows.py's bound) plus a
+  repair fits the model's positions, measured on 2,000 train problems with the built
+  tokenizer (a budget too small truncates every long rollout into a wrong one)."""
+  import importlib.util
+  from si_jax import shapes
+  from si_jax.data.arith.render import solve
+  spec = importlib.util.spec_from_file_location(
+      "arith_si", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                               "experiments", "configs", "arith_si.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  c = mod.get_config(variant)
+  build_char_tokenizer(str(tmp_path))
+  tok = Tokenizer.from_dir(str(tmp_path))
+  kw = dict(c.task.kwargs, train_size=2000)
+  data = ArithDataset(ArithConfig(**kw), "train")
+  prompt = max(len(tok.prompt_ids(ex.prompt, None)) for ex in data)
+  solution = max(len(tok.encode(solve(ex))) for ex in data)
+  assert solution <= c.rl.max_new_tokens, (solution, c.rl.max_new_tokens)
+  template = len(prompts.repair_prompt_ids(tok, "", "", "", None, None))
+  around = len(tok.prompt_ids("", None))
+  bound = shapes.round_up(template + shapes.round_up(prompt, shapes.QUANTUM) - around
+                          + 2 * c.rl.max_new_tokens, shapes.QUANTUM)
+  assert bound + c.rl.max_new_tokens <= c.model.overrides.max_position_embeddings
