@@ -49,6 +49,7 @@ import logging
 import math
 import os
 import sys
+import time
 import warnings
 from typing import Any, Callable, Mapping
 
@@ -239,6 +240,10 @@ def _quiet_no_space():
         h.removeFilter(filt)
 
 
+# _discard_partial after a failed save: nothing may reappear for SETTLE_CHECKS x SETTLE_S.
+SETTLE_CHECKS, SETTLE_S, SETTLE_MAX_S = 5, 0.1, 30.0
+
+
 def _collect_abandoned_writes() -> None:
   """After a failed save Orbax leaves write coroutines of a closed event loop behind; finalized
   at interpreter exit they print tracebacks ('Event loop is closed', 'Python is likely
@@ -333,7 +338,9 @@ class Checkpointer:
             ocm.PreemptionCheckpointingPolicy(),
         ]),
         preservation_policy=ocm.LatestN(n=max_to_keep),
-        enable_async_checkpointing=async_save,
+        # Always Orbax's async path (a synchronous save waits for it at once): only there are
+        # the writes of a failed save reachable, to wait for before its folder is removed.
+        enable_async_checkpointing=True,
         cleanup_tmp_directories=True,
         create=True,
     )
@@ -390,7 +397,7 @@ class Checkpointer:
     self.wait()
     # A failed save of this step may have left its partial folder (a write still in flight when
     # the failure was cleaned up can recreate it); Orbax refuses to save over it.
-    self._discard_partial(step, reload=False)
+    self._discard_partial(step, reload=False, settle=False)
     # Round-trip through json so the saved object is plain dicts/lists (no tuples/Mappings).
     meta = json.loads(json.dumps(dict(meta)))
     items = {_STATE: ocp.args.StandardSave(state), _META: ocp.args.JsonSave(meta)}
@@ -403,13 +410,12 @@ class Checkpointer:
                   for x in jax.tree.leaves(state)))
     needed = lambda: self._needed_bytes(raw)  # only asked when the disk is full
     self._pending = (step, needed)
-    if self._async:
-      self._quiet_pending.enter_context(_quiet_no_space())
+    self._quiet_pending.enter_context(_quiet_no_space())
     self._or_no_space(
         lambda: self._manager.save(step, args=ocp.args.Composite(**items), force=True),
         step, needed)
     if not self._async:
-      self._pending = None
+      self.wait()  # committed, or its error raised, before a synchronous save returns
     return True
 
   def _needed_bytes(self, raw: int) -> int:
@@ -435,11 +441,27 @@ class Checkpointer:
     self._discard_partial(step)
     raise NoSpaceError(step, self._directory, needed())
 
-  def _discard_partial(self, step: int, reload: bool = True) -> None:
-    """Removes `<step>.orbax-checkpoint-tmp*` (what a failed save leaves); process 0 does."""
+  def _discard_partial(self, step: int, reload: bool = True, settle: bool = True) -> None:
+    """Removes `<step>.orbax-checkpoint-tmp*` (what a failed save leaves); process 0 does.
+
+    settle: after a failed save, writes Orbax issued and abandoned (tensorstore's, which no
+    future of Orbax's covers once its event loop is gone) may still be running and recreate
+    the folder as it is removed: removal repeats until nothing has come back for SETTLE_CHECKS
+    checks SETTLE_S apart (at most SETTLE_MAX_S; only on this failure path)."""
     if multihost.is_primary():
-      for p in epath.Path(self._directory).glob(f"{step}{TMP_MARK}*"):
-        p.rmtree(missing_ok=True) if p.is_dir() else p.unlink(missing_ok=True)
+      pattern = f"{step}{TMP_MARK}*"
+      deadline, quiet = time.monotonic() + SETTLE_MAX_S, 0
+      while True:
+        found = list(epath.Path(self._directory).glob(pattern))
+        for p in found:
+          try:
+            p.rmtree(missing_ok=True) if p.is_dir() else p.unlink(missing_ok=True)
+          except OSError:  # a write still in flight filled a folder being removed: again
+            pass
+        quiet = 0 if found else quiet + 1
+        if not settle or quiet >= SETTLE_CHECKS or time.monotonic() > deadline:
+          break
+        time.sleep(SETTLE_S)
     if not reload:
       return
     try:
