@@ -380,6 +380,17 @@ def test_a_tensor_group_across_hosts_is_refused_by_name():
     multihost.check_mesh(mesh)
 
 
+def _two_processes_run(script) -> subprocess.CompletedProcess:
+  """`script` on two processes x 2 CPU devices through si-launch local (exit code 0 asserted)."""
+  program = shlex.join([sys.executable, str(script)])
+  res = subprocess.run([sys.executable, "-m", "si_jax.tools.launch", "local", "--processes", "2",
+                        "--devices_per_process", "2", "--program", program, "--"],
+                       cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), capture_output=True,
+                       text=True, timeout=600)
+  assert res.returncode == 0, res.stdout + res.stderr
+  return res
+
+
 def test_interleaved_batch_shards_feed_each_process_its_own_rows(tmp_path):
   """Two processes x 2 CPU devices on a mesh whose batch shards alternate between them, as a
   TPU slice's torus order makes them: check_mesh accepts it, and the data path (to_global,
@@ -401,12 +412,7 @@ np.testing.assert_array_equal(multihost.local_rows(out), rows * 2)
 whole = multihost_utils.process_allgather(out, tiled=True)
 print("rows of", p, "ok; global first column", whole[:, 0].astype(int).tolist(), flush=True)
 """)
-  program = shlex.join([sys.executable, str(tmp_path / "interleaved.py")])
-  res = subprocess.run([sys.executable, "-m", "si_jax.tools.launch", "local", "--processes", "2",
-                        "--devices_per_process", "2", "--program", program, "--"],
-                       cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), capture_output=True,
-                       text=True, timeout=300)
-  assert res.returncode == 0, res.stdout + res.stderr
+  res = _two_processes_run(tmp_path / "interleaved.py")
   lines = sorted(l for l in res.stdout.splitlines() if "ok; global" in l)
   # global rows 0..3 sit on d0 (p0), d2 (p1), d1 (p0), d3 (p1)
   assert lines == [f"[p{i}] rows of {i} ok; global first column [0, 200, 4, 204]"
@@ -449,12 +455,7 @@ for kw in (dict(compact=True, compact_every=4), dict(grow_every=8),
   np.testing.assert_allclose(out.logprobs, ref.logprobs, atol=1e-5)
   print("process", p, kw, "buckets", s.last_buckets, "cache", s.last_cache_lengths, flush=True)
 """ % os.path.join(REPO, "tests"))
-  program = shlex.join([sys.executable, str(tmp_path / "compact.py")])
-  res = subprocess.run([sys.executable, "-m", "si_jax.tools.launch", "local", "--processes", "2",
-                        "--devices_per_process", "2", "--program", program, "--"],
-                       cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), capture_output=True,
-                       text=True, timeout=600)
-  assert res.returncode == 0, res.stdout + res.stderr
+  res = _two_processes_run(tmp_path / "compact.py")
   said = {}
   for line in res.stdout.splitlines():
     if " buckets " in line:
