@@ -2,7 +2,9 @@
 
 Everything here is jit-able (shapes are static, no Python control flow on traced values) and
 also works on host numpy inputs, so the trainer's Python loops (e.g. DAPO's refill of groups)
-can call the same functions it jits.
+can call the same functions it jits. Host inputs are computed with numpy (`_xp`): run op by op
+through jax.numpy they would compile a program per primitive and shape in the step that first
+meets them.
 
 Shapes: P prompts, G rollouts per prompt, B = P * G sequences (or any number of rows, e.g. SI's
 failed + repaired rows), T sequence length.
@@ -19,6 +21,7 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = [
     "KL_ESTIMATORS",
@@ -30,6 +33,11 @@ __all__ = [
 ]
 
 KL_ESTIMATORS = ("k1", "k2", "k3")
+
+
+def _xp(*xs):
+  """jax.numpy when any input is a JAX array (or a tracer, under jit), else numpy."""
+  return jnp if any(isinstance(x, jax.Array) for x in xs) else np
 
 
 def _check_rank(name: str, x, rank: int, where: str) -> None:
@@ -45,12 +53,13 @@ def _check_same_shape(names: tuple[str, str], a, b, where: str) -> None:
 
 def _rewards_and_valid(rewards, valid, where: str) -> tuple[jax.Array, jax.Array]:
   """(rewards [P, G] float32 with 0 in invalid slots (NaN there is ignored), valid [P, G] bool)."""
-  r = jnp.asarray(rewards, jnp.float32)
+  xp = _xp(rewards, valid)
+  r = xp.asarray(rewards, xp.float32)
   if valid is None:
-    return r, jnp.ones(r.shape, bool)
+    return r, xp.ones(r.shape, bool)
   _check_same_shape(("rewards", "valid"), rewards, valid, where)
-  v = jnp.asarray(valid, bool)
-  return jnp.where(v, r, 0.0), v
+  v = xp.asarray(valid, bool)
+  return xp.where(v, r, xp.float32(0.0)), v
 
 
 def group_advantages(
@@ -88,14 +97,15 @@ def group_advantages(
   if ddof not in (0, 1):
     raise ValueError(f"{where}: ddof must be 0 or 1, got {ddof}")
   r, v = _rewards_and_valid(rewards, valid, where)
-  n = v.sum(axis=1, keepdims=True).astype(jnp.float32)
-  mean = r.sum(axis=1, keepdims=True) / jnp.maximum(n, 1.0)
-  centred = jnp.where(v, r - mean, 0.0)
+  xp, f32 = _xp(r), np.float32
+  n = v.sum(axis=1, keepdims=True).astype(xp.float32)
+  mean = r.sum(axis=1, keepdims=True) / xp.maximum(n, f32(1.0))
+  centred = xp.where(v, r - mean, f32(0.0))
   if not normalize_std:
     return centred
-  var = (centred**2).sum(axis=1, keepdims=True) / jnp.maximum(n - ddof, 1.0)
-  std = jnp.where(n - ddof > 0, jnp.sqrt(var), 0.0)
-  return centred / (std + eps)
+  var = (centred**2).sum(axis=1, keepdims=True) / xp.maximum(n - ddof, f32(1.0))
+  std = xp.where(n - ddof > 0, xp.sqrt(var), f32(0.0))
+  return centred / (std + f32(eps))
 
 
 def token_advantages(seq_adv: jax.Array, mask: jax.Array) -> jax.Array:
@@ -140,8 +150,9 @@ def dynamic_sampling_keep(rewards: jax.Array, *, atol: float = 0.0,
   where = "dynamic_sampling_keep"
   _check_rank("rewards", rewards, 2, where)
   r, v = _rewards_and_valid(rewards, valid, where)
-  hi = jnp.where(v, r, -jnp.inf).max(axis=1)
-  lo = jnp.where(v, r, jnp.inf).min(axis=1)
+  xp = _xp(r)
+  hi = xp.where(v, r, -np.inf).max(axis=1)
+  lo = xp.where(v, r, np.inf).min(axis=1)
   return (v.sum(axis=1) >= 2) & (hi - lo > atol)
 
 
@@ -168,11 +179,12 @@ def overlong_penalty(lengths: jax.Array, max_new_tokens: int, buffer: int) -> ja
   if not 0 <= buffer <= max_new_tokens:
     raise ValueError(f"{where}: buffer must be in [0, max_new_tokens={max_new_tokens}], "
                      f"got {buffer}")
-  n = jnp.asarray(lengths, jnp.float32)
+  xp = _xp(lengths)
+  n = xp.asarray(lengths, xp.float32)
   if buffer == 0:
-    return jnp.zeros_like(n)
-  start = float(max_new_tokens - buffer)
-  return jnp.clip((start - n) / float(buffer), -1.0, 0.0)
+    return xp.zeros_like(n)
+  start = np.float32(max_new_tokens - buffer)
+  return xp.clip((start - n) / np.float32(buffer), np.float32(-1.0), np.float32(0.0))
 
 
 def kl_penalty(
