@@ -311,6 +311,12 @@ def generate(params, tokens: jax.Array, mask: jax.Array, key: jax.Array, cfg: Mo
   return decode_loop(params, logits, cache, key, cfg, sp)[0]
 
 
+def _abstract(tree):
+  """ShapeDtypeStructs (shape, dtype, sharding) of a compiled program's `out_info`."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                      tree)
+
+
 class Sampler:
   """Jitted, sharded sampling for one model config on one mesh.
 
@@ -481,22 +487,17 @@ class Sampler:
     most = B0  # the most prompts of any process: one shape for all processes
     if multi:
       longest, most = multihost.allgather(np.array([longest, B0], np.int64)).max(axis=0)
-    P = shapes.fit(int(longest), width, self.prompt_bucket)
-    P = min(P, self.max_len - sp.max_new_tokens)
+    P, B, S = self._shapes(int(longest), int(most), sp, width, rows)
     if B0:
       tokens, mask = pad_prompts(prompts, sp.pad_id, length=P)
     else:  # a process without prompts still takes part, with one-token dummy rows
       tokens, mask = np.full((1, P), sp.pad_id, np.int32), np.zeros((1, P), bool)
       mask[:, -1] = True
-    div = shd.batch_divisor(self.mesh) // jax.process_count()
-    B = shapes.fit(int(most), rows // jax.process_count(), div)  # rows per process
     if B != len(tokens):  # fill with copies of row 0; their outputs are dropped
       tokens = np.concatenate([tokens, np.repeat(tokens[:1], B - len(tokens), 0)])
       mask = np.concatenate([mask, np.repeat(mask[:1], B - len(mask), 0)])
     G = B * jax.process_count()
     segmented = bool(self.compact or self.grow_every)
-    N = sp.max_new_tokens
-    S = P + min(self.grow_every, N) if segmented and self.grow_every else P + N
     prefill, decode = self.programs(G, P, sp, S)
     bs = shd.batch_sharding(self.mesh, (G, P), self.rules)
     logits, cache = prefill(params, multihost.to_global(tokens, bs),
@@ -508,6 +509,66 @@ class Sampler:
       out = multihost.tree_local_rows(out)
     return jax.tree.map(lambda a: a[:B0], out)
 
+  def _shapes(self, longest: int, most: int, sp: SamplingParams, width: int, rows: int
+              ) -> tuple[int, int, int]:
+    """(P, B, S) of a `generate` call: the prompt columns, the rows per process and the cache
+    length prefill makes, for a longest prompt of `longest` tokens and `most` prompts on the
+    process with the most (the floors `width`, `rows` while they fit)."""
+    P = min(shapes.fit(longest, width, self.prompt_bucket), self.max_len - sp.max_new_tokens)
+    div = shd.batch_divisor(self.mesh) // jax.process_count()
+    B = shapes.fit(most, rows // jax.process_count(), div)
+    N = sp.max_new_tokens
+    return P, B, P + min(self.grow_every, N) if self.grow_every else P + N
+
+  def compile_ahead(self, params, sp: SamplingParams, *, width: int, rows: int) -> None:
+    """Compiles, without running them, the programs that `generate(params, prompts, key, sp,
+    width=width, rows=rows)` runs while its prompts fit both floors, and puts them in JAX's
+    caches as that call would: prefill and the decode loop; decoding in segments, the layer
+    params, every segment and cache growth at the full batch (not the compacted buckets: which
+    of those a call meets depends on when its rows finish). So a caller first used late in a
+    run (SI's repair sampler, once the first correct rollout comes) compiles nothing then.
+    Not collective: each process compiles the same programs."""
+    if self.compact and not sp.row_keys:
+      sp = dataclasses.replace(sp, row_keys=True)
+    P, B, S = self._shapes(1, 1, sp, width, rows)
+    G, N = B * jax.process_count(), sp.max_new_tokens
+    prefill, decode = self.programs(G, P, sp, S)
+    # as `generate` passes them: host arrays in one process (placed by the jit; an abstract
+    # array with a sharding would lower another program), global arrays with several
+    sh = None if jax.process_count() == 1 else shd.batch_sharding(self.mesh, (G, P), self.rules)
+    tokens = jax.ShapeDtypeStruct((G, P), jnp.int32, sharding=sh)
+    mask = jax.ShapeDtypeStruct((G, P), jnp.bool_, sharding=sh)
+    logits, cache = _abstract(prefill.lower(params, tokens, mask).compile().out_info)
+    key = jax.random.key(0)
+    if not (self.compact or self.grow_every):
+      decode.lower(params, logits, cache, key).compile()
+      return
+    if self._layer_fn is None:
+      self._layer_params(params)
+    layer_params = _abstract(self._layer_fn.lower(params).compile().out_info)
+
+    def state(cache):
+      sh = self._state_shardings(G, cache.valid.shape[1], N)
+      arr = lambda shape, dt, s: jax.ShapeDtypeStruct(shape, dt, sharding=s)  # noqa: E731
+      return DecodeState(step=arr((), jnp.int32, sh.step), logits=logits, cache=cache,
+                         tokens=arr((G, N), jnp.int32, sh.tokens),
+                         logprobs=arr((G, N), jnp.float32, sh.logprobs),
+                         done=arr((G,), jnp.bool_, sh.done), lengths=arr((G,), jnp.int32, sh.lengths),
+                         rows=arr((G,), jnp.int32, sh.rows))
+
+    st = state(cache)
+    every = min(self.compact_every if self.compact else N, self.grow_every or N)
+    step, made = 0, set()
+    while step < N:  # the growth ladder, as `_decode_segmented` walks it
+      step = min(step + every, N)
+      if P + step > S:
+        S_new = min(P + -(-step // self.grow_every) * self.grow_every, P + N)
+        st = state(_abstract(self._grow_fn(G, S, S_new, N).lower(st).compile().out_info.cache))
+        S = S_new
+      if S not in made:
+        self._segment_fn(G, S, sp).lower(params, layer_params, st, key, np.int32(step)).compile()
+        made.add(S)
+
   def _init_state(self, logits, cache, sp: SamplingParams, filler: np.ndarray) -> DecodeState:
     """`init_state` for this process's rows (filler [B] done from the start), as the segment
     programs take it: each row's key is its row of the whole batch (`multihost.local_row_ids`:
@@ -517,6 +578,11 @@ class Sampler:
     host = dict(tokens=np.full((B, N), sp.pad_id, np.int32),
                 logprobs=np.zeros((B, N), np.float32), done=np.asarray(filler, bool),
                 lengths=np.zeros(B, np.int32), rows=multihost.local_row_ids(sh.rows, B * P))
+    if P == 1:  # placed, not left to the jit: every segment then takes committed arrays
+      # alike, the first as the later ones, and one program serves them all
+      return DecodeState(step=jax.device_put(np.asarray(0, np.int32), sh.step), logits=logits,
+                         cache=cache, **{k: jax.device_put(v, getattr(sh, k))
+                                         for k, v in host.items()})
     return DecodeState(step=multihost.global_from_host(np.asarray(0, np.int32), sh.step),
                        logits=logits, cache=cache,
                        **{k: multihost.to_global(v, getattr(sh, k)) for k, v in host.items()})

@@ -10,8 +10,14 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from si_jax import compilation
+from si_jax import sampling
+from si_jax import sharding as shd
+from si_jax.models.config import preset
+
+import tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "experiments", "configs", "arith_si.py")
@@ -72,3 +78,36 @@ def test_fixed_shapes_compile_once_and_a_second_run_reads_every_program_from_the
   assert second["compiles"] == 0 and second["hit_rate"] == 1.0, second
   assert second["cache_hits"] == first["compiles"]
   assert "hit rate 1.00" in out
+
+
+@pytest.mark.parametrize("mode", [
+    {}, {"compact": True, "compact_every": 8}, {"grow_every": 8},
+    {"compact": True, "compact_every": 4, "grow_every": 8}, {"mesh": 4}],
+    ids=["one_loop", "compacting", "growing", "compacting_growing", "mesh"])
+def test_a_sampler_compiled_ahead_compiles_nothing_when_it_first_samples(mode):
+  """`Sampler.compile_ahead` puts in JAX's caches the very programs `generate` runs at the
+  same floors (a caller first used late in a run, SI's repair sampler, then compiles nothing):
+  the one decode loop, or every segment and cache growth. No stop id, so no row finishes early
+  and no compaction bucket (data-dependent, not compiled ahead) is met."""
+  mode = dict(mode)
+  devices = mode.pop("mesh", 1)
+  cfg = preset("tiny", num_layers=1, max_position_embeddings=96)
+  params = tiny.params(cfg)
+  sampler = sampling.Sampler(cfg, shd.make_mesh(data=devices, devices=jax.devices()[:devices]),
+                             max_len=64, **mode)
+  sp = sampling.SamplingParams(max_new_tokens=20, temperature=1.0, top_k=8)
+  rng = np.random.default_rng(0)
+  prompts = [list(rng.integers(40, cfg.vocab_size, n)) for n in (3, 17, 9, 30, 5)]
+  key = jax.random.key(1)
+  counter = compilation.counter()
+  with counter.since() as ahead:
+    sampler.compile_ahead(params, sp, width=32, rows=8)
+  with counter.since() as call:
+    out = sampler.generate(params, prompts, key, sp, width=32, rows=8)
+  assert ahead[0].compiles + ahead[0].cache_hits >= 2
+  assert call[0].compiles == 0 and call[0].cache_hits == 0, call[0]
+  assert out.tokens.shape == (5, 20) and (out.lengths == 20).all()
+  # a call beyond the floors (more rows) takes another shape: compiled then, and counted
+  with counter.since() as beyond:
+    sampler.generate(params, prompts * 2, key, sp, width=32, rows=8)
+  assert beyond[0].compiles + beyond[0].cache_hits >= 1

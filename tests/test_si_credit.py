@@ -373,3 +373,40 @@ def test_repair_rl_rows_recompute_old_logprobs_sampled_at_another_temperature(to
     (rl_term,) = [t for t in si_repair.repair_credit(ctx, scored).terms
                   if t.term.name == "repair_rl"]
     assert rl_term.rows["has_old"].tolist() == [has_old] * 2
+
+
+@pytest.mark.parametrize("si", [
+    {}, {"plus": "is", "repair_copy_weight": 0.5}, {"plus": "sft", "repair_rl": True},
+    {"correction": "reset"}], ids=["repair", "plus_is", "plus_sft_repair_rl", "reset"])
+def test_a_correction_first_made_after_the_warm_up_compiles_nothing(tmp_path, si):
+  """SI's programs are compiled before a process's first RL step (`Run.compile_ahead`), so a
+  step whose correction is the run's first (a first correct rollout at RL step 24: SI's
+  repair and continuation samplers, gate program, repair-mode NLL and re-scored repairs, the
+  reset variants' samplers) compiles nothing in its credit, pack and update stages. On the
+  parity task the random tiny model has anchors and verifying repairs at its first step."""
+  from si_jax.tokenizer import build_char_tokenizer
+  c = _config(audit="none", **si)
+  c.sft.steps = 0
+  c.eval.every = 0
+  # letters only, no word tokens: the random model's texts re-encode to no more tokens than it
+  # sampled (fused word tokens would not), so its repair prompts fit the run's bound on them
+  c.tokenizer.path = build_char_tokenizer(str(tmp_path / "tokenizer"), words=())
+  c.model.overrides = dict(c.model.overrides, max_position_embeddings=512)  # spelled out
+  run = trainer.Run(c, str(tmp_path / "run"))
+  try:
+    stream = trainer.PromptStream(run.task.examples(c.task.train_split), c.seed)
+    compiled = {}
+    with run.compiling("ahead", compiled):
+      run.compile_ahead(0)
+    assert compiled["ahead"].compiles + compiled["ahead"].cache_hits > 0
+    done = "si/requests" if si.get("correction") == "reset" else "si/kept"
+    for step in range(4):  # up to the first step that corrects a failure
+      row = run.rl_step(step, stream, compiled)
+      late = {k: compiled[k].compiles + compiled[k].cache_hits
+              for k in ("credit", "pack", "update")}
+      assert late == {"credit": 0, "pack": 0, "update": 0}, (step, row)
+      if row[done] > 0:
+        break
+    assert row[done] > 0
+  finally:
+    run.close()

@@ -285,6 +285,21 @@ class Updater:
           donate_argnums=(0,)))  # the optimizer is kept alive with its program (id key)
     return self._programs[key][1]
 
+  def compile_ahead(self, state: TrainState, optimizer: optax.GradientTransformation,
+                    calls: list[tuple[Any, Mapping[str, np.ndarray]]], local: bool = True
+                    ) -> None:
+    """Compiles, without running them, the programs `__call__` runs for `calls` ([(term, one
+    call's host rows of this process)]), the zero accumulator and the optimizer step, and puts them in JAX's caches
+    as `__call__` would: a term first trained late in a run compiles nothing then."""
+    self.zeros_program().lower(state.params).compile()
+    acc = self.accumulator_shapes(state.params)
+    frozen = (self.frozen,) if self.lora is not None else ()
+    for term, chunk in calls:
+      chunk = {k: self._put(v, local) for k, v in chunk.items()}
+      self.accumulate_program(term, chunk).lower(
+          state.params, acc, chunk, np.float32(1), *frozen).compile()
+    self.apply_program(optimizer).lower(state, acc, np.bool_(False)).compile()
+
   # -- one update
 
   def _put(self, x: np.ndarray, local: bool):

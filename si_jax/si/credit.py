@@ -59,7 +59,7 @@ from si_jax.si import probe as probe_lib
 from si_jax.si import repair as repair_lib
 from si_jax.si import reset as reset_lib
 
-__all__ = ["si_credit", "capacity", "SUMMARY"]
+__all__ = ["si_credit", "capacity", "compile_ahead", "SUMMARY"]
 
 # What the trainer prints at the end of a run, first -> last RL step (`Credit` metrics).
 SUMMARY = ("si/repair_success", "si/active_token_ratio", "si/kstar_mean",
@@ -86,7 +86,16 @@ def si_credit(ctx: credit_lib.CreditContext, scored: credit_lib.Scored) -> credi
   return reset_lib.reset_credit(ctx, scored)
 
 
+def compile_ahead(ctx: credit_lib.CreditContext) -> list[credit_lib.TermRows]:
+  """SI's programs compiled before the first RL step (`repair.compile_ahead`,
+  `reset.compile_ahead`); returns one-row examples of its loss terms for the trainer."""
+  if ctx.config.si.correction == "repair":
+    return repair_lib.compile_ahead(ctx)
+  return reset_lib.compile_ahead(ctx)
+
+
 si_credit.evaluate = probe_lib.probe
+si_credit.compile_ahead = compile_ahead
 si_credit.capacity = capacity
 si_credit.summary = SUMMARY
 si_credit.eval_summary = probe_lib.METRICS

@@ -37,7 +37,8 @@ from si_jax.si import truncate as truncate_lib
 from si_jax.si.select import Request
 
 __all__ = ["Candidates", "sample_candidates", "score_candidates", "repair_success",
-           "request_prompt", "truncate", "repair_credit"]
+           "request_prompt", "truncate", "repair_credit", "compile_ahead",
+           "continuation_rows"]
 
 
 @dataclasses.dataclass
@@ -129,6 +130,14 @@ def request_prompt(ctx, ro: rollout.Rollouts, req: Request, anchor: bool = True)
       ctx.config.si.repair_instruction or None)
 
 
+def continuation_rows(cfg) -> tuple[int, int]:
+  """The rows of truncation's continuation calls (one compiled shape each): the first rung
+  meets every pair with more than K edits; the later ones only those that did not pass it
+  (few), so their shape is a quarter of that (more rows: a rung up)."""
+  most = rows_lib.max_requests(cfg) * cfg.si.truncation_samples
+  return most, max(most // 4, 1)
+
+
 def truncate(ctx, scored: credit_lib.Scored, kept: Sequence[tuple[Request, int]],
              failed_ids, repair_ids, alignments) -> tuple[list[int], Any, dict[int, str], int]:
   """K* of every kept pair (si.truncation: "continue" or "graft", `truncate.py`). Returns
@@ -154,12 +163,9 @@ def truncate(ctx, scored: credit_lib.Scored, kept: Sequence[tuple[Request, int]]
   def attempt(pairs: list[int], prefixes: list[list[int]], rung: int) -> list[float]:
     ps = [prompts_[i] for i in pairs for _ in range(M)]
     xs = [x for x in prefixes for _ in range(M)]
-    # the first rung meets every pair with more than K edits; the second only those that did
-    # not pass the first (few), so its one shape is a quarter of that (more rows: a rung up)
-    most = rows_lib.max_requests(cfg) * M
     ids, _ = rows_lib.continue_prefixes(ctx, ps, xs,
                                         jax.random.fold_in(ctx.key(rows_lib.TRUNCATE), rung),
-                                        rows=most if rung == 0 else max(most // 4, 1))
+                                        rows=continuation_rows(cfg)[min(rung, 1)])
     texts = [tok.decode(x + y) for x, y in zip(xs, ids)]
     sampled[0] += sum(len(y) for y in ids)
     ok = rows_lib.verified(task, [examples[i] for i in pairs for _ in range(M)], texts,
@@ -268,6 +274,12 @@ def repair_credit(ctx: credit_lib.CreditContext, scored: credit_lib.Scored) -> c
                                 pl)
     policy = rows_lib.concat([minus, plus, rows_lib.base_rows(ctx, scored,
                                                               {r.row for r, _ in kept})])
+    if c.plus == "is" and policy and "behavior_rows" not in policy:
+      # a step without re-scored repairs keeps their keys (zero: no other policy), so the
+      # policy term has one set of keys, one update program, whatever a step keeps
+      R, W = policy["tokens"].shape
+      policy["behavior_logprobs"] = np.zeros((R, W), np.float32)
+      policy["behavior_rows"] = np.zeros(R, np.float32)
     nll = _internalization_rows(ctx, ro, kept, cands, repair_ids, alignments, width)
     rl_rows = _repair_rl_rows(ctx, cands, requests, width)
 
@@ -310,6 +322,35 @@ def repair_credit(ctx: credit_lib.CreditContext, scored: credit_lib.Scored) -> c
                      plus or plus_sft)
   return credit_lib.Credit(terms=rows_lib.terms(ctx, policy, nll, rl_rows, plus_sft), metrics=m,
                            timing=timer.summary(), details=details)
+
+
+def compile_ahead(ctx: credit_lib.CreditContext) -> list[credit_lib.TermRows]:
+  """Compiles SI by repair's programs before the first RL step, so a step whose first repair
+  comes late (the first correct rollout of a run at RL step 24) compiles nothing: the repair
+  sampler and truncation's continuation samplers at their floors (`Sampler.compile_ahead`),
+  and the gate program (the row builders run on one empty pair). Returns one-row examples of
+  the step's loss terms, built by the same builders (the policy rows of a step with a kept
+  repair, the repair-mode NLL, repair-RL and plus rows), for the trainer to compile their
+  log-prob and update programs."""
+  c, cfg = ctx.config.si, ctx.config
+  width, n = rows_lib.repair_prompt_width(ctx), c.repair_samples
+  ctx.sampler.compile_ahead(
+      ctx.params, rows_lib.sampling_params(ctx, c.repair_temperature, rows_lib.repair_budget(cfg)),
+      width=width, rows=rows_lib.max_requests(cfg) * n)
+  if c.truncation == "continue":
+    sp = rows_lib.sampling_params(ctx, ctx.sampling_params.temperature, cfg.rl.max_new_tokens)
+    for rows in continuation_rows(cfg):
+      ctx.sampler.compile_ahead(ctx.params, sp, width=rows_lib.continuation_width(ctx), rows=rows)
+  one, lp = [[ctx.tokenizer.pad_id]], [np.zeros(1, np.float32)]
+  pairs, pl = align_lib.align_many([(one[0], one[0])]), ctx.prompt_width
+  minus = rows_lib.gated_rows(ctx, one, one, lp, pairs, [1], "failed", [0.0], pl)
+  plus, plus_sft = _plus_rows(ctx, one, one, lp, pairs, [1], [0.0], pl)
+  nll = rows_lib.nll_rows(one, one, ctx.tokenizer.pad_id, rows_lib.repair_budget(cfg), width,
+                          None if c.repair_copy_weight == 1.0 else [np.ones(1, np.float32)])
+  cands = Candidates(n=n, prompt_ids=one, ids=one * n, logprobs=lp * n,
+                     finished=np.ones(n, bool), texts=[""] * n, score=np.zeros(n, np.float32))
+  return rows_lib.terms(ctx, rows_lib.concat([minus, plus]), nll,
+                        _repair_rl_rows(ctx, cands, [None], width), plus_sft)
 
 
 def _repair_rl_rows(ctx, cands: Candidates, requests, width: int) -> dict | None:

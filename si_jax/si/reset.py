@@ -27,7 +27,33 @@ from si_jax.rl import rollout
 from si_jax.si import locate as locate_lib
 from si_jax.si import rows as rows_lib
 
-__all__ = ["reset_credit"]
+__all__ = ["reset_credit", "compile_ahead"]
+
+
+def compile_ahead(ctx: credit_lib.CreditContext) -> list[credit_lib.TermRows]:
+  """Compiles SI by reset's samplers before the first RL step (`repair.compile_ahead`): the
+  reflections ("reset") and the continuations at their floors. Returns one-row examples of
+  the step's loss terms (the continuations' policy rows, the reflections' NLL), built by the
+  same builders, for the trainer to compile their log-prob and update programs."""
+  c, cfg, pad = ctx.config.si, ctx.config, ctx.tokenizer.pad_id
+  if c.correction == "reset":
+    ctx.sampler.compile_ahead(
+        ctx.params,
+        rows_lib.sampling_params(ctx, c.reflection_temperature, rows_lib.repair_budget(cfg)),
+        width=rows_lib.repair_prompt_width(ctx), rows=rows_lib.max_requests(cfg))
+  ctx.sampler.compile_ahead(
+      ctx.params, rows_lib.sampling_params(ctx, ctx.sampling_params.temperature,
+                                           cfg.rl.max_new_tokens),
+      width=rows_lib.continuation_width(ctx), rows=rows_lib.max_requests(cfg) * c.reset_samples)
+  one, zero = [[pad]], [np.zeros(1, np.float32)]
+  policy = rows_lib.with_row_len(ctx, credit_lib.rollout_rows(
+      one, one, prompt_len=ctx.prompt_width, completion_len=rows_lib.completion_width(cfg),
+      pad_id=pad, advantages=[0.0], old_logprobs=zero, gate=[np.ones(1, np.float32)]), [1])
+  nll = None
+  if c.correction == "reset":
+    nll = rows_lib.nll_rows(one, one, pad, rows_lib.repair_budget(cfg),
+                            rows_lib.repair_prompt_width(ctx), [np.ones(1, np.float32)])
+  return rows_lib.terms(ctx, policy, nll)
 
 
 def reset_credit(ctx: credit_lib.CreditContext, scored: credit_lib.Scored) -> credit_lib.Credit:

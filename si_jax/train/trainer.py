@@ -472,6 +472,24 @@ class Run:
         out.append(self._apply_update(mb, term_tuple, per_call, self.rl_opt, local=True))
     return out
 
+  def compile_ahead(self, step: int) -> None:
+    """Compiles what the credit function may first run late (`credit_fn.compile_ahead`, SI's:
+    its samplers and gate program), then the log-prob and update programs of the loss terms
+    it returns one-row examples of, through the pack stage and `Updater.compile_ahead` (with
+    the optimizer step). Run
+    once per process before its first RL step, so a stage first used after the warm-up (SI's
+    repair sampler and repair-mode NLL once the first correct rollout comes) compiles nothing
+    then. Collective with several processes, like the pack stage."""
+    ahead = getattr(self.credit_fn, "compile_ahead", None)
+    if ahead is None:
+      return
+    terms, _ = self.pack(credit_lib.Credit(terms=ahead(self.credit_context(step))))
+    calls = []
+    for tr in terms:
+      per = self.term_call_rows(tr.term.name) // jax.process_count()
+      calls.append((tr.term, {k: v[:per] for k, v in tr.rows.items()}))
+    self.updater.compile_ahead(self.state, self.rl_opt, calls)
+
   @contextlib.contextmanager
   def compiling(self, stage: str, out: dict[str, compilation.CompileStats]):
     """Counts what the block compiles into out[stage] (compile/* metrics)."""
@@ -524,9 +542,14 @@ class Run:
     if self.config.rl.kl_beta > 0:
       self.load_reference()
     ev = self.config.eval
+    first = True
     while self.meta["step"] < self.total_steps:
       step = self.meta["step"]
       compiled: dict[str, compilation.CompileStats] = {}
+      if first:  # this process's first RL step: what may first run late, compiled now
+        with self.compiling("ahead", compiled):
+          self.compile_ahead(step)
+        first = False
       out = multihost.reduce_metrics(self.rl_step(step, stream, compiled))
       self.meta["step"] = step + 1
       self.meta["data_cursor"] = stream.cursor
