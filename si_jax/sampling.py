@@ -409,12 +409,13 @@ class Sampler:
           donate_argnums=(2,))
     return self._prefill[(B, P, S)], self._decode[(B, S, sp)]
 
-  def _layer_params(self, params):
-    """`transformer.decode_layer_params`, made once per compacted call (not per segment)."""
+  def _layer_program(self):
+    """jit of `transformer.decode_layer_params`, run once per segmented call (not per
+    segment)."""
     if self._layer_fn is None:
       self._layer_fn = jax.jit(functools.partial(transformer.decode_layer_params, cfg=self.cfg),
                                in_shardings=(self._param_sh,))
-    return self._layer_fn(params)
+    return self._layer_fn
 
   def _segment_fn(self, B, S, sp):
     """jit of `decode_segment` for B rows: (params, layer_params, state, key, until) -> state;
@@ -543,9 +544,7 @@ class Sampler:
     if not (self.compact or self.grow_every):
       decode.lower(params, logits, cache, key).compile()
       return
-    if self._layer_fn is None:
-      self._layer_params(params)
-    layer_params = _abstract(self._layer_fn.lower(params).compile().out_info)
+    layer_params = _abstract(self._layer_program().lower(params).compile().out_info)
 
     def state(cache):
       sh = self._state_shardings(G, cache.valid.shape[1], N)
@@ -553,7 +552,8 @@ class Sampler:
       return DecodeState(step=arr((), jnp.int32, sh.step), logits=logits, cache=cache,
                          tokens=arr((G, N), jnp.int32, sh.tokens),
                          logprobs=arr((G, N), jnp.float32, sh.logprobs),
-                         done=arr((G,), jnp.bool_, sh.done), lengths=arr((G,), jnp.int32, sh.lengths),
+                         done=arr((G,), jnp.bool_, sh.done),
+                         lengths=arr((G,), jnp.int32, sh.lengths),
                          rows=arr((G,), jnp.int32, sh.rows))
 
     st = state(cache)
@@ -607,7 +607,7 @@ class Sampler:
     slots = np.arange(B)  # the original row of each row of the state
     real = ~filler  # rows of the state whose outputs are still to be written
     state = self._init_state(logits, cache, sp, filler)
-    layer_params = self._layer_params(params)
+    layer_params = self._layer_program()(params)
     self.last_buckets, self.last_cache_lengths = [(0, B * procs)], [(0, S)]
     step = 0
     while True:

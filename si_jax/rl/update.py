@@ -289,8 +289,9 @@ class Updater:
                     calls: list[tuple[Any, Mapping[str, np.ndarray]]], local: bool = True
                     ) -> None:
     """Compiles, without running them, the programs `__call__` runs for `calls` ([(term, one
-    call's host rows of this process)]), the zero accumulator and the optimizer step, and puts them in JAX's caches
-    as `__call__` would: a term first trained late in a run compiles nothing then."""
+    call's host rows of this process)]), the zero accumulator and the optimizer step, and puts
+    them in JAX's caches as `__call__` would: a term first trained late in a run compiles
+    nothing then."""
     self.zeros_program().lower(state.params).compile()
     acc = self.accumulator_shapes(state.params)
     frozen = (self.frozen,) if self.lora is not None else ()
