@@ -26,7 +26,9 @@ cache under --root.
 
 Outputs (--out, default experiments/results/): arith[_<study>_<task>]_table.md (the table),
 _curves.png (held-out accuracy against RL step, against tokens sampled, and the paired
-difference to GSPO), _runs.json (the per-run metrics the table and plot were made from).
+difference to GSPO), _runs.json (the per-run metrics the table and plot were made from, and
+each run's wall seconds under "_wall_s"). A study run in parts on checkouts whose run folders
+are gone is put together with --merge (an earlier part's _runs.json).
 Compared with GSPO per seed (paired): final avg@4, steps to GSPO's final accuracy, tokens
 sampled, wall time per RL step with and without compilation (compile/seconds), programs
 compiled after the warm-up steps.
@@ -133,37 +135,65 @@ def _wall(workdir: str) -> float:
     return float(json.load(f)["wall_s"])
 
 
-def run_all(args, task: str, methods: dict[str, dict[str, Any]]
-            ) -> tuple[dict[str, dict[int, list[dict]]], float]:
-  """Runs (or skips) every run of one task; returns the metrics and the runs' total si-train
-  wall time (cold starts included)."""
+def load_runs(path: str) -> tuple[dict[str, dict[int, list[dict]]], dict[str, float]]:
+  """A `_runs.json` this script wrote: ({method: {seed: metrics rows}}, {"<method>|<seed>" or
+  "cold|<seed>": si-train wall seconds}, the latter empty for a file written before walls were
+  recorded)."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      data = json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise SystemExit(f"reproduce_arith: --merge {path}: {e}") from None
+  walls = data.pop("_wall_s", {})
+  try:
+    runs = {m: {int(sd): rows for sd, rows in r.items()} for m, r in data.items()}
+  except (AttributeError, ValueError) as e:
+    raise SystemExit(f"reproduce_arith: --merge {path}: not a _runs.json of this script "
+                     f"({{method: {{seed: rows}}}}): {e}") from None
+  return runs, walls
+
+
+def run_all(args, task: str, methods: dict[str, dict[str, Any]],
+            merged: dict[str, dict[int, list[dict]]] | None = None
+            ) -> tuple[dict[str, dict[int, list[dict]]], dict[str, float]]:
+  """Runs (or skips) every run of one task; returns the metrics and each run's si-train wall
+  seconds ("<method>|<seed>", "cold|<seed>": cold starts too). A (method, seed) in `merged`
+  (an earlier part of the study, `--merge`) is taken from there and not run."""
   common = {"rl.steps": args.steps, "eval.every": args.eval_every,
             "eval.num_examples": args.eval_examples, "checkpoint.every": args.eval_every}
   root = os.path.join(args.root, task)
+  merged = merged or {}
   out: dict[str, dict[int, list[dict]]] = {m: {} for m in methods}
-  wall = 0.0
+  walls: dict[str, float] = {}
   for seed in args.seeds:
     cold = os.path.join(root, f"cold_start_seed{seed}")
+    todo = {}
+    for m, over in methods.items():
+      if seed in merged.get(m, {}):
+        out[m][seed] = merged[m][seed]
+      else:
+        todo[m] = over
     if args.report_only:  # what has finished, nothing started
-      for m in methods:
+      for m in todo:
         wd = os.path.join(root, f"{_slug(m)}_{args.steps}steps_seed{seed}")
         if os.path.exists(os.path.join(wd, "summary.json")):
           out[m][seed] = _rows(wd)
-          wall += _wall(wd)
-      if any(seed in r for r in out.values()):
-        wall += _wall(cold)
+          walls[f"{m}|{seed}"] = _wall(wd)
+          walls[f"cold|{seed}"] = _wall(cold)
+      continue
+    if not todo:
       continue
     dt = _run(cold, task, {"seed": seed, "rl.steps": 0}, 100)
-    wall += _wall(cold)
+    walls[f"cold|{seed}"] = _wall(cold)
     print(f"{task}: cold start seed {seed}: {dt:.0f} s", flush=True)
-    for m, over in methods.items():
+    for m, over in todo.items():
       wd = os.path.join(root, f"{_slug(m)}_{args.steps}steps_seed{seed}")
       dt = _run(wd, task, {"seed": seed, "sft.steps": 0, "model.init_from": cold, **common,
                            **over}, 10)
       print(f"{task}: {m} seed {seed}: {dt:.0f} s", flush=True)
       out[m][seed] = _rows(wd)
-      wall += _wall(wd)
-  return out, wall
+      walls[f"{m}|{seed}"] = _wall(wd)
+  return out, walls
 
 
 # ----------------------------------------------------------------------------- analysis
@@ -313,7 +343,12 @@ def table(results: dict[str, dict[int, list[dict]]], k: int) -> str:
 
 
 def plot(results: dict[str, dict[int, list[dict]]], k: int, path: str) -> None:
-  import matplotlib
+  try:
+    import matplotlib
+  except ImportError:  # the table and the runs are written; the figure needs the extra
+    print(f"reproduce_arith: no figure ({path}): matplotlib is not installed "
+          f"(pip install -e '.[experiments]')", flush=True)
+    return
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   acc = f"eval/avg@{k}"
@@ -364,6 +399,22 @@ def _seeds(results: dict[str, dict[int, list[dict]]], asked: list[int]) -> str:
   return "; ".join(f"{m}: {s}" for m, s in per.items())
 
 
+def _wall_note(results: dict[str, dict[int, list[dict]]], walls: dict[str, float],
+               merge: str | None) -> str:
+  """'N min of si-train wall time over M runs (cold starts included)', saying how many of the
+  table's runs have no recorded wall time (merged from a file written before walls were)."""
+  runs = [f"{m}|{sd}" for m, r in results.items() for sd in r]
+  runs += [f"cold|{sd}" for sd in sorted(set().union(*results.values()))]
+  known = [k for k in runs if k in walls]
+  note = (f"{sum(walls[k] for k in known) / 60:.0f} min of si-train wall time over "
+          f"{len(known)} runs (cold starts included)")
+  note += " on a 2-core CPU"
+  if len(known) < len(runs):
+    note += (f"; {len(runs) - len(known)} more runs merged from {merge}, whose wall time the "
+             f"table written with that file gives")
+  return note
+
+
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--study", default="ladder", choices=STUDIES)
@@ -381,6 +432,10 @@ def main(argv=None) -> int:
   ap.add_argument("--report_only", action="store_true",
                   help="write the table from the runs that have finished; start none (a study "
                        "run in parts; each row says its seeds)")
+  ap.add_argument("--merge", default=None,
+                  help="a _runs.json of an earlier part of the study (another checkout or "
+                       "machine, its run folders gone): its runs are taken as they are for "
+                       "the seeds it holds, and not run or looked for under --root")
   ap.add_argument("--eval_every", type=int, default=5)
   ap.add_argument("--eval_examples", type=int, default=128)
   ap.add_argument("--root", default=os.path.join(REPO, "runs", "reproduce_arith"))
@@ -403,25 +458,29 @@ def main(argv=None) -> int:
   default_seeds = "0" if args.quick else "0,1,2,3,4" if args.study == "ladder" else "0,1,2"
   args.seeds = [int(s) for s in (args.seeds or default_seeds).split(",")]
   args.steps = args.steps or (20 if args.quick else 40)
+  if args.merge and len(tasks) > 1:
+    ap.error("--merge takes the runs of one task: name it with --tasks")
+  merged, merged_walls = load_runs(args.merge) if args.merge else ({}, {})
   os.makedirs(args.out, exist_ok=True)
   for task in tasks:
-    results, wall = run_all(args, task, {m: study[m] for m in names})
+    results, walls = run_all(args, task, {m: study[m] for m in names}, merged)
     results = {m: r for m, r in results.items() if r}  # report_only: rows with no finished run
+    walls.update({k: v for k, v in merged_walls.items() if k not in walls})
     name = ("arith_quick" if args.quick else "arith" if (args.study, task) == ("ladder", "chain")
             else f"arith_{args.study}_{task}")
     md = table(results, 4)
     command = shlex.join(argv or sys.argv[1:])
     header = (f"Command: `python experiments/reproduce_arith.py {command}`"
               f"; task {task}; seeds {_seeds(results, args.seeds)}; {args.steps} RL steps x 32 "
-              f"prompts x 8 "
-              f"samples; {time.strftime('%Y-%m-%d')}; {wall / 60:.0f} min of si-train wall time "
-              f"over {sum(map(len, results.values())) + len(set().union(*results.values()))} runs "
-              f"(cold starts "
-              f"included) on a 2-core CPU.\n\n")
+              f"prompts x 8 samples; {time.strftime('%Y-%m-%d')}; "
+              f"{_wall_note(results, walls, args.merge)}.\n\n")
     with open(os.path.join(args.out, f"{name}_table.md"), "w", encoding="utf-8") as f:
       f.write(header + md + "\n")
+    used = {f"{m}|{sd}" for m, r in results.items() for sd in r}
+    used |= {f"cold|{sd}" for r in results.values() for sd in r}
     with open(os.path.join(args.out, f"{name}_runs.json"), "w", encoding="utf-8") as f:
-      json.dump({m: {str(s): rows for s, rows in r.items()} for m, r in results.items()}, f)
+      json.dump({**{m: {str(s): rows for s, rows in r.items()} for m, r in results.items()},
+                 "_wall_s": {k: v for k, v in walls.items() if k in used}}, f)
     plot(results, 4, os.path.join(args.out, f"{name}_curves.png"))
     print(header + md, flush=True)
   return 0
