@@ -410,3 +410,25 @@ def test_a_correction_first_made_after_the_warm_up_compiles_nothing(tmp_path, si
     assert row[done] > 0
   finally:
     run.close()
+
+
+def test_with_no_repair_kept_the_balanced_signal_is_outcome_credit(tok):
+  """SI with the balanced signal (correct rollouts and unrepaired failures on outcome credit)
+  and no verified repair trains on exactly GSPO's rows: same tokens, advantages and loss
+  tokens, each row weighed by its response length as outcome rows are (a flat parts4 seed ran
+  SI and GSPO as one and the same run)."""
+  from si_jax.rl import credit as credit_lib
+  from si_jax.si import repair as si_repair
+  task, scored = _scored(tok, [GOOD, BAD, BAD2, SPACED])
+  stop = tok.stop_ids[0]
+  sampler = ScriptedSampler([tok.encode(BAD2) + [stop]] * 8, stop)  # no repair verifies
+  ctx = _ctx(tok, task, sampler, train_correct_base=True, unrepaired="outcome",
+             repair_samples=2, max_failed_per_prompt=2)
+  credit = si_repair.repair_credit(ctx, scored)
+  assert credit.metrics["si/requests"] == 2 and credit.metrics["si/kept"] == 0
+  (si_rows,) = [t.rows for t in credit.terms if t.term.name == "policy"]
+  (gspo,) = credit_lib.outcome_credit(ctx, scored).terms
+  for key in ("tokens", "input_mask", "loss_mask", "advantages", "old_logprobs", "seq_mask"):
+    np.testing.assert_array_equal(si_rows[key], gspo.rows[key], err_msg=key)
+  assert np.abs(gspo.rows["advantages"]).sum() > 0
+  np.testing.assert_array_equal(si_rows["row_len"], gspo.rows["loss_mask"].sum(axis=1))
