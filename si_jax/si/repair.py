@@ -38,7 +38,7 @@ from si_jax.si.select import Request
 
 __all__ = ["Candidates", "sample_candidates", "score_candidates", "repair_success",
            "request_prompt", "truncate", "repair_credit", "compile_ahead",
-           "continuation_rows"]
+           "repair_call", "continuation_rows"]
 
 
 @dataclasses.dataclass
@@ -128,6 +128,14 @@ def request_prompt(ctx, ro: rollout.Rollouts, req: Request, anchor: bool = True)
       ctx.tokenizer, ro.examples[req.group].prompt, ro.texts[req.row],
       None if a is None else ro.texts[a], ctx.task.system_prompt,
       ctx.config.si.repair_instruction or None)
+
+
+def repair_call(ctx) -> tuple[sampling.SamplingParams, int, int]:
+  """The repair sampler's call: (sampling params, prompt width, rows), its one shape in a run
+  (what compile-ahead compiles it for)."""
+  c = ctx.config.si
+  return (rows_lib.sampling_params(ctx, c.repair_temperature, rows_lib.repair_budget(ctx.config)),
+          rows_lib.repair_prompt_width(ctx), rows_lib.max_requests(ctx.config) * c.repair_samples)
 
 
 def continuation_rows(cfg) -> tuple[int, int]:
@@ -241,13 +249,10 @@ def repair_credit(ctx: credit_lib.CreditContext, scored: credit_lib.Scored) -> c
   timer = metrics_lib.Timer()
   with timer("repair"):
     requests = rows_lib.select(ctx, scored, c.require_anchor)
-    width = rows_lib.repair_prompt_width(ctx)
-    cands = sample_candidates(ctx.sampler, ctx.params, tok, ctx.key(rows_lib.REPAIR),
-                              rows_lib.sampling_params(ctx, c.repair_temperature,
-                                                       rows_lib.repair_budget(cfg)),
+    sp, width, most = repair_call(ctx)
+    cands = sample_candidates(ctx.sampler, ctx.params, tok, ctx.key(rows_lib.REPAIR), sp,
                               [request_prompt(ctx, ro, r) for r in requests], c.repair_samples,
-                              width=width,
-                              rows=rows_lib.max_requests(cfg) * c.repair_samples)
+                              width=width, rows=most)
   with timer("verify_repairs"):
     cands = score_candidates(cands, requests, ro, task, rows_lib.make_gate(cfg, task),
                              threshold=cfg.rl.success_threshold, lambda_edit=c.lambda_edit)
@@ -333,14 +338,13 @@ def compile_ahead(ctx: credit_lib.CreditContext) -> list[credit_lib.TermRows]:
   repair, the repair-mode NLL, repair-RL and plus rows), for the trainer to compile their
   log-prob and update programs."""
   c, cfg = ctx.config.si, ctx.config
-  width, n = rows_lib.repair_prompt_width(ctx), c.repair_samples
-  ctx.sampler.compile_ahead(
-      ctx.params, rows_lib.sampling_params(ctx, c.repair_temperature, rows_lib.repair_budget(cfg)),
-      width=width, rows=rows_lib.max_requests(cfg) * n)
+  sp, width, most = repair_call(ctx)
+  ctx.sampler.compile_ahead(ctx.params, sp, width=width, rows=most)
   if c.truncation == "continue":
-    sp = rows_lib.sampling_params(ctx, ctx.sampling_params.temperature, cfg.rl.max_new_tokens)
+    sp, cont_width = rows_lib.continuation_call(ctx)
     for rows in continuation_rows(cfg):
-      ctx.sampler.compile_ahead(ctx.params, sp, width=rows_lib.continuation_width(ctx), rows=rows)
+      ctx.sampler.compile_ahead(ctx.params, sp, width=cont_width, rows=rows)
+  n = c.repair_samples
   one, lp = [[ctx.tokenizer.pad_id]], [np.zeros(1, np.float32)]
   pairs, pl = align_lib.align_many([(one[0], one[0])]), ctx.prompt_width
   minus = rows_lib.gated_rows(ctx, one, one, lp, pairs, [1], "failed", [0.0], pl)

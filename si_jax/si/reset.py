@@ -20,6 +20,7 @@ import numpy as np
 
 from si_jax import metrics as metrics_lib
 from si_jax import multihost
+from si_jax import sampling
 from si_jax.data.steps import segment_steps
 from si_jax.rl import advantages as adv_lib
 from si_jax.rl import credit as credit_lib
@@ -37,14 +38,11 @@ def compile_ahead(ctx: credit_lib.CreditContext) -> list[credit_lib.TermRows]:
   same builders, for the trainer to compile their log-prob and update programs."""
   c, cfg, pad = ctx.config.si, ctx.config, ctx.tokenizer.pad_id
   if c.correction == "reset":
-    ctx.sampler.compile_ahead(
-        ctx.params,
-        rows_lib.sampling_params(ctx, c.reflection_temperature, rows_lib.repair_budget(cfg)),
-        width=rows_lib.repair_prompt_width(ctx), rows=rows_lib.max_requests(cfg))
-  ctx.sampler.compile_ahead(
-      ctx.params, rows_lib.sampling_params(ctx, ctx.sampling_params.temperature,
-                                           cfg.rl.max_new_tokens),
-      width=rows_lib.continuation_width(ctx), rows=rows_lib.max_requests(cfg) * c.reset_samples)
+    sp, width, rows = _reflection_call(ctx)
+    ctx.sampler.compile_ahead(ctx.params, sp, width=width, rows=rows)
+  sp, width = rows_lib.continuation_call(ctx)
+  ctx.sampler.compile_ahead(ctx.params, sp, width=width,
+                            rows=rows_lib.max_requests(cfg) * c.reset_samples)
   one, zero = [[pad]], [np.zeros(1, np.float32)]
   policy = rows_lib.with_row_len(ctx, credit_lib.rollout_rows(
       one, one, prompt_len=ctx.prompt_width, completion_len=rows_lib.completion_width(cfg),
@@ -54,6 +52,14 @@ def compile_ahead(ctx: credit_lib.CreditContext) -> list[credit_lib.TermRows]:
     nll = rows_lib.nll_rows(one, one, pad, rows_lib.repair_budget(cfg),
                             rows_lib.repair_prompt_width(ctx), [np.ones(1, np.float32)])
   return rows_lib.terms(ctx, policy, nll)
+
+
+def _reflection_call(ctx) -> tuple[sampling.SamplingParams, int, int]:
+  """The reflection sampler's call: (sampling params, prompt width, rows)."""
+  cfg = ctx.config
+  return (rows_lib.sampling_params(ctx, cfg.si.reflection_temperature,
+                                   rows_lib.repair_budget(cfg)),
+          rows_lib.repair_prompt_width(ctx), rows_lib.max_requests(cfg))
 
 
 def reset_credit(ctx: credit_lib.CreditContext, scored: credit_lib.Scored) -> credit_lib.Credit:
@@ -68,10 +74,9 @@ def reset_credit(ctx: credit_lib.CreditContext, scored: credit_lib.Scored) -> cr
       refl_prompts = [locate_lib.reflection_prompt_ids(tok, ro.examples[r.group].prompt, t,
                                                        task.step_mode, task.system_prompt)
                       for r, t in zip(requests, texts)]
-      refl_ids, _, _ = rollout.generate(
-          ctx.sampler, ctx.params, refl_prompts, ctx.key(rows_lib.REFLECT),
-          rows_lib.sampling_params(ctx, c.reflection_temperature, rows_lib.repair_budget(cfg)),
-          width=rows_lib.repair_prompt_width(ctx), rows=rows_lib.max_requests(cfg))
+      sp, width, rows = _reflection_call(ctx)
+      refl_ids, _, _ = rollout.generate(ctx.sampler, ctx.params, refl_prompts,
+                                        ctx.key(rows_lib.REFLECT), sp, width=width, rows=rows)
       refl_texts = [tok.decode(x) for x in refl_ids]
     truth = [task.first_wrong_step(ro.examples[r.group], t) for r, t in zip(requests, texts)]
     ks = locate_lib.locate(c.correction, texts, step_mode=task.step_mode,

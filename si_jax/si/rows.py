@@ -106,6 +106,13 @@ def continuation_width(ctx) -> int:
   return ctx.prompt_width + ctx.config.rl.max_new_tokens
 
 
+def continuation_call(ctx) -> tuple[sampling.SamplingParams, int]:
+  """The sampling params and prompt width of the policy's continuations (`continue_prefixes`;
+  what compile-ahead compiles them for): the policy's temperature and budget."""
+  return (sampling_params(ctx, ctx.sampling_params.temperature, ctx.config.rl.max_new_tokens),
+          continuation_width(ctx))
+
+
 def sampling_params(ctx, temperature: float, max_new: int) -> sampling.SamplingParams:
   sp = ctx.sampling_params
   return sampling.SamplingParams(max_new_tokens=max_new, temperature=temperature,
@@ -122,10 +129,10 @@ def continue_prefixes(ctx, prompts_: Sequence[list[int]], prefixes: Sequence[lis
   budget = ctx.config.rl.max_new_tokens
   if not multihost.any_true(bool(prompts_)):
     return [], []
+  sp, width = continuation_call(ctx)
   ids, lps, _ = rollout.generate(
       ctx.sampler, ctx.params, [list(p) + list(x) for p, x in zip(prompts_, prefixes)], key,
-      sampling_params(ctx, ctx.sampling_params.temperature, budget),
-      width=continuation_width(ctx), rows=rows)
+      sp, width=width, rows=rows)
   room = [budget - len(x) for x in prefixes]
   return [x[:r] for x, r in zip(ids, room)], [lp[:r] for lp, r in zip(lps, room)]
 

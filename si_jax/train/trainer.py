@@ -476,10 +476,9 @@ class Run:
     """Compiles what the credit function may first run late (`credit_fn.compile_ahead`, SI's:
     its samplers and gate program), then the log-prob and update programs of the loss terms
     it returns one-row examples of, through the pack stage and `Updater.compile_ahead` (with
-    the optimizer step). Run
-    once per process before its first RL step, so a stage first used after the warm-up (SI's
-    repair sampler and repair-mode NLL once the first correct rollout comes) compiles nothing
-    then. Collective with several processes, like the pack stage."""
+    the optimizer step). Run once per process before its first RL step, so a stage first used
+    after the warm-up (SI's repair sampler and repair-mode NLL once the first correct rollout
+    comes) compiles nothing then. Collective with several processes, like the pack stage."""
     ahead = getattr(self.credit_fn, "compile_ahead", None)
     if ahead is None:
       return
