@@ -562,12 +562,17 @@ class Sampler:
     while step < N:  # the growth ladder, as `_decode_segmented` walks it
       step = min(step + every, N)
       if P + step > S:
-        S_new = min(P + -(-step // self.grow_every) * self.grow_every, P + N)
+        S_new = self._grown_length(P, step, N)
         st = state(_abstract(self._grow_fn(G, S, S_new, N).lower(st).compile().out_info.cache))
         S = S_new
       if S not in made:
         self._segment_fn(G, S, sp).lower(params, layer_params, st, key, np.int32(step)).compile()
         made.add(S)
+
+  def _grown_length(self, P: int, step: int, N: int) -> int:
+    """The cache length once decoding reaches `step` (cache growth): the prompt plus the
+    steps rounded up to whole `grow_every` columns, at most the prompt plus the budget."""
+    return min(P + -(-step // self.grow_every) * self.grow_every, P + N)
 
   def _init_state(self, logits, cache, sp: SamplingParams, filler: np.ndarray) -> DecodeState:
     """`init_state` for this process's rows (filler [B] done from the start), as the segment
@@ -614,7 +619,7 @@ class Sampler:
       rows = len(slots) * procs  # of the whole run
       start, step = step, min(step + every, N)
       if P + step > S:  # the segment writes columns up to P + step - 1
-        S_new = min(P + -(-step // G) * G, P + N)
+        S_new = self._grown_length(P, step, N)
         state = self._grow_fn(rows, S, S_new, N)(state)
         S = S_new
         self.last_cache_lengths.append((start, S))
