@@ -8,14 +8,16 @@ Environment:
       "No space left on device" at the place a real full disk hit it (a tmpfs probe failed
       there, and in tensorstore's data writes, whose error text tests/test_checkpoint.py checks).
   SI_FAULT_PAUSE_STEP=N    At the start of RL step N, process SI_FAULT_PAUSE_PROCESS (default
-      0) writes its pid to SI_FAULT_READY and waits for a signal (signal.pause): the test
-      sends SIGTERM to that pid from outside and knows which step it landed in. Nothing here
-      sends a signal or depends on timing.
+      0) writes its pid to SI_FAULT_READY and waits until its SIGTERM handler has run (the
+      run's preemption monitor says so): the test sends SIGTERM to that pid from outside and
+      knows which step it landed in. Nothing here sends a signal or depends on timing: the
+      wait reads the flag the handler sets, so a signal that lands before the wait begins is
+      not missed (`signal.pause()` here hung when it did, on a loaded machine).
 """
 
 import os
-import signal
 import sys
+import time
 
 
 def _enospc(step: str) -> None:
@@ -42,7 +44,8 @@ def _pause(step: int, process: int, ready: str) -> None:
       with open(ready + ".tmp", "w") as f:
         f.write(str(os.getpid()))
       os.replace(ready + ".tmp", ready)
-      signal.pause()  # returns once a signal's handler has run
+      while not self.preemption.signalled:  # set by the SIGTERM handler, whenever it ran
+        time.sleep(0.01)
     return real(self, s, stream, *args, **kwargs)
 
   trainer.Run.rl_step = rl_step
